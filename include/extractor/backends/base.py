@@ -1,0 +1,101 @@
+"""The backend interface: a batch of receipts in, one result per receipt out.
+
+Subclasses implement ``_forward`` (decoded images -> raw outputs, the only step that
+touches the model) and ``_postprocess`` (one raw output -> ``Receipt``). Decoding,
+timing, and turning every per-receipt problem into a failed result with a reason live
+here, once, so no backend can drop or duplicate a receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+from extractor.errors import BadImageError, NormalizationError, ParseError
+from extractor.images import ReceiptInput, decode_image
+from extractor.schema import ExtractionResult, Receipt
+from extractor.spec import ExtractorSpec
+
+log = logging.getLogger(__name__)
+
+
+class Backend(ABC):
+    """Base class of all backends. One instance holds one loaded model."""
+
+    def __init__(self, spec: ExtractorSpec):
+        self.spec = spec
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    def extract(self, inputs: Sequence[ReceiptInput]) -> list[ExtractionResult]:
+        """Extract a batch; the result list is in input order and has the same length."""
+        results: list[ExtractionResult | None] = [None] * len(inputs)
+        images, positions = [], []
+        t0 = time.perf_counter()
+        for i, item in enumerate(inputs):
+            try:
+                images.append(self._preprocess(item))
+                positions.append(i)
+            except BadImageError as exc:
+                results[i] = self._failed(item, f"bad image: {exc}")
+        t_pre = (time.perf_counter() - t0) / max(len(inputs), 1)
+        if images:
+            t1 = time.perf_counter()
+            raw_outputs = self._forward(images)
+            t_fwd = (time.perf_counter() - t1) / len(images)
+            if len(raw_outputs) != len(images):
+                raise RuntimeError(f"{type(self).__name__}._forward returned {len(raw_outputs)} "
+                                   f"outputs for {len(images)} images")
+            for i, raw in zip(positions, raw_outputs):
+                item = inputs[i]
+                timings = {"preprocess_s": t_pre, "forward_s": t_fwd}
+                results[i] = self._to_result(item, raw, timings)
+        return [r for r in results if r is not None]
+
+    def _to_result(self, item: ReceiptInput, raw: Any, timings: dict[str, float]) -> ExtractionResult:
+        raw_text = self.raw_text(raw)
+        if isinstance(raw, BaseException):
+            return self._failed(item, f"model error: {type(raw).__name__}: {raw}", raw_text, timings)
+        t0 = time.perf_counter()
+        try:
+            receipt = self._postprocess(raw)
+        except ParseError as exc:
+            return self._failed(item, f"unparseable output: {exc}", exc.raw_text or raw_text, timings)
+        except (NormalizationError, ValueError) as exc:  # pydantic.ValidationError is a ValueError
+            return self._failed(item, f"invalid fields: {exc}", raw_text, timings)
+        timings = {**timings, "postprocess_s": time.perf_counter() - t0}
+        return ExtractionResult(receipt_id=item.receipt_id, source=item.source, status="ok",
+                                receipt=receipt, raw_text=raw_text,
+                                extractor_version=self.version, timings=timings)
+
+    def _failed(self, item: ReceiptInput, reason: str, raw_text: str | None = None,
+                timings: dict[str, float] | None = None) -> ExtractionResult:
+        log.warning("receipt %s (%s) failed: %s", item.receipt_id[:12], item.source, reason)
+        return ExtractionResult.failed(receipt_id=item.receipt_id, source=item.source, reason=reason,
+                                       raw_text=raw_text, extractor_version=self.version,
+                                       timings=timings)
+
+    # --- stages -----------------------------------------------------------------
+    def _preprocess(self, item: ReceiptInput) -> Any:
+        """Bytes -> what ``_forward`` takes (a PIL image by default)."""
+        return decode_image(item.data)
+
+    @abstractmethod
+    def _forward(self, images: list[Any]) -> list[Any]:
+        """Run the model on a batch. A per-item failure may be returned as an exception
+        object in its slot; an exception raised here fails the whole batch (run level)."""
+
+    @abstractmethod
+    def _postprocess(self, raw: Any) -> Receipt:
+        """One raw output -> Receipt; raise ParseError / NormalizationError on bad output."""
+
+    def raw_text(self, raw: Any) -> str | None:
+        """The text kept for audit with each result (model output, OCR lines)."""
+        return raw if isinstance(raw, str) else None
+
+    def close(self) -> None:
+        """Release the model (GPU memory) when a worker is done with it."""
