@@ -56,7 +56,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = 
     except UnidentifiedImageError:
         raise BadImageError(f"not an image (starts with {data[:8]!r})") from None
     except Image.DecompressionBombError as exc:
-        raise BadImageError(f"decompression bomb refused: {exc}") from None
+        raise BadImageError(f"image too large, decompression bomb refused: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"unreadable image header: {exc}") from None
     if width * height > max_pixels:

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from extractor.errors import ConfigError
+from extractor.spec import DEFAULT_PRESET, PRESETS, ExtractorSpec, resolve_spec
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves(name):
+    spec = resolve_spec(name)
+    assert spec.version.startswith(spec.backend + ":")
+
+
+def test_required_presets_exist():
+    models = {resolve_spec(n).model_id for n in PRESETS}
+    assert {"meta-llama/Llama-3.2-11B-Vision-Instruct", "meta-llama/Llama-3.2-11B-Vision",
+            "meta-llama/Llama-3.2-90B-Vision-Instruct", "rapidocr"} <= models
+    assert any(resolve_spec(n).backend == "legacy-remote-code" for n in PRESETS)
+
+
+def test_empty_value_means_default_preset():
+    assert resolve_spec(None) == resolve_spec(DEFAULT_PRESET) == resolve_spec("  ")
+
+
+def test_preset_with_overrides_and_params_win():
+    spec = resolve_spec(json.dumps({"preset": "llama-3.2-11b-vision-instruct", "revision": "abc123",
+                                    "batch_size": 4}), overrides={"batch_size": 2, "revision": None})
+    assert (spec.revision, spec.batch_size) == ("abc123", 2)
+    assert spec.version == "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1"
+
+
+def test_version_changes_with_what_changes_the_output():
+    base = resolve_spec("llama-3.2-11b-vision-instruct")
+    assert resolve_spec({"preset": "llama-3.2-11b-vision-instruct", "prompt_version": "v2"}).version != base.version
+    assert resolve_spec({"preset": "llama-3.2-11b-vision-instruct", "quantization": "8bit"}).version != base.version
+    # batch size is a speed setting: the same extractor version
+    assert resolve_spec({"preset": "llama-3.2-11b-vision-instruct", "batch_size": 1}).version == base.version
+
+
+def test_full_spec_round_trips():
+    spec = ExtractorSpec(backend="hf", model_id="org/model", revision="r1")
+    assert resolve_spec(spec.model_dump_json()) == spec
+    assert resolve_spec(spec) == spec
+
+
+@pytest.mark.parametrize("value, message", [
+    ("no-such-preset", "unknown extractor preset"),
+    ("{not json", "not valid JSON"),
+    ({"backend": "hf"}, "invalid extractor spec"),
+    ({"preset": "ocr", "batch_size": 0}, "invalid extractor spec"),
+    ({"preset": "ocr", "colour": "red"}, "invalid extractor spec"),
+    ({"backend": "legacy-remote-code", "model_id": "x"}, "trust_remote_code"),
+    ({"backend": "hf", "model_id": "x", "trust_remote_code": True}, "trust_remote_code"),
+])
+def test_bad_specs_are_clear_errors(value, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_spec(value)
