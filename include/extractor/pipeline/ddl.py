@@ -1,0 +1,195 @@
+"""Warehouse tables, generated from the extraction schema.
+
+``Receipt.model_fields`` decides the columns of ``receipts`` and ``LineItem.model_fields``
+those of ``receipt_line_items``; add a field to the schema and the next
+``ensure_schema()`` adds the column (additive migration, never a drop). Lineage and
+bookkeeping columns are declared here. One definition serves both dialects: only the
+JSON type differs (DuckDB ``JSON``, PostgreSQL ``JSONB``).
+
+Print the DDL with ``python -m extractor.pipeline.ddl [duckdb|postgres]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from decimal import Decimal
+
+from extractor.schema import LineItem, Receipt, scalar_fields
+
+# Money and quantities: 10 integer digits, 4 decimals (fractional unit prices, rates).
+NUMERIC = "NUMERIC(14,4)"
+NUMERIC_LIMIT = Decimal("1e10")  # |value| must stay below this to fit NUMERIC(14,4)
+
+_PY_TO_SQL = {
+    str: "TEXT",
+    Decimal: NUMERIC,
+    dt.date: "DATE",
+    dt.datetime: "TIMESTAMP",
+    float: "DOUBLE PRECISION",
+    int: "BIGINT",
+    bool: "BOOLEAN",
+    dict: "JSON",
+    list: "JSON",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str  # dialect-neutral; "JSON" becomes JSONB on PostgreSQL
+    not_null: bool = False
+    doc: str = ""
+
+    def render(self, dialect: str) -> str:
+        sql_type = "JSONB" if self.sql_type == "JSON" and dialect == "postgres" else self.sql_type
+        return f'"{self.name}" {sql_type}' + (" NOT NULL" if self.not_null else "")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    doc: str = ""
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def create_sql(self, dialect: str) -> str:
+        body = [c.render(dialect) for c in self.columns]
+        body.append("PRIMARY KEY (" + ", ".join(f'"{k}"' for k in self.primary_key) + ")")
+        return f'CREATE TABLE IF NOT EXISTS "{self.name}" (\n    ' + ",\n    ".join(body) + "\n)"
+
+
+def sql_type_of(annotation: object) -> str:
+    """Map a pydantic field annotation (``Decimal | None``, ``dict[str, float]``...) to SQL."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"cannot map union {annotation!r} to one column type")
+        return sql_type_of(args[0])
+    if origin is typing.Literal:
+        return "TEXT"
+    base = origin or annotation
+    for py_type, sql in _PY_TO_SQL.items():
+        if base is py_type:
+            return sql
+    raise TypeError(f"no SQL type for {annotation!r}; extend ddl._PY_TO_SQL")
+
+
+def _schema_columns(model: type, names: list[str]) -> list[Column]:
+    return [Column(n, sql_type_of(model.model_fields[n].annotation),
+                   doc=model.model_fields[n].description or "") for n in names]
+
+
+KEY = (Column("receipt_id", "TEXT", True, "sha256 of the image bytes"),
+       Column("extractor_version", "TEXT", True, "backend:model_id@revision:prompt_version"))
+LINEAGE = (
+    Column("model_id", "TEXT", doc="model that produced the row"),
+    Column("revision", "TEXT", doc="model revision (commit/tag)"),
+    Column("prompt_version", "TEXT", doc="prompt / parser version"),
+    Column("run_id", "TEXT", True, "Airflow run that wrote the row"),
+    Column("loaded_at", "TIMESTAMP", True, "the run's start (UTC), not now(): re-runs are identical"),
+)
+
+RECEIPTS = Table(
+    "receipts",
+    KEY + tuple(_schema_columns(Receipt, scalar_fields())) + (
+        Column("line_item_count", "INTEGER", True, "rows in receipt_line_items"),
+        Column("confidence", "JSON", doc=Receipt.model_fields["confidence"].description or ""),
+        Column("source", "TEXT", True, "where the image came from"),
+        Column("raw_text", "TEXT", doc="raw model / OCR output"),
+        Column("timings", "JSON", doc="per-stage seconds for this receipt"),
+    ) + LINEAGE,
+    ("receipt_id", "extractor_version"),
+    "one validated receipt per (receipt_id, extractor_version)",
+)
+
+LINE_ITEMS = Table(
+    "receipt_line_items",
+    KEY + (Column("line_no", "INTEGER", True, "1-based position on the receipt"),)
+    + tuple(_schema_columns(LineItem, list(LineItem.model_fields)))
+    + (Column("run_id", "TEXT", True, "Airflow run that wrote the row"),),
+    ("receipt_id", "extractor_version", "line_no"),
+    "line items of the receipts in `receipts`; replaced together with their receipt",
+)
+
+QUARANTINE = Table(
+    "quarantine",
+    KEY + (
+        Column("stage", "TEXT", True, "'extract' (no receipt) or 'validate' (failed expectations)"),
+        Column("reason", "TEXT", True, "why the receipt was not loaded"),
+        Column("failed_expectations", "JSON", True, "list of 'expectation(column)' strings"),
+        Column("receipt", "JSON", doc="the extracted fields, when there were any"),
+        Column("source", "TEXT", True, "where the image came from"),
+        Column("raw_text", "TEXT", doc="raw model / OCR output"),
+        Column("timings", "JSON", doc="per-stage seconds for this receipt"),
+    ) + LINEAGE[:4] + (Column("quarantined_at", "TIMESTAMP", True, "the run's start (UTC)"),),
+    ("receipt_id", "extractor_version"),
+    "receipts that were not loaded, with the reason; a receipt is here or in `receipts`, never both",
+)
+
+RUNS = Table(
+    "runs",
+    (Column("run_id", "TEXT", True, "Airflow run id"),
+     Column("dag_id", "TEXT"),
+     Column("logical_date", "TIMESTAMP"),
+     Column("partition_start", "TIMESTAMP", doc="data interval start (UTC)"),
+     Column("partition_end", "TIMESTAMP", doc="data interval end (UTC)"),
+     Column("extractor_version", "TEXT", True),
+     Column("model_id", "TEXT"),
+     Column("revision", "TEXT"),
+     Column("prompt_version", "TEXT"),
+     Column("started_at", "TIMESTAMP"),
+     Column("finished_at", "TIMESTAMP"),
+     Column("counts", "JSON", doc="discovered / loaded / quarantined / failed ..."),
+     Column("timings", "JSON", doc="seconds per pipeline stage"),
+     Column("decision", "TEXT", doc="validation decision: pass / alert / fail"),
+     Column("summary", "JSON", doc="run summary: fill rates, throughput, validation stats")),
+    ("run_id",),
+    "one row per pipeline run (re-running a run replaces its row)",
+)
+
+ALERTS = Table(
+    "alerts",
+    (Column("alert_id", "TEXT", True, "random id; alerts are events, never replaced"),
+     Column("run_id", "TEXT"),
+     Column("level", "TEXT", True, "info / warning / error"),
+     Column("message", "TEXT", True),
+     Column("details", "JSON"),
+     Column("notified", "JSON", doc="per-notifier outcome: 'ok' or the error"),
+     Column("created_at", "TIMESTAMP", True, "UTC")),
+    ("alert_id",),
+    "every alert the pipeline raised, whether or not a notifier delivered it",
+)
+
+TABLES: tuple[Table, ...] = (RECEIPTS, LINE_ITEMS, QUARANTINE, RUNS, ALERTS)
+
+
+def ddl(dialect: str = "duckdb") -> str:
+    """All CREATE TABLE statements for a dialect ('duckdb' or 'postgres')."""
+    return ";\n\n".join(t.create_sql(dialect) for t in TABLES) + ";\n"
+
+
+def markdown_tables() -> str:
+    """The tables and columns as Markdown (docs/warehouse.md embeds this output)."""
+    out = []
+    for t in TABLES:
+        out.append(f"### `{t.name}`\n\n{t.doc}. Primary key: "
+                   + ", ".join(f"`{k}`" for k in t.primary_key) + ".\n")
+        out.append("| column | type | null | description |\n| --- | --- | --- | --- |")
+        for c in t.columns:
+            out.append(f"| `{c.name}` | {c.sql_type} | {'no' if c.not_null else 'yes'} | {c.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    arg = sys.argv[1] if len(sys.argv) > 1 else "duckdb"
+    print(markdown_tables() if arg == "markdown" else ddl(arg))

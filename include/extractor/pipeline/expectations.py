@@ -1,0 +1,212 @@
+"""The expectation suite, derived from the extraction schema.
+
+``build_checks`` walks ``Receipt.model_fields`` and turns each field's type into the
+checks that type implies (money -> non-negative and below a sanity maximum, date -> in
+a window ending at the run's logical date, currency -> ISO 4217, text -> bounded
+length ...), adds the configured required fields, and adds cross-field arithmetic
+(totals, line items, tax rate) as precomputed boolean ``check_*`` columns, because
+GX's ``UnexpectedRowsExpectation`` needs a SQL data source and ours is a DataFrame.
+
+A check is plain data (GX class name + kwargs); ``validation`` turns it into a GX
+expectation. Severity "error" quarantines the failing rows, "warn" only counts them,
+"off" drops the check; ``Thresholds.severity`` overrides the defaults per check name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+import typing
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable
+
+from extractor.normalize import ISO_4217
+from extractor.pipeline.ddl import NUMERIC_LIMIT
+from extractor.schema import MONEY_FIELDS, ExtractionResult, Receipt, scalar_fields
+
+HH_MM = r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
+CARD_LAST4 = r"^[0-9]{4}$"
+PHONE = r"^\+?[0-9][0-9 ().\-/]{4,24}$"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str          # stable id, used in severity overrides and stats
+    expectation: str   # GX expectation class name
+    column: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    severity: str = "error"
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        """What a quarantine row lists: the expectation and the column it ran on."""
+        return f"{_snake(self.expectation)}({self.column})"
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def _base_type(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def build_checks(thresholds: Any, logical_date: dt.date) -> list[Check]:
+    """The suite for one run; ``thresholds`` is a ``validation.Thresholds``."""
+    t = thresholds
+    checks: list[Check] = [
+        Check("receipt_id_present", "ExpectColumnValuesToNotBeNull", "receipt_id",
+              description="receipt_id is present"),
+        Check("receipt_id_sha256", "ExpectColumnValuesToMatchRegex", "receipt_id",
+              {"regex": SHA256_HEX}, description="receipt_id is a sha256 hex digest"),
+        Check("receipt_id_unique", "ExpectColumnValuesToBeUnique", "receipt_id",
+              description="receipt_id appears once in the batch"),
+    ]
+    for name in t.required_fields:
+        if name not in Receipt.model_fields:
+            raise ValueError(f"required field {name!r} is not a Receipt field")
+        checks.append(Check(f"{name}_present", "ExpectColumnValuesToNotBeNull", name,
+                            description=f"{name} is present"))
+
+    earliest = logical_date - dt.timedelta(days=t.date_window_days)
+    latest = logical_date + dt.timedelta(days=t.future_grace_days)
+    for name in scalar_fields():
+        kind = _base_type(Receipt.model_fields[name].annotation)
+        if kind is dt.date:
+            checks.append(Check(
+                f"{name}_in_window", "ExpectColumnValuesToBeBetween", name,
+                {"min_value": dt.datetime.combine(earliest, dt.time()),
+                 "max_value": dt.datetime.combine(latest, dt.time())},
+                description=f"{name} between {earliest} and {latest} (not in the future)"))
+        elif kind is Decimal and name in MONEY_FIELDS:
+            checks.append(Check(
+                f"{name}_in_range", "ExpectColumnValuesToBeBetween", name,
+                {"min_value": 0, "max_value": float(t.max_amount)},
+                description=f"{name} between 0 and {t.max_amount}"))
+        elif kind is Decimal:  # rates
+            checks.append(Check(
+                f"{name}_in_range", "ExpectColumnValuesToBeBetween", name,
+                {"min_value": 0, "max_value": float(t.max_tax_rate)},
+                description=f"{name} between 0 and {t.max_tax_rate} percent"))
+        elif kind is str:
+            checks.append(Check(
+                f"{name}_length", "ExpectColumnValueLengthsToBeBetween", name,
+                {"min_value": 1, "max_value": t.max_text_length},
+                description=f"{name} at most {t.max_text_length} characters"))
+
+    currencies = sorted(t.allowed_currencies or ISO_4217)
+    checks += [
+        Check("time_format", "ExpectColumnValuesToMatchRegex", "time", {"regex": HH_MM},
+              description="time is HH:MM (24 h)"),
+        Check("currency_iso4217", "ExpectColumnValuesToBeInSet", "currency",
+              {"value_set": currencies}, description="currency is a known ISO 4217 code"),
+        Check("card_last4_digits", "ExpectColumnValuesToMatchRegex", "card_last4",
+              {"regex": CARD_LAST4}, description="card_last4 is four digits"),
+        Check("phone_format", "ExpectColumnValuesToMatchRegex", "phone", {"regex": PHONE},
+              severity="warn", description="phone looks like a phone number"),
+        Check("total_positive", "ExpectColumnValuesToBeBetween", "total",
+              {"min_value": 0, "strict_min": True}, severity="warn",
+              description="total is above zero"),
+    ]
+    for name, description, severity in CROSS_FIELD:
+        checks.append(Check(name, "ExpectColumnValuesToBeInSet", name, {"value_set": [True]},
+                            severity=severity, description=description))
+
+    overrides = dict(t.severity)
+    unknown = set(overrides) - {c.name for c in checks}
+    if unknown:
+        raise ValueError(f"severity override for unknown checks: {sorted(unknown)}")
+    out = []
+    for c in checks:
+        severity = overrides.get(c.name, c.severity)
+        if severity not in ("error", "warn", "off"):
+            raise ValueError(f"severity of {c.name} must be error/warn/off, not {severity!r}")
+        if severity != "off":
+            out.append(Check(c.name, c.expectation, c.column, c.kwargs, severity, c.description))
+    return out
+
+
+# Cross-field rules: computed per row in Python (exact Decimal arithmetic, tolerances),
+# checked by GX as boolean columns. A rule that cannot apply (fields missing) passes.
+CROSS_FIELD = (
+    ("check_total_arithmetic", "total = subtotal + tax - discount + tip (tax-inclusive "
+     "subtotal accepted) within total_tolerance", "error"),
+    ("check_line_items_sum", "line totals sum to the subtotal or total within "
+     "line_items_tolerance", "error"),
+    ("check_line_item_arithmetic", "quantity x unit_price = line_total on every line", "warn"),
+    ("check_tax_rate_arithmetic", "tax_amount = subtotal x tax_rate within 2% or the "
+     "tolerance", "warn"),
+    ("check_amounts_fit_warehouse", f"every amount (line items too) is below {NUMERIC_LIMIT} "
+     "in magnitude, the NUMERIC(14,4) limit", "error"),
+    ("check_confidence_range", "every per-field confidence is within [0, 1]", "warn"),
+)
+
+
+def _close(a: Decimal, b: Decimal, tol: Decimal) -> bool:
+    return abs(a - b) <= tol
+
+
+def total_arithmetic_ok(r: Receipt, tol: Decimal) -> bool:
+    if r.total is None or r.subtotal is None:
+        return True
+    adjust = (r.tip or 0) - (r.discount or 0)
+    with_tax = r.subtotal + (r.tax_amount or 0) + adjust
+    tax_inclusive = r.subtotal + adjust
+    return _close(with_tax, r.total, tol) or _close(tax_inclusive, r.total, tol)
+
+
+def line_items_sum_ok(r: Receipt, tol: Decimal) -> bool:
+    totals = [i.line_total for i in r.line_items]
+    if not totals or any(v is None for v in totals):
+        return True
+    s = sum(totals, Decimal(0))
+    candidates = [r.subtotal, r.total]
+    if r.total is not None:
+        candidates.append(r.total - (r.tax_amount or 0) - (r.tip or 0) + (r.discount or 0))
+    known = [c for c in candidates if c is not None]
+    return not known or any(_close(s, c, tol) for c in known)
+
+
+def line_item_arithmetic_ok(r: Receipt, tol: Decimal) -> bool:
+    return all(_close(i.quantity * i.unit_price, i.line_total, tol)
+               for i in r.line_items
+               if None not in (i.quantity, i.unit_price, i.line_total))
+
+
+def tax_rate_arithmetic_ok(r: Receipt, tol: Decimal) -> bool:
+    if None in (r.tax_rate, r.tax_amount, r.subtotal):
+        return True
+    expected = r.subtotal * r.tax_rate / 100
+    return _close(expected, r.tax_amount, max(tol, abs(expected) * Decimal("0.02")))
+
+
+def amounts_fit_ok(r: Receipt) -> bool:
+    values: Iterable[Decimal | None] = [getattr(r, n) for n in MONEY_FIELDS] + [r.tax_rate]
+    values = list(values) + [v for i in r.line_items for v in (i.quantity, i.unit_price, i.line_total)]
+    return all(v is None or (v.is_finite() and abs(v) < NUMERIC_LIMIT) for v in values)
+
+
+def confidence_ok(r: Receipt) -> bool:
+    return all(0.0 <= v <= 1.0 for v in r.confidence.values())
+
+
+def cross_field_flags(result: ExtractionResult, thresholds: Any) -> dict[str, bool]:
+    r = result.receipt or Receipt()
+    if not amounts_fit_ok(r):  # NaN / huge values: arithmetic is meaningless, flag once
+        flags = dict.fromkeys(name for name, _, _ in CROSS_FIELD)
+        return {k: k != "check_amounts_fit_warehouse" for k in flags} | {
+            "check_confidence_range": confidence_ok(r)}
+    return {
+        "check_total_arithmetic": total_arithmetic_ok(r, thresholds.total_tolerance),
+        "check_line_items_sum": line_items_sum_ok(r, thresholds.line_items_tolerance),
+        "check_line_item_arithmetic": line_item_arithmetic_ok(r, thresholds.line_items_tolerance),
+        "check_tax_rate_arithmetic": tax_rate_arithmetic_ok(r, thresholds.total_tolerance),
+        "check_amounts_fit_warehouse": amounts_fit_ok(r),
+        "check_confidence_range": confidence_ok(r),
+    }

@@ -1,0 +1,74 @@
+"""Staged extraction results: JSONL files, one ``ExtractionResult`` per line.
+
+The extract tasks write one staged file per batch and pass only its URI through XCom;
+validation and loading read it back. A write is atomic (temp file in the same folder,
+fsync, rename) so a retried or killed task never leaves a half-written file that a
+later task would read as a short batch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from extractor.schema import ExtractionResult
+
+
+def _local_path(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return Path(text)
+
+
+def write_staged(results: Iterable[ExtractionResult], path: str | os.PathLike) -> dict:
+    """Write results as JSONL, atomically; return ``{"uri", "ok", "failed"}``."""
+    target = _local_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ok = failed = 0
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for result in results:
+                fh.write(result.model_dump_json())
+                fh.write("\n")
+                if result.status == "ok":
+                    ok += 1
+                else:
+                    failed += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return {"uri": str(target), "ok": ok, "failed": failed}
+
+
+def read_staged(path: str | os.PathLike) -> list[ExtractionResult]:
+    """Read a staged JSONL file back into results (blank lines are skipped).
+
+    A line that does not parse raises: a corrupt staging file is a run-level failure,
+    not something to quarantine silently.
+    """
+    source = _local_path(path)
+    results: list[ExtractionResult] = []
+    with source.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                results.append(ExtractionResult.model_validate_json(line))
+            except ValueError as exc:
+                raise ValueError(f"{source}:{line_no}: not a staged ExtractionResult: {exc}") from exc
+    return results
+
+
+def read_staged_many(paths: Iterable[str | os.PathLike]) -> list[ExtractionResult]:
+    """Concatenate several staged files (one per mapped extract task) in order."""
+    results: list[ExtractionResult] = []
+    for path in paths:
+        results.extend(read_staged(path))
+    return results

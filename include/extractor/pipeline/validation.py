@@ -1,0 +1,291 @@
+"""Validate staged extraction results with Great Expectations 1.x.
+
+One call = one ephemeral GX context, one pandas batch holding every staged receipt of
+the run, one checkpoint run with ``result_format="COMPLETE"`` (so each failing
+expectation names its failing rows), and optionally Data Docs written to a folder.
+Failing rows become ``QuarantineRecord``s listing the failed expectations; extraction
+failures are quarantined without being validated; ``Thresholds`` turn the quarantine
+rate into a decision: pass, alert or fail.
+
+great_expectations is imported inside the function (it takes seconds to import); the
+cost is paid once per process and is reported in ``stats["timings"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
+
+from extractor.errors import ConfigError, ExtractorError
+from extractor.pipeline.expectations import Check, build_checks, cross_field_flags
+from extractor.pipeline.records import Decision, QuarantineRecord
+from extractor.schema import ExtractionResult, Receipt, scalar_fields
+
+__all__ = ["Thresholds", "ValidationOutcome", "QuarantineRecord", "validate_results"]
+
+log = logging.getLogger(__name__)
+SUITE_NAME = "receipts"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Suite settings and the quarantine-rate limits that decide pass / alert / fail."""
+
+    max_quarantine_rate_alert: float = 0.2   # rate above this -> "alert"
+    max_quarantine_rate_fail: float = 0.5    # rate above this -> "fail"
+    min_rows: int = 0                        # fewer results than this -> "fail"
+    date_window_days: int = 3650             # oldest acceptable date, back from logical date
+    future_grace_days: int = 1               # dates up to logical date + this pass
+    total_tolerance: Decimal = Decimal("0.05")
+    line_items_tolerance: Decimal = Decimal("0.05")
+    required_fields: tuple[str, ...] = ("store_name", "date", "total")
+    max_amount: Decimal = Decimal("100000")  # sanity maximum for every money field
+    max_tax_rate: Decimal = Decimal("30")
+    max_text_length: int = 300
+    allowed_currencies: tuple[str, ...] | None = None  # None: any ISO 4217 code
+    severity: Mapping[str, str] = field(default_factory=dict)  # check name -> error/warn/off
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "Thresholds":
+        """Build from JSON-ish config (an Airflow Variable); unknown keys are an error."""
+        values = dict(values or {})
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"unknown validation thresholds: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            default = names[key].default
+            if isinstance(default, Decimal):
+                value = Decimal(str(value))
+            elif key in ("required_fields", "allowed_currencies") and value is not None:
+                value = tuple(value)
+            elif key == "severity":
+                value = dict(value)
+            elif isinstance(default, float):
+                value = float(value)
+            elif isinstance(default, int):
+                value = int(value)
+            kwargs[key] = value
+        t = cls(**kwargs)
+        if not 0 <= t.max_quarantine_rate_alert <= t.max_quarantine_rate_fail <= 1:
+            raise ConfigError("need 0 <= max_quarantine_rate_alert <= max_quarantine_rate_fail <= 1")
+        return t
+
+    @classmethod
+    def coerce(cls, value: "Thresholds | Mapping[str, Any] | None") -> "Thresholds":
+        return value if isinstance(value, cls) else cls.from_dict(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple)
+                    else dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
+
+
+@dataclass
+class ValidationOutcome:
+    valid: list[ExtractionResult]
+    quarantined: list[QuarantineRecord]
+    decision: Decision
+    stats: dict[str, Any]
+    data_docs_path: str | None = None
+
+
+class ValidationRunError(ExtractorError):
+    """The suite itself could not run (an expectation raised): a run-level failure."""
+
+
+# ----------------------------------------------------------------------------- frame
+
+def results_frame(results: Sequence[ExtractionResult], thresholds: Thresholds):
+    """One row per result: schema fields typed for GX (money as float for range checks;
+    exact Decimal arithmetic happens in the check_* columns), plus the cross-field flags."""
+    import pandas as pd
+
+    receipts = [r.receipt or Receipt() for r in results]
+    columns: dict[str, Any] = {"receipt_id": pd.array([r.receipt_id for r in results], dtype=object)}
+    for name in scalar_fields():
+        values = [getattr(rc, name) for rc in receipts]
+        kind = Receipt.model_fields[name].annotation
+        if dt.date in _args(kind):
+            columns[name] = pd.to_datetime(pd.Series(values, dtype=object), errors="coerce")
+        elif Decimal in _args(kind):
+            columns[name] = pd.array([float("nan") if v is None else float(v) for v in values], dtype="float64")
+        else:
+            columns[name] = pd.array(values, dtype=object)
+    flags = [cross_field_flags(r, thresholds) for r in results]
+    for name in flags[0] if flags else ():
+        columns[name] = pd.array([f[name] for f in flags], dtype=bool)
+    return pd.DataFrame(columns)
+
+
+def _args(annotation: Any) -> tuple:
+    import typing
+    return typing.get_args(annotation) or (annotation,)
+
+
+# ----------------------------------------------------------------------------- GX run
+
+def run_suite(frame, checks: Sequence[Check], *, run_id: str,
+              data_docs_dir: str | None) -> tuple[list[dict], str | None, dict[str, float]]:
+    """Run the checks with GX on one batch; returns per-check results (check name,
+    success, unexpected row positions), the Data Docs page, and timings."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    t0 = time.perf_counter()
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    t1 = time.perf_counter()
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if data_docs_dir:
+        context.add_data_docs_site(SUITE_NAME, {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": os.path.abspath(data_docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+    batch = (context.data_sources.add_pandas("staged")
+             .add_dataframe_asset("staged_results")
+             .add_batch_definition_whole_dataframe("run"))
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
+    for c in checks:
+        expectation_cls = getattr(gx.expectations, c.expectation)
+        suite.add_expectation(expectation_cls(
+            column=c.column, **c.kwargs,
+            meta={"check": c.name, "severity": c.severity, "description": c.description}))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="staged_results", data=batch, suite=suite))
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if data_docs_dir else []
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="receipts_run", validation_definitions=[definition], actions=actions,
+        result_format="COMPLETE"))
+    t2 = time.perf_counter()
+    result = checkpoint.run(batch_parameters={"dataframe": frame},
+                            run_id=gx.RunIdentifier(run_name=run_id))
+    t3 = time.perf_counter()
+
+    per_check, errors = [], []
+    docs_path = None
+    for identifier, validation in result.run_results.items():
+        for r in validation.results:
+            meta = r.expectation_config.meta or {}
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                errors.append(f"{meta.get('check')}: {r.exception_info.get('exception_message')}")
+                continue
+            per_check.append({"check": meta["check"], "success": bool(r.success),
+                              "unexpected_index_list": list(r.result.get("unexpected_index_list") or []),
+                              "unexpected_count": int(r.result.get("unexpected_count") or 0)})
+        if data_docs_dir:
+            docs_path = _docs_page(context, identifier)
+    if errors:
+        raise ValidationRunError("expectations could not run: " + "; ".join(errors))
+    timings = {"gx_import_s": t1 - t0, "gx_setup_s": t2 - t1, "gx_run_s": t3 - t2}
+    return per_check, docs_path, timings
+
+
+def _docs_page(context, identifier) -> str | None:
+    for site in context.get_docs_sites_urls(resource_identifier=identifier, site_name=SUITE_NAME):
+        url = site.get("site_url")
+        if url:
+            return url[len("file://"):] if url.startswith("file://") else url
+    return None
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def validate_results(results: Sequence[ExtractionResult], *,
+                     thresholds: Thresholds | Mapping[str, Any] | None = None,
+                     logical_date: dt.date | dt.datetime, run_id: str,
+                     data_docs_dir: str | None = None) -> ValidationOutcome:
+    """Split results into valid and quarantined and decide pass / alert / fail."""
+    started = time.perf_counter()
+    thresholds = Thresholds.coerce(thresholds)
+    if isinstance(logical_date, dt.datetime):
+        logical_date = logical_date.date()
+    checks = build_checks(thresholds, logical_date)
+
+    quarantined: list[QuarantineRecord] = []
+    to_validate: list[ExtractionResult] = []
+    for r in results:
+        if r.status == "ok" and r.receipt is not None:
+            to_validate.append(r)
+            continue
+        reason = r.reason or ("backend reported ok but returned no receipt" if r.status == "ok"
+                              else "extraction failed (the backend gave no reason)")
+        quarantined.append(QuarantineRecord(
+            receipt_id=r.receipt_id, source=r.source, extractor_version=r.extractor_version,
+            stage="extract", reason=reason, raw_text=r.raw_text, timings=dict(r.timings)))
+    n_extract_failed = len(quarantined)
+
+    per_check: list[dict] = []
+    docs_path, gx_timings = None, {}
+    valid: list[ExtractionResult] = []
+    if to_validate:
+        frame = results_frame(to_validate, thresholds)
+        per_check, docs_path, gx_timings = run_suite(frame, checks, run_id=run_id,
+                                                     data_docs_dir=data_docs_dir)
+        by_name = {c.name: c for c in checks}
+        failed_by_row: dict[int, list[Check]] = {}
+        for pc in per_check:
+            check = by_name[pc["check"]]
+            if check.severity == "error":
+                for row in pc["unexpected_index_list"]:
+                    failed_by_row.setdefault(int(row), []).append(check)
+        for i, r in enumerate(to_validate):
+            failed = failed_by_row.get(i)
+            if not failed:
+                valid.append(r)
+                continue
+            quarantined.append(QuarantineRecord(
+                receipt_id=r.receipt_id, source=r.source, extractor_version=r.extractor_version,
+                stage="validate",
+                reason="failed expectations: " + "; ".join(c.description for c in failed),
+                failed_expectations=[c.label for c in failed], raw_text=r.raw_text,
+                receipt=r.receipt.model_dump(mode="json") if r.receipt else None,
+                timings=dict(r.timings)))
+
+    n = len(results)
+    rate = len(quarantined) / n if n else 0.0
+    decision, why = decide(n, rate, thresholds)
+    stats = {
+        "run_id": run_id, "logical_date": logical_date.isoformat(),
+        "rows": n, "validated": len(to_validate), "valid": len(valid),
+        "quarantined": len(quarantined), "extract_failed": n_extract_failed,
+        "validation_failed": len(quarantined) - n_extract_failed,
+        "quarantine_rate": round(rate, 6), "decision": decision, "decision_reason": why,
+        "checks": [{"check": pc["check"], "column": by_check(checks, pc["check"]).column,
+                    "expectation": by_check(checks, pc["check"]).label,
+                    "severity": by_check(checks, pc["check"]).severity,
+                    "success": pc["success"], "unexpected_count": pc["unexpected_count"]}
+                   for pc in per_check],
+        "thresholds": thresholds.to_dict(),
+        "timings": {**{k: round(v, 4) for k, v in gx_timings.items()},
+                    "total_s": round(time.perf_counter() - started, 4)},
+        "data_docs_path": docs_path,
+    }
+    log.info("validation run_id=%s rows=%d valid=%d quarantined=%d rate=%.3f decision=%s (%s)",
+             run_id, n, len(valid), len(quarantined), rate, decision, why)
+    return ValidationOutcome(valid=valid, quarantined=quarantined, decision=decision,
+                             stats=stats, data_docs_path=docs_path)
+
+
+def by_check(checks: Sequence[Check], name: str) -> Check:
+    return next(c for c in checks if c.name == name)
+
+
+def decide(n_rows: int, quarantine_rate: float, t: Thresholds) -> tuple[Decision, str]:
+    """Suite-level decision from the row count and the quarantine rate."""
+    if n_rows < t.min_rows:
+        return "fail", f"{n_rows} rows, fewer than min_rows={t.min_rows}"
+    if quarantine_rate > t.max_quarantine_rate_fail:
+        return "fail", f"quarantine rate {quarantine_rate:.1%} > {t.max_quarantine_rate_fail:.1%}"
+    if quarantine_rate > t.max_quarantine_rate_alert:
+        return "alert", f"quarantine rate {quarantine_rate:.1%} > {t.max_quarantine_rate_alert:.1%}"
+    return "pass", f"quarantine rate {quarantine_rate:.1%} within limits"

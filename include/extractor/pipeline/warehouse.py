@@ -1,0 +1,271 @@
+"""The warehouse behind one interface: DuckDB (embedded default) or PostgreSQL.
+
+``open_warehouse(url)`` picks the implementation from the URL. Every write is keyed by
+(receipt_id, extractor_version) and happens in ONE transaction: the keys being loaded
+are deleted from ``receipts``, ``receipt_line_items`` and ``quarantine`` and their new
+rows inserted in bulk, and the run's row in ``runs`` is replaced. So
+
+* re-running a load with the same input leaves identical table contents (timestamps
+  come from the run record, never from ``now()``);
+* a receipt is in exactly one of ``receipts`` / ``quarantine`` per extractor version: a
+  receipt that now validates leaves quarantine, one that now fails leaves receipts;
+* rows of other extractor versions are never touched, so switching the model back is a
+  rollback, not a reload.
+
+Drivers (duckdb, psycopg) are imported by the implementation that needs them.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import json
+import logging
+import re
+import uuid
+from decimal import Decimal
+from typing import Any, Iterable, Sequence
+
+from extractor.pipeline import ddl
+from extractor.pipeline.records import QuarantineRecord, RunRecord
+from extractor.schema import ExtractionResult, LineItem, scalar_fields
+
+__all__ = ["Warehouse", "RunRecord", "QuarantineRecord", "open_warehouse"]
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+
+
+def open_warehouse(url: str, **options: Any) -> "Warehouse":
+    """``duckdb:///relative/path.duckdb``, ``duckdb:////abs/path.duckdb``, ``duckdb:///:memory:``
+    or a ``postgresql://user@host:port/db`` URI (``postgres://`` and ``postgresql+driver://``
+    are accepted too, as Airflow connections render them)."""
+    if url.startswith("duckdb://"):
+        from extractor.pipeline.warehouse_duckdb import DuckDBWarehouse
+        return DuckDBWarehouse(url[len("duckdb:///"):] if url.startswith("duckdb:///") else
+                               url[len("duckdb://"):], **options)
+    if re.match(r"postgres(ql)?(\+\w+)?://", url):
+        from extractor.pipeline.warehouse_postgres import PostgresWarehouse
+        return PostgresWarehouse(url, **options)
+    raise ValueError(f"unsupported warehouse URL {url!r}: use duckdb:///path or postgresql://...")
+
+
+# ----------------------------------------------------------------------------- values
+
+def utc_naive(value: dt.datetime | dt.date | None) -> dt.datetime | None:
+    """All warehouse timestamps are naive UTC (same type on both backends)."""
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def to_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ----------------------------------------------------------------------------- rows
+
+RECEIPT_FIELDS = scalar_fields()
+LINE_ITEM_FIELDS = list(LineItem.model_fields)
+
+
+def receipt_row(result: ExtractionResult, run: RunRecord) -> Row:
+    receipt = result.receipt
+    if result.status != "ok" or receipt is None:
+        raise ValueError(f"receipt {result.receipt_id} is not a valid result; quarantine it")
+    loaded_at = utc_naive(run.started_at)
+    values = {n: getattr(receipt, n) for n in RECEIPT_FIELDS}
+    values.update(
+        receipt_id=result.receipt_id, extractor_version=result.extractor_version,
+        line_item_count=len(receipt.line_items), confidence=to_json(receipt.confidence),
+        source=result.source, raw_text=result.raw_text, timings=to_json(result.timings),
+        model_id=run.model_id, revision=run.revision, prompt_version=run.prompt_version,
+        run_id=run.run_id, loaded_at=loaded_at)
+    return tuple(values[c] for c in ddl.RECEIPTS.column_names)
+
+
+def line_item_rows(result: ExtractionResult, run: RunRecord) -> list[Row]:
+    assert result.receipt is not None
+    rows = []
+    for line_no, item in enumerate(result.receipt.line_items, start=1):
+        values = {n: getattr(item, n) for n in LINE_ITEM_FIELDS}
+        values.update(receipt_id=result.receipt_id, extractor_version=result.extractor_version,
+                      line_no=line_no, run_id=run.run_id)
+        rows.append(tuple(values[c] for c in ddl.LINE_ITEMS.column_names))
+    return rows
+
+
+def quarantine_row(record: QuarantineRecord, run: RunRecord) -> Row:
+    values = dict(
+        receipt_id=record.receipt_id, extractor_version=record.extractor_version,
+        stage=record.stage, reason=record.reason,
+        failed_expectations=to_json(list(record.failed_expectations)),
+        receipt=to_json(record.receipt), source=record.source, raw_text=record.raw_text,
+        timings=to_json(record.timings), model_id=run.model_id, revision=run.revision,
+        prompt_version=run.prompt_version, run_id=run.run_id,
+        quarantined_at=utc_naive(run.started_at))
+    return tuple(values[c] for c in ddl.QUARANTINE.column_names)
+
+
+def run_row(run: RunRecord) -> Row:
+    values = dict(
+        run_id=run.run_id, dag_id=run.dag_id, logical_date=utc_naive(run.logical_date),
+        partition_start=utc_naive(run.partition_start), partition_end=utc_naive(run.partition_end),
+        extractor_version=run.extractor_version, model_id=run.model_id, revision=run.revision,
+        prompt_version=run.prompt_version, started_at=utc_naive(run.started_at),
+        finished_at=utc_naive(run.finished_at), counts=to_json(run.counts),
+        timings=to_json(run.timings), decision=run.decision, summary=to_json(run.summary))
+    return tuple(values[c] for c in ddl.RUNS.column_names)
+
+
+def _dedupe_quarantine(records: Iterable[QuarantineRecord]) -> list[QuarantineRecord]:
+    """One quarantine row per key: the same image twice in a batch is one receipt."""
+    by_key: dict[tuple[str, str], QuarantineRecord] = {}
+    for rec in records:
+        key = (rec.receipt_id, rec.extractor_version)
+        if key in by_key:
+            kept = by_key[key]
+            if rec.source != kept.source and rec.source not in kept.reason:
+                kept.reason = f"{kept.reason} (same image also at {rec.source})"
+            continue
+        by_key[key] = QuarantineRecord(**rec.to_dict())
+    return list(by_key.values())
+
+
+# ----------------------------------------------------------------------------- interface
+
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+
+
+def convert_placeholders(sql: str, to: str) -> str:
+    """Let callers write either ``?`` or ``%s`` placeholders on both backends."""
+    src, dst = ("%s", "?") if to == "qmark" else ("?", "%s")
+    out, pos = [], 0
+    for m in _QUOTED.finditer(sql):
+        out.append(sql[pos:m.start()].replace(src, dst))
+        out.append(m.group(0))
+        pos = m.end()
+    out.append(sql[pos:].replace(src, dst))
+    return "".join(out)
+
+
+class Warehouse(abc.ABC):
+    """What the pipeline needs from a warehouse; subclasses supply the bulk primitives."""
+
+    dialect: str
+
+    # -- primitives each backend implements --------------------------------------------
+    @abc.abstractmethod
+    def _transaction(self): ...  # context manager: commit on success, roll back on error
+
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    @abc.abstractmethod
+    def _insert_rows(self, table: ddl.Table, rows: list[Row]) -> None: ...
+
+    @abc.abstractmethod
+    def _delete_keys(self, tables: Sequence[ddl.Table], keys: list[tuple[str, str]]) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def _existing_columns(self, table: str) -> set[str]: ...
+
+    @abc.abstractmethod
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def _lock_schema(self) -> None:
+        """Serialise concurrent ensure_schema calls (PostgreSQL: an advisory lock)."""
+
+    # -- the contract ----------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create missing tables and add columns the schema gained since (never drops)."""
+        with self._transaction():
+            self._lock_schema()
+            for table in ddl.TABLES:
+                self._execute(table.create_sql(self.dialect))
+                existing = self._existing_columns(table.name)
+                for col in table.columns:
+                    if col.name not in existing:
+                        nullable = ddl.Column(col.name, col.sql_type)  # cannot add NOT NULL to old rows
+                        self._execute(f'ALTER TABLE "{table.name}" ADD COLUMN {nullable.render(self.dialect)}')
+                        log.info("warehouse: added column %s.%s", table.name, col.name)
+
+    def load(self, valid: Sequence[ExtractionResult], quarantined: Sequence[QuarantineRecord],
+             run: RunRecord) -> dict[str, int]:
+        """Upsert one run's receipts, line items, quarantine rows and run row, atomically."""
+        valid_keys = [(r.receipt_id, r.extractor_version) for r in valid]
+        if len(set(valid_keys)) != len(valid_keys):
+            raise ValueError("duplicate (receipt_id, extractor_version) among valid results; "
+                             "validation must quarantine duplicates")
+        quarantined = _dedupe_quarantine(quarantined)
+        q_keys = [(q.receipt_id, q.extractor_version) for q in quarantined]
+        both = set(valid_keys) & set(q_keys)
+        if both:
+            raise ValueError(f"{len(both)} receipts are both valid and quarantined, e.g. {next(iter(both))}")
+        receipts = [receipt_row(r, run) for r in valid]
+        items = [row for r in valid for row in line_item_rows(r, run)]
+        q_rows = [quarantine_row(q, run) for q in quarantined]
+        with self._transaction():
+            deleted = self._delete_keys((ddl.RECEIPTS, ddl.LINE_ITEMS, ddl.QUARANTINE),
+                                        valid_keys + q_keys)
+            self._execute('DELETE FROM "runs" WHERE "run_id" = ?', (run.run_id,))
+            self._insert_rows(ddl.RECEIPTS, receipts)
+            self._insert_rows(ddl.LINE_ITEMS, items)
+            self._insert_rows(ddl.QUARANTINE, q_rows)
+            self._insert_rows(ddl.RUNS, [run_row(run)])
+        counts = {"receipts": len(receipts), "line_items": len(items), "quarantined": len(q_rows),
+                  "replaced_receipts": deleted.get("receipts", 0),
+                  "replaced_quarantine": deleted.get("quarantine", 0)}
+        log.info("warehouse load run_id=%s %s", run.run_id, counts)
+        return counts
+
+    def already_extracted(self, extractor_version: str, receipt_ids: Iterable[str]) -> set[str]:
+        """Ids that have a row in receipts or quarantine for this extractor version."""
+        ids = sorted(set(receipt_ids))
+        if not ids:
+            return set()
+        found: set[str] = set()
+        for table in ("receipts", "quarantine"):
+            found.update(r[0] for r in self._fetch_ids(table, extractor_version, ids))
+        return found
+
+    @abc.abstractmethod
+    def _fetch_ids(self, table: str, extractor_version: str, ids: list[str]) -> list[tuple]: ...
+
+    def record_alert(self, run_id: str | None, level: str, message: str, details: dict,
+                     notified: dict | None = None) -> str:
+        """Append an alert row (alerts are events: never replaced); returns its id."""
+        alert_id = uuid.uuid4().hex
+        row = dict(alert_id=alert_id, run_id=run_id, level=level, message=message,
+                   details=to_json(details), notified=to_json(notified),
+                   created_at=utc_naive(dt.datetime.now(dt.timezone.utc)))
+        with self._transaction():
+            self._insert_rows(ddl.ALERTS, [tuple(row[c] for c in ddl.ALERTS.column_names)])
+        return alert_id
+
+    def table_counts(self) -> dict[str, int]:
+        return {t.name: self.fetch(f'SELECT count(*) FROM "{t.name}"')[0][0] for t in ddl.TABLES}
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
