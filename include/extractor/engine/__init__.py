@@ -1,0 +1,30 @@
+"""The project's own batched decode for Llama 3.2 Vision (static KV cache + CUDA graphs).
+
+``MllamaStaticEngine(model).generate(...)`` is what the ``hf`` backend calls for Mllama
+models in bf16; other architectures keep ``model.generate``. Importing this package
+imports no torch: the heavy modules load when the engine is built.
+"""
+
+from __future__ import annotations
+
+from extractor.engine.memory import pick_batch_size, row_bytes
+
+__all__ = ["MllamaStaticEngine", "pick_batch_size", "row_bytes", "supports"]
+
+
+def __getattr__(name):
+    if name == "MllamaStaticEngine":
+        from extractor.engine.mllama import MllamaStaticEngine
+
+        return MllamaStaticEngine
+    raise AttributeError(name)
+
+
+def supports(model) -> bool:
+    """True when ``model`` is an Mllama conditional-generation model with plain (not
+    bitsandbytes-quantised) linear weights: the engine's preconditions."""
+    if type(model).__name__ != "MllamaForConditionalGeneration":
+        return False
+    if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
+        return False
+    return True

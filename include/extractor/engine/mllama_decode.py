@@ -1,0 +1,254 @@
+"""One Mllama decode step over a static cache, written against the HF model's own weights.
+
+The step reproduces ``MllamaTextModel`` for a single new token per row, op for op (same
+float32 RMSNorm, same rotary tables, same gate tanh and row mask), but with every tensor
+it touches allocated once: that is what lets ``torch.cuda.CUDAGraph`` capture it and
+replay ~1,000 kernels with one launch and no host sync.
+
+Grouped-query attention is folded into the query length: with one new token per row,
+the ``n_rep`` query heads that share a key/value head become ``n_rep`` query rows of
+that head ([B, kv_heads, n_rep, head_dim]), so SDPA sees plain multi-head attention and
+never copies the cache with ``repeat_kv``. Query head ``j`` uses key/value head
+``j // n_rep`` in HF, which is exactly the row-major reshape of ``[B, 1, heads*dim]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class LayerWeights:
+    """The tensors of one text decoder layer (views of the HF parameters, never copies)."""
+
+    cross: bool
+    ln1: Any
+    ln2: Any
+    wq: Any
+    wk: Any
+    wv: Any
+    wo: Any
+    wg: Any
+    wu: Any
+    wd: Any
+    wqkv: Any = None  # q|k|v rows in one tensor (self-attention, when fused)
+    wgu: Any = None  # gate|up rows in one tensor (when fused)
+    q_norm: Any = None
+    gate_attn: Any = None  # tanh already applied
+    gate_mlp: Any = None
+
+
+@dataclass
+class TextWeights:
+    embed: Any
+    norm: Any
+    lm_head: Any
+    layers: list[LayerWeights]
+    eps: float
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    inv_freq: Any
+    attention_scaling: float
+    fused: bool = False
+
+
+def text_model_of(model):
+    """The ``MllamaTextModel`` inside a ``MllamaForConditionalGeneration`` (transformers 5)."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "language_model"):
+        return inner.language_model
+    raise TypeError(f"{type(model).__name__} is not an Mllama conditional-generation model")
+
+
+def _fuse_rows(linears) -> Any:
+    """Concatenate the weights of bias-free ``nn.Linear`` modules into one tensor and make
+    each module's weight a view of its rows: one GEMM instead of several at decode, with
+    no extra memory and the HF forward (used for prefill) unchanged."""
+    import torch
+
+    fused = torch.cat([lin.weight.data for lin in linears], dim=0)
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = fused[start:start + rows]
+        start += rows
+    return fused
+
+
+def collect_weights(model, *, fuse: bool) -> TextWeights:
+    """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously."""
+    import torch
+
+    text = text_model_of(model)
+    cfg = text.config
+    layers = []
+    for idx, layer in enumerate(text.layers):
+        cross = idx in cfg.cross_attention_layers
+        attn = layer.cross_attn if cross else layer.self_attn
+        mlp = layer.mlp
+        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                    mlp.down_proj):
+            if getattr(lin, "bias", None) is not None or not isinstance(lin.weight, torch.Tensor) \
+                    or lin.weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise TypeError("the static engine needs plain bf16/fp16/fp32 linear layers "
+                                "(quantised models go through generate)")
+        wqkv = wgu = None
+        if fuse:  # the cross layers' k/v projections only run at prefill: nothing to fuse there
+            wqkv = None if cross else _fuse_rows([attn.q_proj, attn.k_proj, attn.v_proj])
+            wgu = _fuse_rows([mlp.gate_proj, mlp.up_proj])
+        lw = LayerWeights(cross=cross, ln1=layer.input_layernorm.weight,
+                          ln2=layer.post_attention_layernorm.weight, wq=attn.q_proj.weight,
+                          wk=attn.k_proj.weight, wv=attn.v_proj.weight, wo=attn.o_proj.weight,
+                          wg=mlp.gate_proj.weight, wu=mlp.up_proj.weight, wd=mlp.down_proj.weight,
+                          wqkv=wqkv, wgu=wgu)
+        if cross:
+            lw.q_norm = attn.q_norm.weight
+            lw.gate_attn = layer.cross_attn_attn_gate.tanh()
+            lw.gate_mlp = layer.cross_attn_mlp_gate.tanh()
+        layers.append(lw)
+    rotary = text.rotary_emb
+    return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=model.lm_head.weight,
+                       layers=layers, eps=cfg.rms_norm_eps, num_heads=cfg.num_attention_heads,
+                       num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
+                       hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                       inv_freq=rotary.inv_freq, attention_scaling=float(rotary.attention_scaling), fused=fuse)
+
+
+def rotary_tables(w: TextWeights, length: int, dtype, device):
+    """cos/sin for positions 0..length-1, computed as ``MllamaRotaryEmbedding`` does
+    (float32 product of position and inverse frequency, doubled, scaled, then cast)."""
+    import torch
+
+    pos = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = pos[:, None] * w.inv_freq.to(device=device, dtype=torch.float32)[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * w.attention_scaling).to(dtype), (emb.sin() * w.attention_scaling).to(dtype)
+
+
+def rms_norm(x, weight, eps: float):
+    import torch
+
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rotate_half(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass
+class DecodeState:
+    """Every tensor one decode step reads or writes; shapes fixed for a batch's lifetime.
+
+    ``cur`` is the cache slot of the token being fed (the same for all rows of a
+    left-padded batch); ``pos`` its rotary position per row; ``step`` the output column
+    it produces. All three live on the device so a captured graph can advance them.
+    """
+
+    tok: Any            # [B] long, token fed this step
+    pos: Any            # [B] long
+    cur: Any            # [1] long
+    step: Any           # [1] long
+    self_valid: Any     # [B, L] bool, which cache slots a row may attend to
+    self_k: list        # per self-attn layer [B, kv, L, D]
+    self_v: list
+    cross_k: list       # per cross-attn layer [B, kv, S, D] (None where the batch has no image)
+    cross_v: list
+    cross_bias: Any     # [B, 1, 1, S] additive, or None when it is all zeros
+    row_mask: Any       # [B, 1, 1] full_text_row_masked_out_mask of the decode token
+    finished: Any       # [B] bool
+    out: Any            # [B, max_new] long
+    eos: Any            # [E] long
+    min_new: Any        # [1] long
+    pad_id: int
+    cos: Any            # [Lpos, D]
+    sin: Any
+    record_logits: list | None = None  # debug (eager only): collects each step's float32 logits
+
+
+def decode_step(w: TextWeights, st: DecodeState) -> None:
+    """Feed ``st.tok`` at ``st.pos`` / slot ``st.cur``, write the greedy next token to
+    ``st.out[:, st.step]`` and advance the state. Allocation-free in shape, host-sync free."""
+    import torch
+    import torch.nn.functional as F
+
+    bsz = st.tok.shape[0]
+    nkv, nrep, hd = w.num_kv_heads, w.num_heads // w.num_kv_heads, w.head_dim
+    q_size, kv_size = w.num_heads * hd, nkv * hd
+    scale = hd ** -0.5
+
+    h = F.embedding(st.tok, w.embed)[:, None, :]               # [B, 1, H]
+    cos = st.cos.index_select(0, st.pos)[:, None, None, :]      # [B, 1, 1, D]
+    sin = st.sin.index_select(0, st.pos)[:, None, None, :]
+    st.self_valid.index_fill_(1, st.cur, True)                  # the new token sees itself
+    self_mask = st.self_valid[:, None, None, :]
+    si = ci = 0
+    for lw in w.layers:
+        x = rms_norm(h, lw.ln1, w.eps)
+        if lw.cross:
+            ck, cv = st.cross_k[ci], st.cross_v[ci]
+            ci += 1
+            if ck is None:  # HF skips cross layers when the batch carries no image
+                continue
+            q = F.linear(x, lw.wq).view(bsz, nkv, nrep, hd)
+            q = rms_norm(q, lw.q_norm, w.eps)
+            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=st.cross_bias, scale=scale)
+            h = h + lw.gate_attn * F.linear(a.reshape(bsz, 1, q_size), lw.wo)
+            m = _mlp(rms_norm(h, lw.ln2, w.eps), lw, w.intermediate_size)
+            h = h + lw.gate_mlp * (st.row_mask * m)
+        else:
+            if lw.wqkv is not None:
+                q, k, v = F.linear(x, lw.wqkv).split([q_size, kv_size, kv_size], dim=-1)
+            else:
+                q, k, v = F.linear(x, lw.wq), F.linear(x, lw.wk), F.linear(x, lw.wv)
+            q = q.view(bsz, nkv, nrep, hd)
+            k = k.view(bsz, nkv, 1, hd)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kc, vc = st.self_k[si], st.self_v[si]
+            si += 1
+            kc.index_copy_(2, st.cur, k)
+            vc.index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
+            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self_mask, scale=scale)
+            h = h + F.linear(a.reshape(bsz, 1, q_size), lw.wo)
+            h = h + _mlp(rms_norm(h, lw.ln2, w.eps), lw, w.intermediate_size)
+    logits = F.linear(rms_norm(h, w.norm, w.eps), w.lm_head)[:, 0].to(torch.float32)
+    if st.record_logits is not None:
+        st.record_logits.append(logits.clone())
+    select_next(logits, st)
+    st.pos.add_(1)
+    st.cur.add_(1)
+
+
+def _mlp(x, lw: LayerWeights, intermediate: int):
+    import torch.nn.functional as F
+
+    if lw.wgu is not None:
+        g, u = F.linear(x, lw.wgu).split(intermediate, dim=-1)
+    else:
+        g, u = F.linear(x, lw.wg), F.linear(x, lw.wu)
+    return F.linear(F.silu(g) * u, lw.wd)
+
+
+def select_next(logits, st: DecodeState) -> None:
+    """Greedy choice with generate's min-new-tokens rule and finished-row padding;
+    writes ``st.out[:, st.step]``, updates ``st.finished`` / ``st.tok``, advances step."""
+    import torch
+
+    # MinNewTokensLengthLogitsProcessor: EOS is impossible before min_new tokens exist.
+    blocked = (st.step < st.min_new).to(logits.dtype) * torch.finfo(logits.dtype).min
+    logits.index_add_(1, st.eos, blocked.expand(logits.shape[0], st.eos.shape[0]).contiguous())
+    nxt = logits.argmax(dim=-1)
+    nxt = torch.where(st.finished, torch.full_like(nxt, st.pad_id), nxt)
+    st.finished.logical_or_((nxt[:, None] == st.eos[None, :]).any(-1))
+    st.out.index_copy_(1, st.step, nxt[:, None])
+    st.tok.copy_(nxt)
+    st.step.add_(1)

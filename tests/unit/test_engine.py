@@ -1,0 +1,184 @@
+"""The static-cache Mllama engine against transformers' own ``generate``, on a tiny model.
+
+Runs on the CPU: the engine's decode math (static cache, folded grouped-query attention,
+rotary tables, cross-attention gates and masks, min-new-tokens, EOS padding, bucketing
+and chunking) runs eagerly there; only the CUDA-graph capture needs a GPU and is
+exercised by bench/gpu_throughput.py on the device machine (numbers in docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from extractor.engine import MllamaStaticEngine, pick_batch_size, row_bytes, supports  # noqa: E402
+from extractor.engine.memory import GIB  # noqa: E402
+
+IMAGE_TOKEN = 250
+PAD = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_mllama():
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, attention_heads=2, num_hidden_layers=2, num_global_layers=1,
+                  intermediate_size=64, intermediate_layers_indices=[0], vision_output_dim=64,
+                  image_size=28, patch_size=14, max_num_tiles=2,
+                  supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
+    # Three text layers, the middle one cross-attention; 4 query heads on 2 kv heads (GQA).
+    text = dict(vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, intermediate_size=96, cross_attention_layers=[1, 3],
+                max_position_embeddings=512, initializer_range=0.08, bos_token_id=1, eos_token_id=2,
+                pad_token_id=PAD,
+                rope_scaling={"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                              "original_max_position_embeddings": 64, "rope_type": "llama3"})
+    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN)
+    model = MllamaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # fresh gates are 0 (tanh 0 = 0): open them so the image matters
+        for name, param in model.named_parameters():
+            if name.endswith("cross_attn_attn_gate"):
+                param.fill_(0.9)
+            elif name.endswith("cross_attn_mlp_gate"):
+                param.fill_(-0.7)
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = PAD
+    return model
+
+
+def _batch(lengths, tiles, seed=0):
+    """A left-padded batch as the processor builds it: <bos> <|image|> text..., the cross
+    mask on from the image token on, over each row's valid tiles only."""
+    g = torch.Generator().manual_seed(seed)
+    bsz, plen = len(lengths), max(lengths)
+    ids = torch.full((bsz, plen), PAD, dtype=torch.long)
+    am = torch.zeros(bsz, plen, dtype=torch.long)
+    xmask = torch.zeros(bsz, plen, 1, 2, dtype=torch.long)
+    arm = torch.zeros(bsz, 1, 2, dtype=torch.long)
+    ar_ids = torch.zeros(bsz, 1, dtype=torch.long)
+    for b, (n, t) in enumerate(zip(lengths, tiles)):
+        start = plen - n
+        ids[b, start:] = torch.randint(4, 240, (n,), generator=g)
+        ids[b, start], ids[b, start + 1] = 1, IMAGE_TOKEN
+        am[b, start:] = 1
+        xmask[b, start + 1:, 0, :t] = 1
+        arm[b, 0, :t] = 1
+        ar_ids[b, 0] = 1 if t == 1 else 2
+    pix = torch.randn(bsz, 1, 2, 3, 28, 28, generator=g)
+    return dict(input_ids=ids, attention_mask=am, pixel_values=pix, aspect_ratio_ids=ar_ids,
+                aspect_ratio_mask=arm, cross_attention_mask=xmask)
+
+
+def _reference(model, batch, max_new, min_new=0):
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False)
+    return out[:, batch["input_ids"].shape[1]:]
+
+
+def _engine(model, batch, max_new, min_new=0, **kwargs):
+    return MllamaStaticEngine(model, **kwargs).generate(**batch, max_new_tokens=max_new,
+                                                        min_new_tokens=min_new)
+
+
+def test_tokens_equal_generate_on_left_padded_batch(tiny_mllama):
+    batch = _batch(lengths=[12, 9, 5], tiles=[2, 1, 2])
+    ref = _reference(tiny_mllama, batch, max_new=14)
+    got = _engine(tiny_mllama, batch, max_new=14)
+    assert got.shape == ref.shape
+    assert torch.equal(got, ref)
+    # The tokens depend on the image (the cross-attention path is live, not skipped).
+    other = dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))
+    assert not torch.equal(_engine(tiny_mllama, other, max_new=14), got)
+
+
+def test_eos_padding_and_min_new_tokens_match_generate(tiny_mllama):
+    batch = _batch(lengths=[10, 7, 8, 6], tiles=[1, 2, 2, 1], seed=1)
+    free_run = _reference(tiny_mllama, batch, max_new=12)
+    # Make a token that row 0 emits at step 3 the EOS: rows stop at different steps.
+    eos = int(free_run[0, 3])
+    old = tiny_mllama.generation_config.eos_token_id
+    tiny_mllama.generation_config.eos_token_id = [eos, 2]
+    try:
+        for min_new in (0, 5):
+            ref = _reference(tiny_mllama, batch, max_new=12, min_new=min_new)
+            got = _engine(tiny_mllama, batch, max_new=12, min_new=min_new, eos_check_every=2)
+            assert torch.equal(got, ref), (min_new, got, ref)
+        assert (ref == PAD).any()  # padding after EOS really happened in this case
+    finally:
+        tiny_mllama.generation_config.eos_token_id = old
+
+
+def test_chunked_batches_and_fused_weights_match(tiny_mllama):
+    batch = _batch(lengths=[11, 4, 9, 6, 8], tiles=[2, 1, 1, 2, 2], seed=2)
+    ref = _reference(tiny_mllama, batch, max_new=9)
+    # Two rows per decode batch (bucketed by tiles and length, left padding trimmed),
+    # one row per prefill call, and q|k|v / gate|up fused into single GEMMs.
+    got = _engine(tiny_mllama, batch, max_new=9, max_batch=2, prefill_batch=1, fuse_weights=True)
+    assert torch.equal(got, ref)
+    # HF's forward still sees the same weights through the fused views.
+    assert torch.equal(_reference(tiny_mllama, batch, max_new=9), ref)
+
+
+def test_engine_step_logits_match_generate_scores(tiny_mllama):
+    batch = _batch(lengths=[6, 9], tiles=[1, 2], seed=3)  # already in the engine's bucket order
+    with torch.inference_mode():
+        ref = tiny_mllama.generate(**batch, max_new_tokens=6, do_sample=False, output_logits=True,
+                                   return_dict_in_generate=True)
+    engine = MllamaStaticEngine(tiny_mllama)
+    recorded: list = []
+    original = engine._ensure_state
+
+    def ensure_and_record(key):
+        original(key)
+        engine._state.record_logits = recorded
+
+    engine._ensure_state = ensure_and_record
+    engine.generate(**batch, max_new_tokens=6)
+    assert len(recorded) == 5  # decode steps after the prefill's token
+    for step, logits in enumerate(recorded, start=1):
+        want = ref.logits[step].float()
+        rel = (logits - want).norm() / want.norm()
+        assert rel < 1e-5, (step, float(rel))
+
+
+def test_oom_splits_the_batch_and_loses_nothing(tiny_mllama, monkeypatch):
+    """No GPU here: the CUDA out-of-memory error is injected for batches above two rows."""
+    batch = _batch(lengths=[7, 5, 9, 6, 8], tiles=[1, 2, 2, 1, 2], seed=4)
+    ref = _reference(tiny_mllama, batch, max_new=6)
+    engine = MllamaStaticEngine(tiny_mllama)
+    real = engine._generate_chunk
+    tried, done = [], []
+
+    def flaky(x, max_new, min_new):
+        tried.append(x["input_ids"].shape[0])
+        if x["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("injected")
+        done.append(x["input_ids"].shape[0])
+        return real(x, max_new, min_new)
+
+    monkeypatch.setattr(engine, "_generate_chunk", flaky)
+    got = engine.generate(**batch, max_new_tokens=6)
+    assert torch.equal(got, ref)
+    assert tried[0] == 5 and sum(done) == 5 and max(done) <= 2  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    assert engine.max_batch <= 2
+
+
+def test_supports_only_plain_mllama(tiny_mllama):
+    assert supports(tiny_mllama)
+    assert not supports(torch.nn.Linear(2, 2))
+
+
+def test_pick_batch_size_from_free_memory():
+    rb = row_bytes(num_self_layers=32, num_cross_layers=8, num_kv_heads=8, head_dim=128, max_len=704,
+                   cross_len=6404, vocab_size=128256, hidden_size=4096)
+    # 11B shape: ~92 MB of self-attention and ~210 MB of cross-attention cache per row.
+    assert 85e6 < rb.self_kv < 100e6 and 200e6 < rb.cross_kv < 220e6
+    assert pick_batch_size(58 * GIB, rb.total, reserve_bytes=8 * GIB, max_batch=256) == 176
+    assert pick_batch_size(58 * GIB, rb.total, reserve_bytes=8 * GIB) == 64
+    assert pick_batch_size(10 * GIB, rb.total, reserve_bytes=8 * GIB) == 7  # under one multiple: exact
+    assert pick_batch_size(1 * GIB, rb.total, reserve_bytes=8 * GIB) == 1
+    with pytest.raises(ValueError):
+        pick_batch_size(GIB, 0)
