@@ -161,7 +161,7 @@ def _build_llava():
                   projection_dim=32)
     text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=4096, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+                max_position_embeddings=4096, initializer_range=0.05, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
                 pad_token_id=ids["<pad>"])
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
                          vision_feature_layer=-1, vision_feature_select_strategy="default",
