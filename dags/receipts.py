@@ -1,0 +1,82 @@
+"""
+### receipts_daily: receipt images of one day -> validated warehouse rows
+
+A run at midnight UTC processes the partition of the day that just ended
+(`<receipts_source>/dt=YYYY-MM-DD/`, data interval [D-1, D)): resolve the extractor
+(DAG-run param `extractor` > Variable `receipt_extractor`), make its model available,
+discover receipts not yet extracted by that extractor version, extract them in batches
+(mapped tasks, pool `gpu`), validate with Great Expectations, load, reconcile, report.
+
+**Idempotent by construction.** A receipt's id is the sha256 of its bytes and every
+row is keyed by (receipt id, extractor version), written in one transaction. A run
+only extracts what the warehouse does not yet hold for its version, so re-running a
+day, clearing a task or backfilling (`airflow backfill create --dag-id receipts_daily
+--from-date ... --to-date ...`) converges to the same rows as the daily runs, never
+duplicates. A new extractor version re-extracts; switching the Variable back is a
+rollback (the old version's rows are still there). Every discovered receipt ends
+loaded or quarantined (with a reason), or the run fails. See docs/pipeline.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, task
+from extractor.pipeline import tasks
+from extractor.pipeline.config import GPU_POOL, gpu_queue
+from receipts_notifiers import build_notifiers, on_run_failure
+
+RECEIPTS = Asset("receipts_warehouse://receipts")
+
+
+@dag(
+    dag_id="receipts_daily",
+    schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=dt.timedelta(days=1)),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False, max_active_runs=4, doc_md=__doc__, tags=["receipts", "etl"],
+    params={"extractor": Param(None, type=["null", "string", "object"],
+                               description="preset name or JSON spec; overrides the Variable")},
+    default_args={"retries": int(os.environ.get("RECEIPT_TASK_RETRIES", "2")),
+                  "retry_delay": dt.timedelta(minutes=2)},
+    on_failure_callback=on_run_failure,
+)
+def receipts_daily():
+    @task
+    def resolve_extractor() -> dict:
+        return tasks.resolve_extractor()
+
+    @task
+    def ensure_model(extractor: dict) -> str | None:
+        return tasks.ensure_model(extractor)
+
+    @task
+    def discover_new_receipts(extractor: dict) -> list:
+        return tasks.discover_new_receipts(extractor)
+
+    @task(pool=GPU_POOL, queue=gpu_queue())
+    def extract(batch: list, extractor: dict, model_dir: str | None) -> dict:
+        return tasks.extract_batch(batch, extractor, model_dir)
+
+    @task(trigger_rule="none_failed")  # zero new receipts: extract is skipped, still load the run
+    def validate_and_load(staged, extractor: dict, discovered: dict, batches: list) -> dict:
+        return tasks.validate_and_load(staged, extractor, discovered, batches,
+                                       notifiers=build_notifiers())
+
+    @task
+    def reconcile(batches, extractor: dict, summary: dict) -> dict:
+        return tasks.reconcile(batches, extractor)
+
+    @task(outlets=[RECEIPTS])
+    def report(summary: dict, reconciliation: dict) -> dict:
+        return tasks.report(summary, reconciliation)
+
+    extractor = resolve_extractor()
+    batches = discover_new_receipts(extractor)  # its counts travel under the XCom key "counts"
+    staged = extract.partial(extractor=extractor, model_dir=ensure_model(extractor)).expand(
+        batch=batches)
+    summary = validate_and_load(staged, extractor, batches["counts"], batches)
+    report(summary, reconcile(batches, extractor, summary))
+
+
+receipts_daily()

@@ -1,0 +1,349 @@
+"""The bodies of the ``receipts_daily`` tasks: each DAG task is one call to a function here.
+
+This is the one module of the library that talks to Airflow (the run context, Variables,
+connections, hooks, the fail exception); Airflow is imported inside the functions, so
+importing this module (which the DAG file does at parse time) stays cheap. Everything
+else it calls (discovery, backends, staging, validation, warehouse) is framework-free.
+
+Idempotency: every write is keyed by (receipt id, extractor version) and a run only
+extracts ids the warehouse does not yet hold for its version, so re-running or
+backfilling a day converges to the same warehouse state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from extractor.pipeline import config as cfgmod
+from extractor.pipeline import discovery
+
+log = logging.getLogger(__name__)
+
+Notifier = Callable[[str, dict], None]
+ALERT_LEVEL = {"alert": "warning", "fail": "error"}  # validation decision -> alert level
+
+
+# ----------------------------------------------------------------------------- Airflow glue
+
+def _context() -> dict[str, Any]:
+    from airflow.sdk import get_current_context
+
+    return get_current_context()
+
+
+def _variable(key: str) -> Any:
+    from airflow.sdk import Variable
+
+    return Variable.get(key, default=None)
+
+
+def _connection(conn_id: str | None):
+    """The Airflow connection, or None when it is not defined."""
+    if not conn_id:
+        return None
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _fail(message: str) -> Exception:
+    """A run-level failure that must not be retried (retrying cannot fix it)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)
+
+
+def load_config() -> cfgmod.PipelineConfig:
+    return cfgmod.load_config(
+        _variable, warehouse_conn_exists=_connection(cfgmod.WAREHOUSE_CONN_ID) is not None)
+
+
+def warehouse_url(cfg: cfgmod.PipelineConfig) -> str:
+    """The env/Variable URL, or one built from the ``receipts_warehouse`` connection."""
+    if cfg.warehouse_url:
+        return cfg.warehouse_url
+    conn = _connection(cfgmod.WAREHOUSE_CONN_ID)
+    if conn is None:
+        raise _fail(f"connection {cfgmod.WAREHOUSE_CONN_ID!r} disappeared")
+    from urllib.parse import quote
+
+    auth = quote(conn.login or "", safe="")
+    if conn.password:
+        auth += ":" + quote(conn.password, safe="")
+    host = f"{conn.host or 'localhost'}:{conn.port or 5432}"
+    return f"postgresql://{auth + '@' if auth else ''}{host}/{conn.schema or 'postgres'}"
+
+
+def open_warehouse(cfg: cfgmod.PipelineConfig):
+    from extractor.pipeline.warehouse import open_warehouse as _open
+
+    warehouse = _open(warehouse_url(cfg))
+    warehouse.ensure_schema()
+    return warehouse
+
+
+def s3_client(cfg: cfgmod.PipelineConfig):
+    """boto3 S3 client from the Amazon provider's hook (endpoint_url from the connection's
+    extra, so MinIO / any S3-compatible store works)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    conn_id = cfg.s3_conn_id
+    if conn_id is None:
+        conn_id = next((c for c in cfgmod.DEFAULT_S3_CONN_IDS if _connection(c) is not None),
+                       cfgmod.DEFAULT_S3_CONN_IDS[-1])
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def _spec(extractor: dict[str, Any]):
+    from extractor.spec import ExtractorSpec
+
+    return ExtractorSpec(**extractor["spec"])
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def resolve_extractor() -> dict[str, Any]:
+    """DAG-run param ``extractor`` > Variable ``receipt_extractor`` > env RECEIPT_EXTRACTOR >
+    the production default preset. Returned spec is pinned for the whole run (XCom)."""
+    from extractor.errors import ConfigError
+    from extractor.spec import DEFAULT_PRESET, resolve_spec
+
+    override = (_context().get("params") or {}).get(cfgmod.EXTRACTOR_PARAM)
+    value = override if override not in (None, "", {}) else cfgmod.extractor_setting(_variable)
+    if value is None:
+        log.warning("Variable %r is not set: using the production default preset %r",
+                    cfgmod.EXTRACTOR_VARIABLE, DEFAULT_PRESET)
+    try:
+        spec = resolve_spec(value)
+    except ConfigError as exc:
+        raise _fail(f"extractor setting {value!r} does not resolve: {exc}") from exc
+    log.info("extractor %s (from %s)", spec.version, "DAG-run param" if override else "Variable")
+    return {"spec": spec.model_dump(mode="json"), "version": spec.version}
+
+
+def ensure_model(extractor: dict[str, Any]) -> str | None:
+    """Make the weights available in the shared model cache; the local directory or None."""
+    from extractor import model_store
+
+    spec, cfg = _spec(extractor), load_config()
+    hf_conn = _connection(cfgmod.HF_CONN_ID)
+    token = hf_conn.password if hf_conn is not None and hf_conn.password else None
+    client = s3_client(cfg) if (spec.source or "").startswith("s3://") else None
+    path = model_store.ensure_model(spec, cfg.model_cache_dir, token=token, s3_client=client)
+    return str(path) if path is not None else None
+
+
+def discover_new_receipts(extractor: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The partition's receipts this extractor version has not seen yet, in batches (the
+    return value, mapped over by extract); the counts go to the XCom key ``counts``."""
+    ctx, spec, cfg = _context(), _spec(extractor), load_config()
+    days = discovery.partition_days(ctx["data_interval_start"], ctx["data_interval_end"])
+    client = s3_client(cfg) if cfg.source_is_s3 else None
+    warehouse = open_warehouse(cfg)
+    try:
+        found = discovery.discover(cfg.source, days, extractor_version=spec.version,
+                                   already_extracted=warehouse.already_extracted,
+                                   batch_size=spec.batch_size, s3_client=client)
+    finally:
+        warehouse.close()
+    ctx["ti"].xcom_push(key="counts", value={**found.counts(), "partitions": found.partitions,
+                                             "source": cfg.source})
+    return [[r.to_dict() for r in batch] for batch in found.batches]
+
+
+def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
+                  model_dir: str | None) -> dict[str, Any]:
+    """Read one batch's bytes, run the backend, stage one JSONL line per receipt."""
+    from extractor.backends import load_backend
+    from extractor.images import MAX_FILE_BYTES, ReceiptInput, receipt_id_of
+    from extractor.pipeline.staging import write_staged
+    from extractor.schema import ExtractionResult
+
+    ctx, spec, cfg = _context(), _spec(extractor), load_config()
+    client = s3_client(cfg) if any(b["uri"].startswith("s3://") for b in batch) else None
+    t_start = time.perf_counter()
+    results: list[ExtractionResult | None] = [None] * len(batch)
+    inputs, positions = [], []
+    for i, item in enumerate(batch):
+        if item["size"] > MAX_FILE_BYTES:  # never pull a huge object into worker memory
+            reason = f"bad image: file too large: {item['size']} bytes > {MAX_FILE_BYTES}"
+        else:
+            data = discovery.read_bytes(item["uri"], client)
+            if receipt_id_of(data) == item["receipt_id"]:
+                inputs.append(ReceiptInput(receipt_id=item["receipt_id"], source=item["uri"], data=data))
+                positions.append(i)
+                continue
+            reason = "object changed after discovery (its bytes no longer match its id)"
+        results[i] = ExtractionResult.failed(receipt_id=item["receipt_id"], source=item["uri"],
+                                             reason=reason, extractor_version=spec.version)
+    t_read = time.perf_counter()
+    backend = load_backend(spec, model_dir)
+    t_loaded = time.perf_counter()
+    for pos, result in zip(positions, backend.extract(inputs) if inputs else []):
+        results[pos] = result
+    t_extracted = time.perf_counter()
+    ti = ctx["ti"]
+    path = cfg.staging_dir / _safe(ctx["dag"].dag_id) / _safe(ctx["run_id"]) / f"batch-{ti.map_index:05d}.jsonl"
+    staged = write_staged([r for r in results if r is not None], path)
+    if staged["ok"] + staged["failed"] != len(batch):
+        raise RuntimeError(f"staged {staged} for a batch of {len(batch)}: a receipt went missing")
+    return {**staged, "receipts": len(batch),
+            "read_s": round(t_read - t_start, 4), "model_load_s": round(t_loaded - t_read, 4),
+            "extract_s": round(t_extracted - t_loaded, 4),
+            "task_s": round(time.perf_counter() - t_start, 4)}
+
+
+def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[str, Any],
+                      discovered: dict[str, Any], batches: Sequence[Sequence[dict[str, Any]]] | None,
+                      notifiers: Sequence[Notifier] = ()) -> dict[str, Any]:
+    """Validate every staged result, load receipts + quarantine + run lineage in ONE
+    transaction, alert on "alert"/"fail", and fail the run on "fail" (after recording)."""
+    from extractor.pipeline import summary as summaries
+    from extractor.pipeline.alerts import send_alert
+    from extractor.pipeline.records import RunRecord
+    from extractor.pipeline.staging import read_staged
+    from extractor.pipeline.validation import Thresholds, validate_results
+
+    ctx, spec, cfg = _context(), _spec(extractor), load_config()
+    staged = [s for s in (staged or []) if s]  # no new receipts: extract was skipped
+    results = [r for s in staged for r in read_staged(s["uri"])]
+    start, end = ctx["data_interval_start"], ctx["data_interval_end"]
+    # "not in the future" is judged against the partition's last day (plus the suite's grace)
+    partition_day = discovery.partition_days(start, end)[-1]
+    t0 = time.perf_counter()
+    outcome = validate_results(
+        results, thresholds=Thresholds.from_dict(cfg.thresholds), logical_date=partition_day,
+        run_id=ctx["run_id"], data_docs_dir=str(cfg.data_docs_dir) if cfg.data_docs_dir else None)
+    validate_s = time.perf_counter() - t0
+    # Before anything is written: the staged results must cover exactly what was discovered.
+    ids = [item["receipt_id"] for batch in (batches or []) for item in batch]
+    try:
+        summaries.reconcile(ids, outcome.valid, outcome.quarantined)
+    except summaries.ReconciliationError as exc:
+        raise _fail(f"staged results do not match discovery: {exc}") from exc
+    timings = {"extract_s": sum(s.get("extract_s", 0.0) for s in staged),
+               "extract_tasks_s": sum(s.get("task_s", 0.0) for s in staged),
+               "model_load_s": sum(s.get("model_load_s", 0.0) for s in staged),
+               "validate_s": validate_s}
+    summary = summaries.summarize_run(results, outcome, discovered=len(ids), timings=timings)
+    summary["discovery"] = discovered
+    dag_run = ctx["dag_run"]
+    run = RunRecord(
+        run_id=ctx["run_id"], dag_id=ctx["dag"].dag_id, logical_date=ctx.get("logical_date"),
+        partition_start=start, partition_end=end, extractor_version=spec.version,
+        model_id=spec.model_id, revision=spec.revision, prompt_version=spec.prompt_version,
+        started_at=getattr(dag_run, "start_date", None) or _utc_now(), finished_at=_utc_now(),
+        counts=summary["counts"], timings=summary["timings"], decision=outcome.decision,
+        summary=summary)
+    warehouse = open_warehouse(cfg)
+    try:
+        t1 = time.perf_counter()
+        summary["load"] = warehouse.load(outcome.valid, outcome.quarantined, run)
+        summary["timings"]["load_s"] = round(time.perf_counter() - t1, 4)
+        log.info("%s", summaries.format_summary(summary))
+        if outcome.decision in ALERT_LEVEL:
+            send_alert(warehouse, run_id=ctx["run_id"], level=ALERT_LEVEL[outcome.decision],
+                       message=f"receipts_daily {ctx['run_id']}: validation decision "
+                               f"{outcome.decision!r}: {outcome.stats.get('decision_reason')}",
+                       details={"counts": summary["counts"], "partition": str(partition_day),
+                                "extractor_version": spec.version,
+                                "top_quarantine_reasons": summary["top_quarantine_reasons"],
+                                "data_docs": outcome.data_docs_path},
+                       notifiers=[*notifiers, *alert_callbacks(cfg)])
+    finally:
+        warehouse.close()
+    if outcome.decision == "fail":
+        raise _fail(f"validation decision 'fail' ({outcome.stats.get('decision_reason')}); "
+                    f"rows and quarantine were recorded, see the alerts table")
+    return summary
+
+
+def reconcile(batches: Sequence[Sequence[dict[str, Any]]] | None, extractor: dict[str, Any]) -> dict[str, Any]:
+    """Every discovered receipt is in exactly one of receipts / quarantine for this version."""
+    spec, cfg = _spec(extractor), load_config()
+    ids = sorted({item["receipt_id"] for batch in (batches or []) for item in batch})
+    warehouse = open_warehouse(cfg)
+    try:
+        loaded = _ids_in(warehouse, "receipts", spec.version, ids)
+        quarantined = _ids_in(warehouse, "quarantine", spec.version, ids)
+    finally:
+        warehouse.close()
+    missing = set(ids) - loaded - quarantined
+    both = loaded & quarantined
+    result = {"discovered": len(ids), "loaded": len(loaded), "quarantined": len(quarantined),
+              "missing": len(missing), "in_both": len(both)}
+    if missing or both:
+        raise _fail(f"reconcile failed for {spec.version}: {result}; missing {sorted(missing)[:10]}, "
+                    f"in both tables {sorted(both)[:10]}")
+    log.info("reconciled: %s", result)
+    return result
+
+
+def _ids_in(warehouse, table: str, version: str, ids: list[str], chunk: int = 500) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(ids), chunk):
+        part = ids[i:i + chunk]
+        marks = ", ".join("?" * len(part))
+        rows = warehouse.fetch(f"SELECT receipt_id FROM {table} WHERE extractor_version = ? "
+                               f"AND receipt_id IN ({marks})", (version, *part))
+        found.update(r[0] for r in rows)
+    return found
+
+
+def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str, Any]:
+    """Log the run summary (already stored in ``runs`` by the load) and hand it downstream."""
+    ctx = _context()
+    counts = summary["counts"]
+    log.info("receipts_daily %s: %s new, %s loaded, %s quarantined, decision %s, throughput %s; "
+             "reconciled %s", ctx["run_id"], counts.get("discovered"), counts.get("valid"),
+             counts.get("quarantined"), summary.get("decision"), summary.get("throughput"),
+             reconciliation)
+    return {"run_id": ctx["run_id"], "counts": counts, "decision": summary.get("decision"),
+            "reconciliation": reconciliation}
+
+
+# ----------------------------------------------------------------------------- alerts
+
+def alert_callbacks(cfg: cfgmod.PipelineConfig) -> list[Notifier]:
+    """Extra notifiers named by dotted path (``pkg.module:function``) in the config."""
+    out = []
+    for path in cfg.alert_callbacks:
+        module, _, attr = path.partition(":")
+        out.append(getattr(importlib.import_module(module), attr))
+    return out
+
+
+def on_run_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) -> None:
+    """DAG-level failure callback: an alert row, a log line and the configured notifiers."""
+    from extractor.pipeline.alerts import send_alert
+
+    dag_run = context.get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) or context.get("run_id") or "unknown"
+    message = f"receipts_daily run {run_id} failed: {context.get('reason') or 'a task failed'}"
+    details = {"run_id": run_id, "reason": str(context.get("reason"))}
+    cfg = load_config()
+    extra = [*notifiers, *alert_callbacks(cfg)]
+    warehouse = open_warehouse(cfg)
+    try:
+        send_alert(warehouse, run_id=run_id, level="error", message=message, details=details,
+                   notifiers=extra)
+    finally:
+        warehouse.close()
