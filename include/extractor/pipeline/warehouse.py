@@ -261,6 +261,21 @@ class Warehouse(abc.ABC):
             self._insert_rows(ddl.ALERTS, [tuple(row[c] for c in ddl.ALERTS.column_names)])
         return alert_id
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement in its own transaction (``?`` or ``%s`` placeholders)."""
+        with self._transaction():
+            self._execute(sql, params)
+
+    def snapshot(self, tables: Sequence[str] = ("receipts", "receipt_line_items", "quarantine", "runs")
+                 ) -> dict[str, list[tuple]]:
+        """Every row of the given tables in primary-key order: what idempotency tests compare."""
+        by_name = {t.name: t for t in ddl.TABLES}
+        out = {}
+        for name in tables:
+            order = ", ".join(f'"{k}"' for k in by_name[name].primary_key)
+            out[name] = self.fetch(f'SELECT * FROM "{name}" ORDER BY {order}')
+        return out
+
     def table_counts(self) -> dict[str, int]:
         return {t.name: self.fetch(f'SELECT count(*) FROM "{t.name}"')[0][0] for t in ddl.TABLES}
 

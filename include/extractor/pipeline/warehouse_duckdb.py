@@ -37,6 +37,7 @@ class DuckDBWarehouse(Warehouse):
         import duckdb
 
         self.path = path
+        self._registered: set[str] = set()
         if path not in ("", ":memory:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # One writer process per file: parallel tasks wait for the lock instead of failing.
@@ -58,8 +59,18 @@ class DuckDBWarehouse(Warehouse):
             yield
         except BaseException:
             self.con.execute("ROLLBACK")
+            self._unregister_all()  # only possible once the aborted transaction is gone
             raise
         self.con.execute("COMMIT")
+
+    def _register(self, name: str, frame: Any) -> None:
+        self.con.register(name, frame)
+        self._registered.add(name)
+
+    def _unregister_all(self) -> None:
+        for name in sorted(self._registered):
+            self.con.unregister(name)
+        self._registered.clear()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self.con.execute(convert_placeholders(sql, "qmark"), list(params))
@@ -75,12 +86,12 @@ class DuckDBWarehouse(Warehouse):
                               for i, name in enumerate(names)})
         select = ", ".join(f'CAST("{c.name}" AS {c.render("duckdb").split(" ", 1)[1].replace(" NOT NULL", "")})'
                            for c in table.columns)
-        self.con.register("_bulk_rows", frame)
-        try:
-            cols = ", ".join(f'"{n}"' for n in names)
-            self.con.execute(f'INSERT INTO "{table.name}" ({cols}) SELECT {select} FROM _bulk_rows')
-        finally:
-            self.con.unregister("_bulk_rows")
+        # No try/finally here: inside an aborted transaction unregister() would fail and
+        # hide the real error; _transaction() unregisters after the rollback instead.
+        self._register("_bulk_rows", frame)
+        cols = ", ".join(f'"{n}"' for n in names)
+        self.con.execute(f'INSERT INTO "{table.name}" ({cols}) SELECT {select} FROM _bulk_rows')
+        self._unregister_all()
 
     def _delete_keys(self, tables: Sequence[ddl.Table], keys: list[tuple[str, str]]) -> dict[str, int]:
         if not keys:
@@ -90,16 +101,14 @@ class DuckDBWarehouse(Warehouse):
         frame = pd.DataFrame({"receipt_id": pd.array([k[0] for k in keys], dtype=object),
                               "extractor_version": pd.array([k[1] for k in keys], dtype=object)})
         deleted = {}
-        self.con.register("_load_keys", frame)
-        try:
-            for table in tables:
-                n = self.con.execute(
-                    f'DELETE FROM "{table.name}" AS t USING _load_keys AS k '
-                    f'WHERE t.receipt_id = k.receipt_id AND t.extractor_version = k.extractor_version'
-                ).fetchone()
-                deleted[table.name] = int(n[0]) if n else 0
-        finally:
-            self.con.unregister("_load_keys")
+        self._register("_load_keys", frame)
+        for table in tables:
+            n = self.con.execute(
+                f'DELETE FROM "{table.name}" AS t USING _load_keys AS k '
+                f'WHERE t.receipt_id = k.receipt_id AND t.extractor_version = k.extractor_version'
+            ).fetchone()
+            deleted[table.name] = int(n[0]) if n else 0
+        self._unregister_all()
         return deleted
 
     def _existing_columns(self, table: str) -> set[str]:

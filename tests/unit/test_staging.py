@@ -1,0 +1,84 @@
+"""Staged JSONL files: round trip, atomic replacement, loud failure on corrupt lines."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from extractor.pipeline.staging import read_staged, read_staged_many, write_staged
+from extractor.schema import ExtractionResult, LineItem, Receipt
+
+VERSION = "ocr:rapidocr@3.10.0:parser-v1"
+
+
+def ok_result(i: int, **fields) -> ExtractionResult:
+    receipt = Receipt(store_name="Café Ünïcode", date="2024-01-05", total="12.30",
+                      currency="RM", tax_rate="6%", card_last4="**** 1234",
+                      line_items=[LineItem(name="Teh", quantity=2, unit_price="1.1000",
+                                           line_total="2.20")],
+                      confidence={"total": 0.93}, **fields)
+    return ExtractionResult(receipt_id=f"{i:064x}", source=f"dt=2024-01-05/{i}.jpg", status="ok",
+                            receipt=receipt, raw_text="TOTAL 12.30\n", extractor_version=VERSION,
+                            timings={"forward_s": 0.25})
+
+
+def failed_result(i: int) -> ExtractionResult:
+    return ExtractionResult.failed(receipt_id=f"{i:064x}", source=f"{i}.jpg", reason="truncated JPEG",
+                                   extractor_version=VERSION, raw_text=None)
+
+
+def test_round_trip_keeps_types_and_counts(tmp_path):
+    results = [ok_result(1), failed_result(2), ok_result(3)]
+    info = write_staged(results, tmp_path / "batch-0.jsonl")
+    assert info == {"uri": str(tmp_path / "batch-0.jsonl"), "ok": 2, "failed": 1}
+
+    back = read_staged(info["uri"])
+    assert back == results
+    r = back[0].receipt
+    assert r.total == Decimal("12.30") and isinstance(r.total, Decimal)
+    assert r.date == dt.date(2024, 1, 5) and r.currency == "MYR" and r.card_last4 == "1234"
+    assert r.line_items[0].unit_price == Decimal("1.1000")
+    assert back[1].status == "failed" and back[1].reason == "truncated JPEG"
+    # one line per result
+    assert len((tmp_path / "batch-0.jsonl").read_text().splitlines()) == 3
+
+
+def test_write_replaces_atomically_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "stage" / "b.jsonl"
+    write_staged([ok_result(1), ok_result(2)], target)
+    write_staged([ok_result(3)], target)  # a retried task overwrites its own file
+    assert [r.receipt_id for r in read_staged(target)] == [f"{3:064x}"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b.jsonl"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "b.jsonl"
+    write_staged([ok_result(1)], target)
+
+    def exploding():
+        yield ok_result(2)
+        raise RuntimeError("worker killed mid-batch")
+
+    with pytest.raises(RuntimeError):
+        write_staged(exploding(), target)
+    assert [r.receipt_id for r in read_staged(target)] == [f"{1:064x}"]
+    assert [p.name for p in tmp_path.iterdir()] == ["b.jsonl"]
+
+
+def test_corrupt_line_is_a_run_level_error_with_its_position(tmp_path):
+    target = tmp_path / "b.jsonl"
+    write_staged([ok_result(1)], target)
+    with target.open("a") as fh:
+        fh.write('{"receipt_id": "x", "status": "ok"\n')  # truncated line
+    with pytest.raises(ValueError, match=r"b\.jsonl:2"):
+        read_staged(target)
+
+
+def test_empty_and_blank_lines_and_file_uri(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    assert write_staged([], empty) == {"uri": str(empty), "ok": 0, "failed": 0}
+    assert read_staged(empty) == []
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n" + ok_result(5).model_dump_json() + "\n\n")
+    assert len(read_staged(f"file://{other}")) == 1
+    assert [r.receipt_id for r in read_staged_many([empty, other])] == [f"{5:064x}"]

@@ -1,0 +1,230 @@
+"""Warehouse behaviour on DuckDB (a file in tmp_path).
+
+``WarehouseContract`` holds the behaviour every implementation must show; this module
+runs it on DuckDB and tests/integration/test_warehouse_postgres.py runs the same class
+on a real PostgreSQL database.
+"""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from extractor.pipeline import ddl
+from extractor.pipeline.records import QuarantineRecord, RunRecord
+from extractor.pipeline.warehouse import convert_placeholders, open_warehouse
+from extractor.pipeline.warehouse_postgres import normalise_uri
+from extractor.schema import ExtractionResult, LineItem, Receipt, scalar_fields
+
+V1 = "ocr:rapidocr@3.10.0:parser-v1"
+V2 = "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1"
+
+
+def rid(i: int) -> str:
+    return f"{i:064x}"
+
+
+def ok(i: int, version: str = V1, n_items: int = 2, total: str = "12.345") -> ExtractionResult:
+    items = [LineItem(name=f"item {k}", quantity=1, unit_price="1.50", line_total="1.50")
+             for k in range(n_items)]
+    receipt = Receipt(store_name=f"Shop {i}", date="2024-03-01", time="09:15", currency="EUR",
+                      subtotal="11.00", tax_amount="1.345", total=total, line_items=items,
+                      confidence={"total": 0.9})
+    return ExtractionResult(receipt_id=rid(i), source=f"dt=2024-03-01/{i}.jpg", status="ok",
+                            receipt=receipt, raw_text=f"raw {i}", extractor_version=version,
+                            timings={"forward_s": 0.5})
+
+
+def bad(i: int, version: str = V1, stage: str = "validate") -> QuarantineRecord:
+    return QuarantineRecord(receipt_id=rid(i), source=f"dt=2024-03-01/{i}.jpg",
+                            extractor_version=version, stage=stage, reason="failed expectations: x",
+                            failed_expectations=["expect_column_values_to_not_be_null(total)"],
+                            raw_text=f"raw {i}", receipt={"total": None})
+
+
+def run(run_id: str = "scheduled__2024-03-02T00:00:00+00:00", version: str = V1) -> RunRecord:
+    start = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    return RunRecord(run_id=run_id, dag_id="receipts_daily",
+                     logical_date=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc),
+                     partition_start=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
+                     partition_end=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc),
+                     extractor_version=version, model_id="rapidocr", revision="3.10.0",
+                     prompt_version="parser-v1", started_at=start,
+                     finished_at=start + dt.timedelta(minutes=5),
+                     counts={"discovered": 3}, timings={"extract_s": 1.5}, decision="pass")
+
+
+class WarehouseContract:
+    """Subclasses provide the fixture ``open_wh``: a callable opening the same empty database."""
+
+    @pytest.fixture
+    def wh(self, open_wh):
+        w = open_wh()
+        w.ensure_schema()
+        yield w
+        w.close()
+
+    def test_ensure_schema_is_idempotent_and_generated_from_the_schema(self, wh, open_wh):
+        wh.ensure_schema()
+        other = open_wh()
+        other.ensure_schema()
+        other.close()
+        for table in ddl.TABLES:
+            cols = [r[0] for r in wh.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                "AND table_schema = current_schema() ORDER BY ordinal_position", (table.name,))]
+            assert cols == table.column_names
+        assert set(scalar_fields()) < set(ddl.RECEIPTS.column_names)
+        assert wh.table_counts() == {t.name: 0 for t in ddl.TABLES}
+
+    def test_ensure_schema_adds_columns_the_schema_gained(self, open_wh):
+        w = open_wh()
+        w.execute('CREATE TABLE "runs" ("run_id" TEXT PRIMARY KEY, "extractor_version" TEXT NOT NULL)')
+        w.execute('INSERT INTO "runs" VALUES (?, ?)', ("old-run", V1))
+        w.ensure_schema()
+        cols = {r[0] for r in w.fetch("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'runs'")}
+        assert cols == set(ddl.RUNS.column_names)
+        assert w.fetch('SELECT run_id, decision FROM "runs"') == [("old-run", None)]
+        w.close()
+
+    def test_reload_gives_identical_tables(self, wh):
+        valid, held = [ok(1), ok(2), ok(3, n_items=0)], [bad(4), bad(5, stage="extract")]
+        first = wh.load(valid, held, run())
+        assert first == {"receipts": 3, "line_items": 4, "quarantined": 2,
+                         "replaced_receipts": 0, "replaced_quarantine": 0}
+        before = wh.snapshot()
+        second = wh.load(valid, held, run())
+        assert second["replaced_receipts"] == 3 and second["replaced_quarantine"] == 2
+        assert wh.snapshot() == before
+        assert wh.table_counts() == {"receipts": 3, "receipt_line_items": 4, "quarantine": 2,
+                                     "runs": 1, "alerts": 0}
+
+    def test_values_and_lineage_columns(self, wh):
+        wh.load([ok(1, total="9999999999.9999")], [], run())
+        row = wh.fetch("SELECT total, tax_amount, date, time, currency, run_id, model_id, revision, "
+                       "prompt_version, loaded_at, line_item_count, confidence, timings "
+                       "FROM receipts")[0]
+        assert row[:5] == (Decimal("9999999999.9999"), Decimal("1.345"), dt.date(2024, 3, 1),
+                           "09:15", "EUR")
+        assert row[5:9] == ("scheduled__2024-03-02T00:00:00+00:00", "rapidocr", "3.10.0", "parser-v1")
+        assert row[9] == dt.datetime(2024, 3, 1, 23, 0)  # the run's start, in UTC
+        assert row[10] == 2
+        assert row[11] == '{"total": 0.9}' and row[12] == '{"forward_s": 0.5}'
+        items = wh.fetch("SELECT line_no, name, quantity, unit_price, line_total FROM receipt_line_items "
+                         "ORDER BY line_no")
+        assert items == [(1, "item 0", Decimal("1"), Decimal("1.5"), Decimal("1.5")),
+                         (2, "item 1", Decimal("1"), Decimal("1.5"), Decimal("1.5"))]
+        runs = wh.fetch("SELECT run_id, extractor_version, logical_date, counts, decision FROM runs")
+        assert runs == [("scheduled__2024-03-02T00:00:00+00:00", V1, dt.datetime(2024, 3, 2),
+                         '{"discovered": 3}', "pass")]
+
+    def test_receipt_is_in_receipts_or_quarantine_never_both(self, wh):
+        wh.load([ok(1), ok(2)], [], run("r1"))
+        wh.load([ok(1, version=V2)], [], run("r1-v2", version=V2))  # another extractor version
+        wh.load([ok(2)], [bad(1)], run("r2"))  # receipt 1 now fails validation
+        assert wh.fetch("SELECT receipt_id FROM receipts WHERE extractor_version = ? ORDER BY 1",
+                        (V1,)) == [(rid(2),)]
+        assert wh.fetch("SELECT receipt_id, extractor_version FROM quarantine") == [(rid(1), V1)]
+        assert wh.fetch("SELECT count(*) FROM receipt_line_items WHERE receipt_id = ? "
+                        "AND extractor_version = ?", (rid(1), V1)) == [(0,)]
+        wh.load([ok(1)], [], run("r3"))  # and passes again
+        assert wh.fetch("SELECT count(*) FROM quarantine") == [(0,)]
+        assert wh.fetch("SELECT count(*) FROM receipts WHERE receipt_id = ?", (rid(1),)) == [(2,)]
+        # the other version's row was never touched
+        assert wh.fetch("SELECT run_id FROM receipts WHERE extractor_version = ?", (V2,)) == [("r1-v2",)]
+
+    def test_line_items_are_replaced_not_appended(self, wh):
+        wh.load([ok(1, n_items=5)], [], run())
+        wh.load([ok(1, n_items=1)], [], run())
+        assert wh.fetch("SELECT line_no FROM receipt_line_items") == [(1,)]
+        assert wh.fetch("SELECT line_item_count FROM receipts") == [(1,)]
+
+    def test_already_extracted(self, wh):
+        wh.load([ok(1)], [bad(2)], run())
+        asked = [rid(1), rid(2), rid(3), rid(1)]
+        assert wh.already_extracted(V1, asked) == {rid(1), rid(2)}
+        assert wh.already_extracted(V2, asked) == set()
+        assert wh.already_extracted(V1, []) == set()
+        many = [rid(i) for i in range(5000)]
+        assert wh.already_extracted(V1, many) == {rid(1), rid(2)}
+
+    def test_inconsistent_input_is_refused(self, wh):
+        with pytest.raises(ValueError, match="both valid and quarantined"):
+            wh.load([ok(1)], [bad(1)], run())
+        with pytest.raises(ValueError, match="duplicate"):
+            wh.load([ok(1), ok(1)], [], run())
+        assert wh.table_counts()["runs"] == 0
+
+    def test_same_image_twice_in_quarantine_is_one_row(self, wh):
+        twin = bad(1)
+        twin.source = "dt=2024-03-01/copy.jpg"
+        wh.load([], [bad(1), twin], run())
+        assert wh.fetch("SELECT reason FROM quarantine") == [
+            ("failed expectations: x (same image also at dt=2024-03-01/copy.jpg)",)]
+
+    def test_failed_load_rolls_back_everything(self, wh):
+        wh.load([ok(1)], [bad(2)], run())
+        before = wh.snapshot()
+        too_big = ok(3)
+        too_big.receipt = too_big.receipt.model_copy(update={"total": Decimal("1e12")})
+        with pytest.raises(Exception, match=r"(?i)overflow|could not convert"):  # driver error
+            wh.load([ok(1, n_items=0), too_big], [], run("another-run"))
+        assert wh.snapshot() == before
+
+    def test_alerts_are_appended(self, wh):
+        a = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})
+        b = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})
+        assert a != b
+        rows = wh.fetch("SELECT run_id, level, message, details FROM alerts ORDER BY alert_id")
+        assert rows == [("r1", "warning", "quarantine rate 30%", '{"rate": 0.3}')] * 2
+
+    def test_fetch_takes_either_placeholder_style(self, wh):
+        wh.load([ok(1)], [], run())
+        q = "SELECT count(*) FROM receipts WHERE receipt_id = {} AND store_name <> '?'"
+        assert wh.fetch(q.format("?"), (rid(1),)) == [(1,)]
+        assert wh.fetch(q.format("%s"), (rid(1),)) == [(1,)]
+
+
+class TestDuckDBWarehouse(WarehouseContract):
+    @pytest.fixture
+    def open_wh(self, tmp_path):
+        return lambda: open_warehouse(f"duckdb:///{tmp_path}/warehouse.duckdb")
+
+
+def test_duckdb_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    w = open_warehouse("duckdb:///var/wh.duckdb")  # relative, like the default
+    w.close()
+    assert (tmp_path / "var" / "wh.duckdb").exists()
+    w = open_warehouse("duckdb:///:memory:")
+    w.ensure_schema()
+    assert w.table_counts()["receipts"] == 0
+    w.close()
+    with pytest.raises(ValueError, match="unsupported warehouse URL"):
+        open_warehouse("mysql://x")
+
+
+def test_generated_ddl_types():
+    assert ddl.sql_type_of(Receipt.model_fields["total"].annotation) == "NUMERIC(14,4)"
+    assert ddl.sql_type_of(Receipt.model_fields["date"].annotation) == "DATE"
+    assert ddl.sql_type_of(Receipt.model_fields["store_name"].annotation) == "TEXT"
+    assert ddl.sql_type_of(Receipt.model_fields["confidence"].annotation) == "JSON"
+    with pytest.raises(TypeError):
+        ddl.sql_type_of(int | str)
+    assert set(LineItem.model_fields) < set(ddl.LINE_ITEMS.column_names)
+    pg = ddl.ddl("postgres")
+    assert '"timings" JSONB' in pg and "JSONB" not in ddl.ddl("duckdb")
+    assert 'PRIMARY KEY ("receipt_id", "extractor_version")' in pg
+    assert "| `total` | NUMERIC(14,4) |" in ddl.markdown_tables()
+
+
+def test_placeholder_conversion_leaves_literals_alone():
+    assert convert_placeholders("a = ? AND b = '?' AND c = %s", "format") == "a = %s AND b = '?' AND c = %s"
+    assert convert_placeholders("a = %s AND b = '%s'", "qmark") == "a = ? AND b = '%s'"
+
+
+def test_postgres_uri_normalisation():
+    assert normalise_uri("postgres://u:p@h:5432/db?__extra__=%7B%7D&sslmode=disable") == \
+        "postgresql://u:p@h:5432/db?sslmode=disable"
+    assert normalise_uri("postgresql+psycopg2://u@h/db") == "postgresql://u@h/db"
