@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _few_torch_threads():
-    """The CI machine has 2 cores shared with other jobs; tiny models need no more."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is pinned in requirements.txt
-        yield
-        return
-    before = torch.get_num_threads()
+def _few_torch_threads() -> None:
+    """The CI machine has 2 cores shared with other jobs; tiny models need no more than one.
+    Called by the model fixtures rather than autouse, so tests without torch don't import it."""
+    import torch
+
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +18,7 @@ def tiny_model_dirs(tmp_path_factory) -> dict:
     """{"mllama": Path, "llava": Path}: random-weight models saved like Hub snapshots."""
     from extractor.tiny_models import KINDS, build_tiny_model
 
+    _few_torch_threads()
     root = tmp_path_factory.mktemp("tiny-models")
     return {kind: build_tiny_model(kind, root / kind, seed=0) for kind in KINDS}
 
