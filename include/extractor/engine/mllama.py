@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from extractor.engine.memory import GIB, free_device_bytes, pick_batch_size, row_bytes
-from extractor.engine.mllama_decode import (DecodeState, collect_weights, decode_step, rotary_tables,
+from extractor.engine.mllama_decode import (DecodeOps, DecodeState, collect_weights, decode_step, rotary_tables,
                                             select_next, text_model_of)
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,13 @@ class MllamaStaticEngine:
     one tensor each (same values, no extra memory, HF's own forward keeps working).
     ``max_batch`` caps rows per decode batch; left as None it is picked from free GPU
     memory. ``prefill_batch`` bounds how many rows go through HF's prefill at once.
+    ``compile_ops`` runs RMSNorm, rotary and SiLU-gating through ``torch.compile`` (fewer,
+    fused kernels per step; compiles once per batch shape).
     """
 
     def __init__(self, model, *, use_cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
                  max_batch: int | None = None, prefill_batch: int = 8, eos_check_every: int = 16,
-                 len_multiple: int = 64):
+                 len_multiple: int = 64, compile_ops: bool = False):
         import torch
 
         self.model = model.eval()
@@ -58,6 +60,8 @@ class MllamaStaticEngine:
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else bool(use_cuda_graphs and on_cuda)
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights)
+        if compile_ops:
+            self.weights.ops = DecodeOps.compiled()
         self.text_config = text_model_of(model).config
         self.num_patches = model.model.vision_model.num_patches
         gen = getattr(model, "generation_config", None)
@@ -240,6 +244,7 @@ class MllamaStaticEngine:
         self.stats["decode_s"] += t2 - t1
         self.stats["decode_steps"] += steps
         self.stats["batches"] += 1
+        self.stats["cuda_graph"] = self._graph is not None
         return self._trim(st.out.cpu(), max_new)
 
     def _prefill(self, x, pos_ids, r0: int, r1: int, plen: int):
@@ -318,7 +323,14 @@ class MllamaStaticEngine:
         self._state = st
         if self.use_cuda_graphs and max_new > 1:
             t0 = time.perf_counter()
-            self._graph = self._capture(st)
+            try:
+                self._graph = self._capture(st)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:  # same tokens without the graph, only slower: say so, go on
+                log.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
+                self.stats["graph_error"] = str(exc)[:500]
+                self._graph = None
             self.stats["capture_s"] = self.stats.get("capture_s", 0.0) + time.perf_counter() - t0
         self._key = key
 

@@ -1,0 +1,473 @@
+"""GPU throughput of receipt extraction with Llama 3.2 11B Vision: generate vs the project's engine.
+
+Runs on the device machine (one H100/H200). The model is the real 11B configuration with
+random weights built directly on the GPU in bf16 (speed does not depend on weight values;
+the checkpoint cannot be downloaded here). Every receipt is a 400-token prompt with one
+4-tile image and exactly ``--new`` new tokens (min_new_tokens == max_new_tokens), as in
+../shared/bench/mllama_baseline.py, whose numbers the `generate` rows reproduce.
+
+Sections (``--sections``, comma separated, run in this order):
+  env       versions, card, measured copy bandwidth and bf16 matmul rate (the ceilings)
+  check     correctness on the 11B shape: engine vs generate logits and tokens, left-padded
+  engine    MllamaStaticEngine at ``--engine-batches`` (graph capture timed apart)
+  variants  what each optimisation buys at batch 32: eager decode, no fused GEMMs, compiled ops
+  profile   top GPU kernels of one eager engine decode step at batch 32
+  generate  plain batched model.generate at ``--gen-batches``
+  seed      the seed guide's loop: one receipt per generate call (``--seed-receipts``)
+  quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
+            to /dev/shm first), batch ``--quant-batch``
+Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
+rewritten after every run so a timeout loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+try:
+    import extractor  # noqa: F401
+except ImportError:  # the device image has torch and transformers but not the ETL's own deps
+    import types    # (pydantic, ...): load only the engine subpackage, which needs none of them
+
+    _pkg = types.ModuleType("extractor")
+    _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "include" / "extractor")]
+    sys.modules["extractor"] = _pkg
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import MllamaConfig, MllamaForConditionalGeneration  # noqa: E402
+
+CFG = {  # meta-llama/Llama-3.2-11B-Vision(-Instruct) config.json, as in the baseline script
+    "image_token_index": 128256,
+    "text_config": {
+        "bos_token_id": 128000, "eos_token_id": 128001, "pad_token_id": 128004,
+        "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38],
+        "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+        "max_position_embeddings": 131072, "num_attention_heads": 32,
+        "num_hidden_layers": 40, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": False, "vocab_size": 128256,
+    },
+    "vision_config": {
+        "attention_heads": 16, "hidden_act": "gelu", "hidden_size": 1280, "image_size": 560,
+        "intermediate_layers_indices": [3, 7, 15, 23, 30], "intermediate_size": 5120,
+        "max_num_tiles": 4, "norm_eps": 1e-5, "num_channels": 3, "num_global_layers": 8,
+        "num_hidden_layers": 32, "patch_size": 14,
+        "supported_aspect_ratios": [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]],
+        "vision_output_dim": 7680,
+    },
+}
+SKIP_MODULES = ["model.vision_model", "model.multi_modal_projector", "lm_head"]  # transformers 5 names
+
+
+def make_inputs(batch, prompt_len, dev, *, lengths=None, seed=0):
+    """The baseline's inputs (<bos> <|image|> random text, 4 tiles of aspect ratio 4:1);
+    with ``lengths``, rows are left-padded to ``prompt_len`` as the backend does."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 120000, (batch, prompt_len), generator=g)
+    attn = torch.ones_like(ids)
+    xmask = torch.zeros(batch, prompt_len, 1, 4, dtype=torch.long)
+    lengths = lengths or [prompt_len] * batch
+    for b, n in enumerate(lengths):
+        start = prompt_len - n
+        ids[b, :start] = 128004
+        attn[b, :start] = 0
+        ids[b, start], ids[b, start + 1] = 128000, 128256
+        xmask[b, start + 1:, :, :] = 1
+    pix = torch.randn(batch, 1, 4, 3, 560, 560, generator=g).to(torch.bfloat16)
+    ar_ids = torch.full((batch, 1), 8, dtype=torch.long)
+    ar_mask = torch.ones(batch, 1, 4, dtype=torch.long)
+    d = dict(input_ids=ids, attention_mask=attn, pixel_values=pix, aspect_ratio_ids=ar_ids,
+             aspect_ratio_mask=ar_mask, cross_attention_mask=xmask)
+    return {k: v.to(dev) for k, v in d.items()}
+
+
+def timed(fn):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    r = fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t, r
+
+
+class Recorder:
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / "gpu_throughput.json"
+        self.data = {"runs": [], "errors": []}
+
+    def put(self, key, value):
+        self.data[key] = value
+        self._flush()
+
+    def run(self, row):
+        row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        self.data["runs"].append(row)
+        print(json.dumps(row), flush=True)
+        self._flush()
+
+    def error(self, where):
+        msg = traceback.format_exc()
+        print(f"ERROR in {where}:\n{msg}", flush=True)
+        self.data["errors"].append({"where": where, "traceback": msg[-3000:]})
+        self._flush()
+
+    def _flush(self):
+        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+
+
+def build_model():
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = MllamaForConditionalGeneration._from_config(MllamaConfig(**CFG), torch_dtype=torch.bfloat16)
+    return model.eval()
+
+
+# ------------------------------------------------------------------ sections
+def section_env(rec):
+    props = torch.cuda.get_device_properties(0)
+    env = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "transformers": transformers.__version__,
+           "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
+           "gpu_mem_gib": round(props.total_memory / 2**30, 1), "sms": props.multi_processor_count}
+    n = 2**30  # 2 GiB of bf16
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t, _ = timed(lambda: [dst.copy_(src) for _ in range(10)])
+    env["copy_tb_s"] = round(10 * 2 * n * 2 / t / 1e12, 3)  # bytes read + written
+    del src, dst
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    a @ b
+    t, _ = timed(lambda: [a @ b for _ in range(10)])
+    env["bf16_tflops"] = round(10 * 2 * 8192**3 / t / 1e12, 1)
+    del a, b
+    torch.cuda.empty_cache()
+    rec.put("env", env)
+    print(json.dumps(env), flush=True)
+    return env
+
+
+def section_check(rec, model, args):
+    """Engine vs generate on a left-padded batch of 4 (prompt lengths 400/380/350/300)."""
+    from extractor.engine import MllamaStaticEngine
+
+    lengths = [300, 350, 380, 400]  # ascending: the engine's bucket order, so logits line up
+    x = make_inputs(4, 400, "cuda", lengths=lengths, seed=1)
+    steps = args.check_steps
+    with torch.inference_mode():
+        ref = model.generate(**x, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    ref_tokens = ref.sequences[:, 400:].cpu()
+    eager = MllamaStaticEngine(model, use_cuda_graphs=False, fuse_weights=True)
+    recorded = []
+    original = eager._ensure_state
+
+    def ensure_and_record(key):
+        original(key)
+        eager._state.record_logits = recorded
+
+    eager._ensure_state = ensure_and_record
+    eager_tokens = eager.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
+    eager.release()
+    graph = MllamaStaticEngine(model, max_batch=4)
+    graph_tokens = graph.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
+    graph.release()
+
+    def rel(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+
+    def matching_prefix(a, b):
+        same = (a == b).long().cumprod(-1).sum(-1)
+        return [int(v) for v in same]
+
+    # Logits of the first engine-decoded step (token 2), both sides fed the same token 1.
+    first = {"rel_diff": rel(recorded[0], ref.logits[1]),
+             "max_abs_diff": float((recorded[0] - ref.logits[1].float()).abs().max()),
+             "argmax_equal_rows": int((recorded[0].argmax(-1) == ref.logits[1].argmax(-1)).sum())}
+    per_step = []
+    for i, logits in enumerate(recorded, start=1):  # valid comparison while the tokens still agree
+        per_step.append(round(rel(logits, ref.logits[i]), 5))
+    result = {"rows": 4, "prompt_lengths": lengths, "steps": steps,
+              "first_decode_step_logits": first,
+              "rel_diff_per_step_row_agnostic": per_step[:16],
+              "graph_vs_generate_matching_steps": matching_prefix(graph_tokens, ref_tokens),
+              "eager_vs_generate_matching_steps": matching_prefix(eager_tokens, ref_tokens),
+              "graph_equals_eager": bool(torch.equal(graph_tokens, eager_tokens)),
+              "graph_vs_eager_matching_steps": matching_prefix(graph_tokens, eager_tokens)}
+    rec.put("check", result)
+    print(json.dumps(result), flush=True)
+    del ref
+    torch.cuda.empty_cache()
+
+
+def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None, **kwargs):
+    from extractor.engine import MllamaStaticEngine
+
+    new = new or args.new
+    x = make_inputs(batch, args.prompt, "cuda")
+    engine = MllamaStaticEngine(model, max_batch=batch, **kwargs)
+    torch.cuda.reset_peak_memory_stats()
+    first_s, out = timed(lambda: engine.generate(**x, max_new_tokens=new, min_new_tokens=new))
+    capture_s = engine.stats.get("capture_s", 0.0)
+    stats = dict(engine.stats)
+    total_s = first_s
+    if repeat:  # steady state: graph and buffers already there, as for every later batch
+        total_s, out = timed(lambda: engine.generate(**x, max_new_tokens=new, min_new_tokens=new))
+        stats = dict(engine.stats)
+    assert out.shape == (batch, new), out.shape
+    row = {"way": label, "batch": batch, "new": new, "receipts_per_s": batch / total_s,
+           "total_s": total_s, "first_call_s": first_s, "capture_s": capture_s,
+           "prefill_s": stats["prefill_s"], "prefill_ms_per_receipt": 1000 * stats["prefill_s"] / batch,
+           "decode_ms_per_step": 1000 * stats["decode_s"] / max(stats["decode_steps"], 1),
+           "new_tokens_per_s": batch * new / total_s,
+           "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+           "cuda_graph": stats.get("cuda_graph"), "graph_error": stats.get("graph_error"),
+           "decode_batches": stats.get("batches")}
+    rec.run(row)
+    return engine, x
+
+
+def time_graph_replay(engine, n=50):
+    """Median-free quick figure: mean ms of ``n`` back-to-back replays of the step graph."""
+    st = engine._state
+    st.cur.fill_(400)
+    st.step.fill_(1)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    engine._graph.replay()
+    start.record()
+    for _ in range(n):
+        st.cur.fill_(400)
+        st.step.fill_(1)
+        engine._graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def decode_bytes(engine):
+    """Bytes one decode step must read: weights it multiplies by + the whole static cache."""
+    w, st = engine.weights, engine._state
+    weights = sum(t.numel() * t.element_size() for lw in w.layers
+                  for t in ([lw.wq, lw.wo, lw.wd, lw.wg, lw.wu] + ([] if lw.cross else [lw.wk, lw.wv])))
+    weights += w.lm_head.numel() * w.lm_head.element_size()
+    cache = sum(t.numel() * t.element_size() for t in st.self_k + st.self_v)
+    cross = sum(t.numel() * t.element_size() for t in st.cross_k + st.cross_v if t is not None)
+    return {"weights_gb": weights / 1e9, "self_kv_gb": cache / 1e9, "cross_kv_gb": cross / 1e9}
+
+
+def section_engine(rec, model, args, env):
+    for batch in [int(b) for b in args.engine_batches.split(",")]:
+        try:
+            engine, _ = run_engine(rec, model, batch, args)
+            if engine._graph is None:
+                continue
+            replay_ms = time_graph_replay(engine)
+            bytes_ = decode_bytes(engine)
+            total_gb = sum(bytes_.values())
+            floor = {"way": "floor", "batch": batch, **{k: round(v, 2) for k, v in bytes_.items()},
+                     "step_bytes_gb": round(total_gb, 2), "graph_replay_ms": round(replay_ms, 2),
+                     "floor_ms_at_copy_bw": round(total_gb / env.get("copy_tb_s", 3.0), 2),
+                     "achieved_tb_s": round(total_gb / replay_ms, 3)}
+            rec.run(floor)
+            engine.release()
+            del engine
+        except torch.cuda.OutOfMemoryError:
+            rec.error(f"engine batch {batch} (out of memory)")
+        torch.cuda.empty_cache()
+
+
+def section_variants(rec, model, args):
+    b = 32
+    for label, kw, new in [("engine eager decode (no CUDA graph)", dict(use_cuda_graphs=False), 32),
+                           ("engine graphs, unfused GEMMs", dict(fuse_weights=False), args.new),
+                           ("engine graphs + compiled elementwise ops", dict(compile_ops=True), args.new)]:
+        try:
+            engine, _ = run_engine(rec, model, b, args, label=label, new=new, **kw)
+            if engine._graph is not None:
+                rec.run({"way": label, "batch": b, "graph_replay_ms": round(time_graph_replay(engine), 2)})
+            engine.release()
+            del engine
+        except Exception:
+            rec.error(f"variant {label}")
+        torch.cuda.empty_cache()
+
+
+def section_profile(rec, model, args):
+    from torch.profiler import ProfilerActivity, profile
+
+    from extractor.engine import MllamaStaticEngine
+    from extractor.engine.mllama_decode import decode_step
+
+    x = make_inputs(32, args.prompt, "cuda")
+    engine = MllamaStaticEngine(model, max_batch=32, use_cuda_graphs=True)
+    engine.generate(**x, max_new_tokens=8, min_new_tokens=8)
+    st = engine._state
+    st.cur.fill_(400)
+    st.step.fill_(1)
+    decode_step(engine.weights, st)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            st.cur.fill_(400)
+            st.step.fill_(1)
+            decode_step(engine.weights, st)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    print(table, flush=True)
+    (Path(args.out) / "decode_step_profile.txt").write_text(table)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    n_kernels = sum(e.count for e in events) / 3
+    gpu_ms = sum(e.self_device_time_total for e in events) / 3 / 1000
+    rec.put("profile", {"batch": 32, "kernels_per_step": n_kernels, "gpu_kernel_ms_per_step": round(gpu_ms, 2)})
+    engine.release()
+    torch.cuda.empty_cache()
+
+
+def run_generate(rec, model, batch, args, label="generate", new=None):
+    new = new or args.new
+    x = make_inputs(batch, args.prompt, model.device)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        tp, _ = timed(lambda: model(**x, use_cache=False, logits_to_keep=1))
+        tg, out = timed(lambda: model.generate(**x, max_new_tokens=new, min_new_tokens=new, do_sample=False))
+    row = {"way": label, "batch": batch, "new": new, "receipts_per_s": batch / tg, "total_s": tg,
+           "prefill_s": tp, "prefill_ms_per_receipt": 1000 * tp / batch,
+           "decode_ms_per_step": 1000 * (tg - tp) / new, "new_tokens_per_s": batch * new / tg,
+           "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    rec.run(row)
+
+
+def section_generate(rec, model, args):
+    with torch.inference_mode():
+        x = make_inputs(1, 64, model.device)
+        model.generate(**x, max_new_tokens=8, do_sample=False)  # warm-up
+    for batch in [int(b) for b in args.gen_batches.split(",")]:
+        try:
+            run_generate(rec, model, batch, args)
+        except torch.cuda.OutOfMemoryError:
+            rec.error(f"generate batch {batch} (out of memory)")
+        torch.cuda.empty_cache()
+
+
+def section_seed(rec, model, args):
+    n = args.seed_receipts
+    x = make_inputs(n, args.prompt, model.device)
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(n):
+            one = {k: v[i:i + 1] for k, v in x.items()}
+            model.generate(**one, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False)
+    torch.cuda.synchronize()
+    total = time.perf_counter() - t0
+    rec.run({"way": "seed loop (one receipt per generate)", "batch": 1, "receipts": n, "new": args.new,
+             "receipts_per_s": n / total, "total_s": total,
+             "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+
+
+def section_quant(rec, args):
+    from transformers import BitsAndBytesConfig
+
+    ckpt = "/dev/shm/m11"
+    if not os.path.exists(ckpt):
+        model = build_model()
+        t, _ = timed(lambda: model.save_pretrained(ckpt, max_shard_size="20GB"))
+        print(f"saved checkpoint in {t:.1f}s", flush=True)
+        del model
+        torch.cuda.empty_cache()
+    for mode in args.quant_modes.split(","):
+        try:
+            q = (BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_MODULES) if mode == "int8" else
+                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=SKIP_MODULES))
+            t0 = time.perf_counter()
+            model = MllamaForConditionalGeneration.from_pretrained(ckpt, quantization_config=q, device_map="cuda:0",
+                                                                   torch_dtype=torch.bfloat16).eval()
+            vision_quantised = any("Linear8bitLt" in type(m).__name__ or "Linear4bit" in type(m).__name__
+                                   for m in model.model.vision_model.modules())
+            rec.run({"way": f"load {mode}", "load_s": time.perf_counter() - t0,
+                     "weights_gib": torch.cuda.memory_allocated() / 2**30,
+                     "vision_tower_quantised": vision_quantised})
+            with torch.inference_mode():
+                model.generate(**make_inputs(1, 64, "cuda"), max_new_tokens=4, do_sample=False)
+            for batch in [int(b) for b in args.quant_batches.split(",")]:
+                run_generate(rec, model, batch, args, label=f"generate {mode}", new=args.quant_new)
+            del model
+        except Exception:
+            rec.error(f"quant {mode}")
+        torch.cuda.empty_cache()
+
+
+def print_table(rec):
+    print("\n| way | batch | receipts/s | prefill ms/receipt | decode ms/step | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rec.data["runs"]:
+        if "receipts_per_s" in r:
+            print(f"| {r['way']} | {r['batch']} | {r['receipts_per_s']:.3f} | "
+                  f"{r.get('prefill_ms_per_receipt', float('nan')):.1f} | "
+                  f"{r.get('decode_ms_per_step', float('nan')):.2f} | {r['peak_gib']:.1f} |")
+        elif "graph_replay_ms" in r:
+            print(f"| {r['way']} | {r['batch']} | replay {r['graph_replay_ms']} ms | "
+                  f"floor {r.get('floor_ms_at_copy_bw', '')} ms | {r.get('achieved_tb_s', '')} TB/s | |")
+    if rec.data["errors"]:
+        print("errors in:", [e["where"] for e in rec.data["errors"]])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default="env,check,engine,variants,profile,generate,seed")
+    ap.add_argument("--prompt", type=int, default=400)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--engine-batches", default="32,8,64,128")
+    ap.add_argument("--gen-batches", default="8,32")
+    ap.add_argument("--seed-receipts", type=int, default=1)
+    ap.add_argument("--check-steps", type=int, default=64)
+    ap.add_argument("--quant-modes", default="int8,nf4")
+    ap.add_argument("--quant-batches", default="8")
+    ap.add_argument("--quant-new", type=int, default=64)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    rec = Recorder(args.out)
+    rec.put("args", vars(args))
+    env = section_env(rec) if "env" in sections else {}
+    model = None
+    if set(sections) & {"check", "engine", "variants", "profile", "generate", "seed"}:
+        t, model = timed(build_model)
+        rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
+                          "weights_gib": torch.cuda.memory_allocated() / 2**30})
+    steps = [("check", lambda: section_check(rec, model, args)),
+             ("engine", lambda: section_engine(rec, model, args, env)),
+             ("variants", lambda: section_variants(rec, model, args)),
+             ("profile", lambda: section_profile(rec, model, args)),
+             ("generate", lambda: section_generate(rec, model, args)),
+             ("seed", lambda: section_seed(rec, model, args))]
+    for name, fn in steps:
+        if name in sections:
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception:
+                rec.error(name)
+            print(f"-- section {name}: {time.perf_counter() - t0:.1f}s", flush=True)
+            torch.cuda.empty_cache()
+    if "quant" in sections:
+        if model is not None:
+            del model
+            torch.cuda.empty_cache()
+        section_quant(rec, args)
+    print_table(rec)
+
+
+if __name__ == "__main__":
+    main()
