@@ -1,0 +1,211 @@
+"""Field accuracy of a backend on a labelled receipt set (the sroie-dev format).
+
+Scoring follows the SROIE task-3 habit: a field is right when it matches the label
+after normalisation (upper case, whitespace collapsed, punctuation dropped; dates and
+totals compared as values). Because company and address labels are often not verbatim
+on the receipt, a "near" score (character similarity >= 0.9) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from extractor import normalize
+from extractor.errors import NormalizationError
+
+# label key in the dataset -> Receipt field
+FIELDS = {"company": "store_name", "address": "store_address", "date": "date", "total": "total"}
+NEAR_THRESHOLD = 0.9
+_PUNCT = re.compile(r"[^\w\s]|_")
+
+
+def normalize_text(value: Any) -> str:
+    """Upper case, punctuation dropped, whitespace collapsed ('No.5, Jln  2' -> 'NO5 JLN 2')."""
+    if value is None:
+        return ""
+    text = unicodedata.normalize("NFKC", str(value)).upper()
+    return " ".join(_PUNCT.sub("", text).split())
+
+
+def similarity(a: Any, b: Any) -> float:
+    """Character similarity of the normalised strings (difflib ratio, 0..1)."""
+    na, nb = normalize_text(a), normalize_text(b)
+    if not na and not nb:
+        return 1.0
+    return SequenceMatcher(None, na, nb, autojunk=False).ratio()
+
+
+def _as_date(value: Any) -> dt.date | None:
+    try:
+        return normalize.parse_date(value) if value not in (None, "") else None
+    except NormalizationError:
+        return None
+
+
+def _as_amount(value: Any) -> Decimal | None:
+    if isinstance(value, str):  # labels carry the currency glued on: "RM5.00"
+        value = re.sub(r"^\s*(?:RM|MYR|\$)\s*", "", value.upper())
+    try:
+        return normalize.parse_money(value) if value not in (None, "") else None
+    except (NormalizationError, InvalidOperation):
+        return None
+
+
+def field_match(name: str, predicted: Any, label: Any) -> tuple[bool, bool]:
+    """(exact, near) for one field; ``name`` is a dataset key (company/address/date/total)."""
+    if name == "date":
+        p, l = _as_date(predicted), _as_date(label)
+        ok = p is not None and p == l
+        return ok, ok
+    if name == "total":
+        p, l = _as_amount(predicted), _as_amount(label)
+        ok = p is not None and l is not None and p == l
+        return ok, ok
+    exact = normalize_text(predicted) == normalize_text(label) and normalize_text(label) != ""
+    near = exact or (bool(normalize_text(predicted)) and similarity(predicted, label) >= NEAR_THRESHOLD)
+    return exact, near
+
+
+@dataclass
+class FieldScore:
+    exact: int = 0
+    near: int = 0
+    n: int = 0
+
+    def rate(self, kind: str) -> float:
+        return (self.exact if kind == "exact" else self.near) / self.n if self.n else 0.0
+
+
+@dataclass
+class EvalReport:
+    """Per-field accuracy plus per-receipt rows (for error analysis) and timings."""
+
+    model: str
+    dataset: str
+    n: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    fields: dict[str, FieldScore] = field(default_factory=lambda: {k: FieldScore() for k in FIELDS})
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, receipt_id: str, predicted: dict[str, Any], label: dict[str, Any],
+            reason: str | None = None) -> None:
+        self.n += 1
+        self.failed += reason is not None
+        row: dict[str, Any] = {"id": receipt_id, "reason": reason}
+        for key in FIELDS:
+            exact, near = field_match(key, predicted.get(key), label.get(key))
+            score = self.fields[key]
+            score.n += 1
+            score.exact += exact
+            score.near += near
+            row[key] = {"predicted": None if predicted.get(key) is None else str(predicted.get(key)),
+                        "label": label.get(key), "exact": exact, "near": near}
+        self.rows.append(row)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "dataset": self.dataset, "receipts": self.n, "failed": self.failed,
+            "seconds": round(self.seconds, 2),
+            "receipts_per_second": round(self.n / self.seconds, 3) if self.seconds else None,
+            "fields": {k: {"exact": round(s.rate("exact"), 4), "near": round(s.rate("near"), 4),
+                           "n": s.n} for k, s in self.fields.items()},
+            "rows": self.rows,
+        }
+
+    def to_markdown(self) -> str:
+        lines = [f"Model `{self.model}` on `{self.dataset}`: {self.n} receipts, "
+                 f"{self.failed} failed, {self.seconds:.1f} s", "",
+                 "| field | exact | near (similarity >= 0.9) |", "| --- | ---: | ---: |"]
+        for key, s in self.fields.items():
+            lines.append(f"| {key} | {100 * s.rate('exact'):.1f}% | {100 * s.rate('near'):.1f}% |")
+        return "\n".join(lines) + "\n"
+
+    def save_chart(self, png_path: str | Path) -> Path:
+        """A bar chart of exact and near accuracy per field (matplotlib, Agg backend)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = list(self.fields)
+        exact = [100 * self.fields[k].rate("exact") for k in keys]
+        near = [100 * self.fields[k].rate("near") for k in keys]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        xs = range(len(keys))
+        ax.bar([x - 0.2 for x in xs], exact, width=0.4, label="exact")
+        ax.bar([x + 0.2 for x in xs], near, width=0.4, label="near (>= 0.9)")
+        ax.set_xticks(list(xs), keys)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("% of receipts")
+        ax.set_title(f"{self.model} on {Path(self.dataset).name} (n={self.n})", fontsize=9)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = Path(png_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def load_labels(dataset_dir: str | Path, limit: int | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(image path, label dict) pairs of a sroie-dev style folder, sorted by id."""
+    root = Path(dataset_dir)
+    pairs = []
+    for label_path in sorted((root / "labels").glob("*.json")):
+        label = json.loads(label_path.read_text())
+        image = root / label.get("image", f"images/{label_path.stem}.jpg")
+        pairs.append((image, label))
+    if not pairs:
+        raise FileNotFoundError(f"no labels/*.json under {root}")
+    return pairs[:limit] if limit else pairs
+
+
+def predicted_fields(receipt) -> dict[str, Any]:
+    """Receipt -> the dataset's four keys."""
+    if receipt is None:
+        return {}
+    return {key: getattr(receipt, attr) for key, attr in FIELDS.items()}
+
+
+def evaluate(backend, dataset_dir: str | Path, *, limit: int | None = None,
+             progress: Callable[[int, int], None] | None = None, batch_size: int | None = None
+             ) -> EvalReport:
+    """Run ``backend`` over a labelled folder and score every field.
+
+    ``progress(done, total)`` is called after each batch (the CLI draws a bar with it).
+    """
+    from extractor.images import ReceiptInput
+
+    pairs = load_labels(dataset_dir, limit)
+    report = EvalReport(model=backend.version, dataset=str(dataset_dir))
+    size = batch_size or getattr(getattr(backend, "spec", None), "batch_size", 8)
+    t0 = time.perf_counter()
+    for start in range(0, len(pairs), size):
+        chunk = pairs[start:start + size]
+        inputs = [ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p, _ in chunk]
+        for (path, label), result in zip(chunk, backend.extract(inputs)):
+            report.add(label.get("id", path.stem), predicted_fields(result.receipt), label,
+                       reason=result.reason if result.status == "failed" else None)
+        if progress is not None:
+            progress(min(start + size, len(pairs)), len(pairs))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def score_predictions(predictions: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
+                      model: str = "predictions", dataset: str = "") -> EvalReport:
+    """Score (id, predicted, label) triples without running a backend (cached OCR)."""
+    report = EvalReport(model=model, dataset=dataset)
+    for receipt_id, predicted, label in predictions:
+        report.add(receipt_id, predicted, label)
+    return report

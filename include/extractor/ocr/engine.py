@@ -1,0 +1,84 @@
+"""The OCR engine: RapidOCR (PP-OCR detection + recognition on onnxruntime) and its settings.
+
+RapidOCR's wheel ships the ONNX models, so this runs offline. The engine is built once
+per process; ``run_ocr`` turns its output into plain ``OcrBox`` values (four corner
+points, text, score) that the layout code and the on-disk cache share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OcrSettings:
+    """The knobs that trade speed against accuracy (see docs/ocr.md for measurements).
+
+    ``limit_side_len`` with ``limit_type='min'`` resizes the detector input so its
+    shorter side is this long. The angle classifier is off: receipts are upright scans
+    and the classifier only flips crops by 180 degrees. ``text_score`` is kept low so the
+    parser sees weak boxes too and can weigh them by their score.
+    """
+
+    limit_side_len: int = 736
+    limit_type: str = "min"
+    use_cls: bool = False
+    text_score: float = 0.3
+    intra_op_threads: int = 1
+    rec_batch_num: int = 6
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "Global.log_level": "warning",
+            "Global.use_cls": self.use_cls,
+            "Global.text_score": self.text_score,
+            "Det.limit_side_len": self.limit_side_len,
+            "Det.limit_type": self.limit_type,
+            "Rec.rec_batch_num": self.rec_batch_num,
+            "EngineConfig.onnxruntime.intra_op_num_threads": self.intra_op_threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OcrBox:
+    """One detected text box: corner points (clockwise from top-left), text and score."""
+
+    points: tuple[tuple[float, float], ...]
+    text: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"points": [list(p) for p in self.points], "text": self.text, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OcrBox":
+        return cls(points=tuple((float(x), float(y)) for x, y in d["points"]),
+                   text=str(d["text"]), score=float(d["score"]))
+
+
+def build_engine(settings: OcrSettings | None = None):
+    """Load RapidOCR with ``settings`` (imports rapidocr here: nothing heavy at import)."""
+    from rapidocr import RapidOCR
+
+    engine = RapidOCR(params=(settings or OcrSettings()).params())
+    # Load the models now, not on the first receipt (and not concurrently in two threads).
+    engine._load_det_model()
+    engine._load_rec_model()
+    if (settings or OcrSettings()).use_cls:
+        engine._load_cls_model()
+    return engine
+
+
+def run_ocr(engine, image) -> list[OcrBox]:
+    """OCR one image (PIL image or array); an image without text gives an empty list."""
+    out = engine(image)
+    if getattr(out, "boxes", None) is None or getattr(out, "txts", None) is None:
+        return []
+    return [OcrBox(points=tuple((round(float(x), 1), round(float(y), 1)) for x, y in box),
+                   text=str(text), score=round(float(score), 4))
+            for box, text, score in zip(out.boxes, out.txts, out.scores)]

@@ -1,0 +1,205 @@
+"""Receipt parser: reconstructed OCR lines -> the fields of the ``Receipt`` schema.
+
+The parser finds candidates (date strings, amounts on TOTAL lines, header lines) by
+rule; which candidate wins is decided by the learned line picker
+(``extractor.ocr.picker``) when one is given, otherwise by the plain rules below (the
+"naive" baseline that docs/ocr.md compares against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Sequence
+
+from extractor import normalize
+from extractor.errors import NormalizationError
+from extractor.ocr import patterns as P
+from extractor.ocr.layout import Line
+
+
+@dataclass
+class Candidate:
+    """A possible value of a field, where it was read, and the rule/model score."""
+
+    value: Any
+    line: int
+    text: str
+    score: float = 0.0
+    ocr_score: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParsedFields:
+    values: dict[str, Any] = field(default_factory=dict)
+    confidence: dict[str, float] = field(default_factory=dict)
+
+
+# --- candidates ------------------------------------------------------------------
+def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
+    out = []
+    for ln in lines:
+        text = P.GLUED_TIME_RE.sub(r"\1 \2", ln.text)  # "16-04-201814:51": OCR dropped the space
+        for m in P.DATE_RE.finditer(text):
+            raw = m.group(0)
+            try:
+                value = normalize.parse_date(P.re.sub(r"\s*([-/.])\s*", r"\1", raw), day_first=True)
+            except NormalizationError:
+                continue
+            if value is None or not 1990 <= value.year <= 2035:
+                continue
+            out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score))
+    return out
+
+
+def total_candidates(lines: Sequence[Line]) -> list[Candidate]:
+    """Amounts on lines that name a total (or on the line just below such a label)."""
+    out = []
+    for i, ln in enumerate(lines):
+        for j, amount in enumerate(P.amounts_in(ln.text)):
+            label = ln.text
+            if i > 0 and not P.TOTAL_WORDS_RE.search(ln.text):
+                label = lines[i - 1].text + " | " + ln.text  # "TOTAL" printed above its amount
+            out.append(Candidate(value=Decimal(amount), line=ln.index, text=label,
+                                 ocr_score=ln.score, extra={"position_in_line": j,
+                                                            "own_label": label == ln.text}))
+    return out
+
+
+# --- naive rules -------------------------------------------------------------------
+def naive_total(cands: Sequence[Candidate]) -> Candidate | None:
+    scored = []
+    for c in cands:
+        own = c.text.split("|")[-1].upper()
+        label = c.text.upper()
+        if not P.TOTAL_WORDS_RE.search(label):
+            continue
+        if P.ADJUSTMENT_RE.search(own) and not P.re.search(r"TOTAL", own):
+            continue  # "ROUNDING ADJ -0.01", "CASH 50.00", "CHANGE 0.00"
+        if P.NOT_TOTAL_RE.search(own) and not P.ROUNDED_RE.search(own):
+            continue
+        c.score = 2.0 if P.ROUNDED_RE.search(label) else 1.0
+        scored.append(c)
+    if scored:
+        # the last strong total line on the page (rounded / nett totals come last)
+        return max(scored, key=lambda c: (c.score, c.line))
+    return max(cands, key=lambda c: c.value, default=None)
+
+
+def naive_date(cands: Sequence[Candidate], lines: Sequence[Line]) -> Candidate | None:
+    for c in cands:
+        if "DATE" in lines[c.line].text.upper() or "TARIKH" in lines[c.line].text.upper():
+            return c
+    return cands[0] if cands else None
+
+
+def _is_noise(text: str) -> bool:
+    letters = sum(ch.isalpha() for ch in text)
+    return letters < 3 or P.REGISTRATION_RE.search(text) is not None
+
+
+def naive_company(lines: Sequence[Line]) -> list[int]:
+    head = [ln for ln in lines[:8] if not _is_noise(ln.text)]
+    for ln in head:
+        if any(s in ln.text.upper() for s in ("SDN BHD", "SDN. BHD", "BHD", "ENTERPRISE", "TRADING")):
+            return [ln.index]
+    return [head[0].index] if head else []
+
+
+def naive_address(lines: Sequence[Line], company: list[int]) -> list[int]:
+    start = (max(company) + 1) if company else 0
+    picked: list[int] = []
+    for ln in lines[start:start + 8]:
+        text = ln.text.upper()
+        if P.ADDRESS_STOP_RE.search(text) and not any(w in text for w in ("JALAN", "JLN", "LOT")):
+            if picked:
+                break
+            continue
+        if _is_noise(ln.text) and not P.POSTCODE_RE.search(text):
+            if picked:
+                continue
+            continue
+        picked.append(ln.index)
+    return picked
+
+
+# --- the other fields (rules are enough for them) ---------------------------------------
+def find_time(lines: Sequence[Line]) -> str | None:
+    for ln in lines:
+        for m in P.TIME_RE.finditer(ln.text):
+            try:
+                return normalize.parse_time(m.group(0))
+            except NormalizationError:
+                continue
+    return None
+
+
+def find_phone(lines: Sequence[Line]) -> str | None:
+    for ln in lines:
+        m = P.PHONE_RE.search(ln.text)
+        if m:
+            return " ".join(m.group(1).split())
+    return None
+
+
+def find_receipt_number(lines: Sequence[Line]) -> str | None:
+    for ln in lines:
+        m = P.RECEIPT_NO_RE.search(ln.text)
+        if m and any(ch.isdigit() for ch in m.group(1)):
+            return m.group(1)
+    return None
+
+
+def find_labelled_amount(lines: Sequence[Line], label_re, exclude_re=None) -> Decimal | None:
+    for ln in lines:
+        if label_re.search(ln.text) and not (exclude_re and exclude_re.search(ln.text)):
+            amounts = P.amounts_in(ln.text)
+            if amounts:
+                return Decimal(amounts[-1])
+    return None
+
+
+def find_currency(lines: Sequence[Line]) -> str | None:
+    text = " ".join(ln.text.upper() for ln in lines)
+    if "RM" in text.replace("(RM)", " RM ").split() or "(RM)" in text or "MYR" in text \
+            or P.re.search(r"\bRM\s?\d", text):
+        return "MYR"
+    return None
+
+
+# --- assembly --------------------------------------------------------------------------
+def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
+    """Fill the receipt fields from reconstructed lines.
+
+    ``picker`` is a ``LinePicker`` (the shipped learned model); without one the naive
+    rules pick the store name, address, date and total."""
+    out = ParsedFields()
+    if not lines:
+        return out
+    dates = date_candidates(lines)
+    totals = total_candidates(lines)
+    if picker is not None:
+        picks = picker.pick(lines, dates, totals)
+    else:
+        company = naive_company(lines)
+        picks = {"store_name": (company, 0.5), "store_address": (naive_address(lines, company), 0.5),
+                 "date": (naive_date(dates, lines), 0.5), "total": (naive_total(totals), 0.5)}
+    for name in ("store_name", "store_address"):
+        idx, prob = picks[name]
+        if idx:
+            chosen = [lines[i] for i in sorted(idx)]
+            out.values[name] = " ".join(ln.text for ln in chosen)
+            out.confidence[name] = round(prob * min(ln.score for ln in chosen), 4)
+    for name in ("date", "total"):
+        cand, prob = picks[name]
+        if cand is not None:
+            out.values[name] = cand.value
+            out.confidence[name] = round(prob * cand.ocr_score, 4)
+    out.values["time"] = find_time(lines)
+    out.values["phone"] = find_phone(lines)
+    out.values["receipt_number"] = find_receipt_number(lines)
+    out.values["subtotal"] = find_labelled_amount(lines, P.SUBTOTAL_RE)
+    out.values["tax_amount"] = find_labelled_amount(lines, P.TAX_RE, P.re.compile(r"REG|NO\b|ID\b|SUMMARY", P.re.I))
+    out.values["currency"] = find_currency(lines)
+    return out

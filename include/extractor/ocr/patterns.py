@@ -1,0 +1,71 @@
+"""Regular expressions and keyword lists for reading receipt lines.
+
+Kept apart from the parser so the line picker's features and the parser's rules use
+the same definitions.
+"""
+
+from __future__ import annotations
+
+import re
+
+MONTH_NAMES = r"JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|SEPT|OCT|NOV|DEC"
+DATE_RE = re.compile(
+    r"(?<!\d)(?:"
+    r"(?P<iso>20\d{2}[-/.]\d{1,2}[-/.]\d{1,2})"
+    r"|(?P<dmy>\d{1,2}\s?[-/.]\s?\d{1,2}\s?[-/.]\s?(?:20)?\d{2})"
+    r"|(?P<dmon>\d{1,2}[-/ .]?(?:" + MONTH_NAMES + r")[A-Z]*[-/ .,]*(?:20)?\d{2})"
+    r"|(?P<mond>(?:" + MONTH_NAMES + r")[A-Z]*\.?\s?\d{1,2},?\s?(?:20)?\d{2})"
+    r")(?!\d)", re.IGNORECASE)
+GLUED_TIME_RE = re.compile(r"((?:19|20)\d{2})(\d{1,2}:\d{2})")
+# A time has a colon ("14:03", "2:03:55 PM"); "2.03" is an amount unless AM/PM follows.
+TIME_RE = re.compile(r"(?<![\d.,])([01]?\d|2[0-3])(?::([0-5]\d)(?::[0-5]\d)?\s*(?:AM|PM|A\.M\.|P\.M\.)?"
+                     r"|\.([0-5]\d)\s*(?:AM|PM))(?![\d])", re.IGNORECASE)
+# An amount as printed on these receipts: digits, a decimal point (or comma), two digits.
+AMOUNT_RE = re.compile(r"(?<![\d.,])-?(?:RM|\$)?\s?(\d{1,3}(?:,\d{3})+|\d+)\s?[.,]\s?(\d{2})(?![\d])")
+PHONE_RE = re.compile(r"(?:TEL|PHONE|PH|HP|H/P|T)\s*[.:/]?\s*(?:NO)?\s*[.:]?\s*"
+                      r"(\+?6?0\d[\d\s-]{6,12}\d)", re.IGNORECASE)
+RECEIPT_NO_RE = re.compile(
+    r"(?:RECEIPT|INVOICE|INV|BILL|DOC(?:UMENT)?|TRANS(?:ACTION)?|CS|SLIP|TAX INVOICE)\s*"
+    r"(?:NO|NUMBER|#)\s*[.:#]?\s*[:#]?\s*([A-Z0-9][A-Z0-9/-]{3,})", re.IGNORECASE)
+
+COMPANY_SUFFIXES = ("SDN BHD", "SDN. BHD", "SDN.BHD", "S/B", "BHD", "ENTERPRISE", "TRADING",
+                    "RESTAURANT", "RESTORAN", "HARDWARE", "STATIONERY", "MART", "MARKET",
+                    "PERNIAGAAN", "CO.", "COMPANY", "PLT", "STORE", "SUPERMARKET", "BAKERY",
+                    "CAFE", "KEDAI", "SHOP", "CENTRE", "CENTER", "FOOD", "HOLDINGS", "(M)")
+ADDRESS_WORDS = ("JALAN", "JLN", "LOT", "NO.", "NO ", "TAMAN", "TMN", "BANDAR", "KAWASAN",
+                 "LORONG", "PERSIARAN", "BLOK", "BLOCK", "BATU", "KAMPUNG", "KG", "SEKSYEN",
+                 "SELANGOR", "JOHOR", "KUALA LUMPUR", "PUTRAJAYA", "PAHANG", "PERAK", "MELAKA",
+                 "KEDAH", "PENANG", "PULAU PINANG", "SABAH", "SARAWAK", "NEGERI SEMBILAN",
+                 "KELANTAN", "TERENGGANU", "PERLIS", "WILAYAH", "BAHRU", "SHAH ALAM", "PETALING",
+                 "SUBANG", "PUCHONG", "KLANG", "CHERAS", "KAJANG", "AMPANG", "INDUSTRIAL",
+                 "PERINDUSTRIAN", "PLAZA", "MALL", "FLOOR", "TINGKAT", "GROUND", "ROAD", "STREET",
+                 "AVENUE", "BDR", "JAYA", "UTAMA", "SRI", "SERI")
+POSTCODE_RE = re.compile(r"(?<!\d)\d{5}(?!\d)")
+# Lines that end an address block (contact and tax details follow the address).
+ADDRESS_STOP_RE = re.compile(
+    r"\b(TEL|FAX|PHONE|H/P|HP|GST|SST|REG|INVOICE|RECEIPT|DATE|CASHIER|EMAIL|E-MAIL|WEBSITE|WWW|"
+    r"TAX|BILL|TABLE|ORDER|COUNTER|SLIP)\b", re.IGNORECASE)
+REGISTRATION_RE = re.compile(r"^\(?\s*(?:CO\.?\s*(?:REG|RFG|NO)|COMPANY\s*(?:REG|NO)|ROC|REG)?[^A-Z]*"
+                             r"\d{4,}[- ]?[A-Z]\)?\s*$|\b\d{5,}-[A-Z]\b", re.IGNORECASE)
+
+TOTAL_WORDS_RE = re.compile(r"T\s?O\s?T\s?A\s?L|JUMLAH|AMOUNT DUE|NETT|NET AMT|GRAND|AMT DUE|"
+                            r"TOTAL PAYABLE|BALANCE DUE|AMOUNT", re.IGNORECASE)
+NOT_TOTAL_RE = re.compile(r"SUB\s?-?\s?TOTAL|TOTAL\s*(QTY|QUANTITY|ITEM|ITEMS|DISC|DISCOUNT|SAVING|"
+                          r"GST|TAX|SST|EXCL|EXCLUSIVE|EXCLUDING)|QTY|ITEM\(S\)|EXCL|BEFORE",
+                          re.IGNORECASE)
+ROUNDED_RE = re.compile(r"ROUNDED|NETT|GRAND|PAYABLE|DUE|INCL|TOTAL\s*\(?RM|TOTAL\s*AMOUNT", re.IGNORECASE)
+ADJUSTMENT_RE = re.compile(r"ROUNDING|ADJ|CHANGE|CASH|TENDER|DISC|SAVING|GST|TAX|SST|VOUCHER|POINTS",
+                           re.IGNORECASE)
+PAYMENT_RE = re.compile(r"\b(CASH|VISA|MASTER|MASTERCARD|CREDIT|DEBIT|CARD|TNG|BOOST|GRABPAY|"
+                        r"E-?WALLET|CHANGE|TENDER(?:ED)?|PAID|PAYMENT)\b", re.IGNORECASE)
+SUBTOTAL_RE = re.compile(r"SUB\s?-?\s?TOTAL|TOTAL\s*EXCL|EXCLUD", re.IGNORECASE)
+TAX_RE = re.compile(r"\b(GST|SST|TAX|VAT)\b", re.IGNORECASE)
+
+
+def amounts_in(text: str) -> list[str]:
+    """Amount strings in a line, normalised to '1234.50' (commas as thousands marks)."""
+    found = []
+    for m in AMOUNT_RE.finditer(text):
+        whole = m.group(1).replace(",", "")
+        found.append(f"{int(whole)}.{m.group(2)}")
+    return found

@@ -1,0 +1,91 @@
+"""The receipt parser on text fixtures (lines built from fake boxes, no OCR)."""
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from extractor.ocr.engine import OcrBox
+from extractor.ocr.layout import rebuild_lines
+from extractor.ocr.parser import parse_receipt
+from extractor.ocr.patterns import amounts_in
+
+
+def lines_from_text(text: str, width: int = 480):
+    """One box per text run; runs on a line are separated by 3+ spaces, the last one
+    right-aligned (as amounts are on a till receipt)."""
+    out = []
+    for row, line in enumerate(t for t in text.strip("\n").splitlines()):
+        runs = [r.strip() for r in line.split("   ") if r.strip()]
+        y = 30 * row
+        for i, run in enumerate(runs):
+            w = 12 * len(run)
+            x = width - w if (i == len(runs) - 1 and len(runs) > 1) else 10 + 200 * i
+            out.append(OcrBox(points=((x, y), (x + w, y), (x + w, y + 22), (x, y + 22)), text=run, score=0.98))
+    return rebuild_lines(out)
+
+
+RECEIPT = """
+tan woon yann
+INDAH GIFT & HOME DECO SDN BHD
+(CO.REG: 123456-W)
+27, JALAN DEDAP 13,
+TAMAN JOHOR JAYA,
+81100 JOHOR BAHRU, JOHOR.
+TEL: 07-3507405   FAX: 07-3558160
+RECEIPT NO: CS00082652
+19/10/2018 20:49:59
+ST-PRIVILEGE CARD   10.00
+SUB TOTAL   56.87
+GST 6%   3.44
+TOTAL AMT   60.31
+ROUNDING ADJ   -0.01
+TOTAL ROUNDED (RM)   60.30
+CASH   70.30
+CHANGE   10.00
+"""
+
+
+def test_naive_rules_on_a_typical_receipt():
+    fields = parse_receipt(lines_from_text(RECEIPT)).values
+    assert fields["store_name"] == "INDAH GIFT & HOME DECO SDN BHD"
+    assert fields["store_address"] == "27, JALAN DEDAP 13, TAMAN JOHOR JAYA, 81100 JOHOR BAHRU, JOHOR."
+    assert fields["date"] == date(2018, 10, 19)
+    assert fields["total"] == Decimal("60.30")
+    assert fields["time"] == "20:49"
+    assert fields["phone"] == "07-3507405"
+    assert fields["receipt_number"] == "CS00082652"
+    assert fields["subtotal"] == Decimal("56.87")
+    assert fields["tax_amount"] == Decimal("3.44")
+    assert fields["currency"] == "MYR"
+
+
+def test_confidence_combines_ocr_score_and_pick():
+    parsed = parse_receipt(lines_from_text(RECEIPT))
+    assert set(parsed.confidence) == {"store_name", "store_address", "date", "total"}
+    assert all(0 < v <= 0.98 for v in parsed.confidence.values())
+
+
+def test_empty_page_gives_no_fields():
+    assert parse_receipt([]).values == {}
+
+
+@pytest.mark.parametrize("text, amounts", [
+    ("TOTAL RM 1,234.50", ["1234.50"]),
+    ("1 X 3.11 3.11", ["3.11", "3.11"]),
+    ("Rounding -0.01", ["0.01"]),
+    ("GST REG 000800589824", []),
+    ("TOTAL 12,50", ["12.50"]),
+])
+def test_amounts_in_line(text, amounts):
+    assert amounts_in(text) == amounts
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("Date: 25-03-2018 09:42:19 AM", date(2018, 3, 25)),
+    ("DATE 12 MAR 2018", date(2018, 3, 12)),
+    ("2018-01-05 13:00", date(2018, 1, 5)),
+    ("18-11-18 13:58 SH01", date(2018, 11, 18)),
+])
+def test_date_formats(line, expected):
+    assert parse_receipt(lines_from_text(f"SHOP ENTERPRISE\n{line}\nTOTAL   1.00")).values["date"] == expected
