@@ -82,3 +82,15 @@ def test_empty_and_blank_lines_and_file_uri(tmp_path):
     other.write_text("\n" + ok_result(5).model_dump_json() + "\n\n")
     assert len(read_staged(f"file://{other}")) == 1
     assert [r.receipt_id for r in read_staged_many([empty, other])] == [f"{5:064x}"]
+
+
+def test_receipt_that_no_longer_normalises_comes_back_as_a_failed_result(tmp_path):
+    # model_copy skips the normalisers, as a schema change after extraction would.
+    odd = ok_result(7)
+    odd.receipt = odd.receipt.model_copy(update={"currency": "XXY"})
+    target = tmp_path / "b.jsonl"
+    write_staged([odd, ok_result(8)], target)
+    back = read_staged(target)
+    assert back[0].status == "failed" and back[0].receipt_id == f"{7:064x}"
+    assert "receipt.currency" in back[0].reason and "XXY" in back[0].reason
+    assert back[0].raw_text == "TOTAL 12.30\n" and back[1].status == "ok"

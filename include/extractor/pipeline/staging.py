@@ -8,10 +8,13 @@ later task would read as a short batch.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from pydantic import ValidationError
 
 from extractor.schema import ExtractionResult
 
@@ -50,8 +53,11 @@ def write_staged(results: Iterable[ExtractionResult], path: str | os.PathLike) -
 def read_staged(path: str | os.PathLike) -> list[ExtractionResult]:
     """Read a staged JSONL file back into results (blank lines are skipped).
 
-    A line that does not parse raises: a corrupt staging file is a run-level failure,
-    not something to quarantine silently.
+    A line that is not a staged result (bad JSON, no receipt_id) raises: a corrupt
+    staging file is a run-level failure. A well-formed line whose receipt fields no
+    longer pass the schema's normalisers (e.g. a currency code dropped from the list
+    since extraction) is a receipt-level problem: it comes back as a failed result
+    with the reason, and is quarantined like any other.
     """
     source = _local_path(path)
     results: list[ExtractionResult] = []
@@ -61,9 +67,22 @@ def read_staged(path: str | os.PathLike) -> list[ExtractionResult]:
                 continue
             try:
                 results.append(ExtractionResult.model_validate_json(line))
-            except ValueError as exc:
-                raise ValueError(f"{source}:{line_no}: not a staged ExtractionResult: {exc}") from exc
+            except ValidationError as exc:
+                results.append(_demote(line, exc, f"{source}:{line_no}"))
     return results
+
+
+def _demote(line: str, exc: ValidationError, where: str) -> ExtractionResult:
+    try:
+        raw = json.loads(line)
+        return ExtractionResult.failed(
+            receipt_id=raw["receipt_id"], source=raw["source"],
+            extractor_version=raw["extractor_version"],
+            reason="staged receipt no longer passes the schema: "
+                   + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+            raw_text=raw.get("raw_text"), timings=raw.get("timings") or {})
+    except (ValueError, KeyError, TypeError) as inner:
+        raise ValueError(f"{where}: not a staged ExtractionResult: {exc}") from inner
 
 
 def read_staged_many(paths: Iterable[str | os.PathLike]) -> list[ExtractionResult]:

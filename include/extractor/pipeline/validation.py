@@ -144,6 +144,10 @@ def run_suite(frame, checks: Sequence[Check], *, run_id: str,
     t1 = time.perf_counter()
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # The ephemeral context comes with a docs site in a fresh temp dir that every docs
+    # build would fill (megabytes per run, never removed): only our own site is built.
+    for site in list(context.list_data_docs_sites()):
+        context.delete_data_docs_site(site)
     if data_docs_dir:
         context.add_data_docs_site(SUITE_NAME, {
             "class_name": "SiteBuilder",
@@ -162,7 +166,8 @@ def run_suite(frame, checks: Sequence[Check], *, run_id: str,
             meta={"check": c.name, "severity": c.severity, "description": c.description}))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="staged_results", data=batch, suite=suite))
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if data_docs_dir else []
+    actions = ([gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SUITE_NAME])]
+               if data_docs_dir else [])
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name="receipts_run", validation_definitions=[definition], actions=actions,
         result_format="COMPLETE"))
