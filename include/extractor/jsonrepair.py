@@ -46,6 +46,7 @@ def extract_json(text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         raise ParseError("empty model output", raw_text=text)
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    first_truncated: dict[str, Any] | None = None
     for chunk in candidates:
         for start in (m.start() for m in re.finditer(r"\{", chunk)):
             parser = _Parser(chunk, start)
@@ -53,10 +54,21 @@ def extract_json(text: str | None) -> dict[str, Any]:
                 value = parser.value()
             except _Invalid:
                 continue
-            # A truncated object ran to the end of the text, so every later "{" is
-            # inside it: it is the first (and only) candidate of this chunk.
-            if isinstance(value, dict):
+            if not isinstance(value, dict):
+                continue
+            if not parser.truncated:
                 return value
+            # A truncated object ran to the end of the chunk, so every later "{" is
+            # inside it. Keep it in case nothing complete turns up (a fence can be cut
+            # short by backticks inside a string: the whole text is tried too).
+            if first_truncated is None:
+                first_truncated = value
+            break
+    if first_truncated:
+        return first_truncated
+    if first_truncated is not None:
+        raise ParseError("model output was cut off before its first complete field "
+                         "(max_new_tokens too small?)", raw_text=text)
     raise ParseError("no JSON object in model output", raw_text=text)
 
 
@@ -105,7 +117,7 @@ class _Parser:
         if m:
             return self._number(m)
         m = _BARE_KEY.match(self.text, self.pos)
-        if m and m.end() >= len(self.text):
+        if m and m.end() >= len(self.text) and m.group(0).lower() not in _LITERALS:
             raise _Truncated()  # 'nul' of a cut 'null'
         if m and m.group(0).lower() in _LITERALS:
             self.pos = m.end()
@@ -130,13 +142,7 @@ class _Parser:
         while self.pos < len(self.text):
             ch = self.text[self.pos]
             if ch == "\\" and self.pos + 1 < len(self.text):
-                esc = self.text[self.pos + 1]
-                if esc == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", self.text[self.pos + 2:self.pos + 6]):
-                    out.append(chr(int(self.text[self.pos + 2:self.pos + 6], 16)))
-                    self.pos += 6
-                    continue
-                out.append({"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}.get(esc, esc))
-                self.pos += 2
+                out.append(self._escape())
                 continue
             if ch == "\\":
                 break  # a lone backslash at the very end: truncated
@@ -146,6 +152,27 @@ class _Parser:
             out.append(ch)
             self.pos += 1
         raise _Truncated()
+
+    _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}  # JSON \uXXXX, Python \xXX and \UXXXXXXXX
+
+    def _escape(self) -> str:
+        esc = self.text[self.pos + 1]
+        width = self._HEX_ESCAPES.get(esc)
+        digits = self.text[self.pos + 2:self.pos + 2 + width] if width else ""
+        if width and re.fullmatch(r"[0-9a-fA-F]+", digits) and len(digits) == width:
+            self.pos += 2 + width
+            code = int(digits, 16)
+            # a UTF-16 surrogate pair (JSON's way to write characters beyond U+FFFF)
+            if 0xD800 <= code < 0xDC00 and self.text.startswith("\\u", self.pos):
+                low = self.text[self.pos + 2:self.pos + 6]
+                if re.fullmatch(r"[0-9a-fA-F]{4}", low) and 0xDC00 <= int(low, 16) < 0xE000:
+                    self.pos += 6
+                    code = 0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+            return chr(code) if code <= 0x10FFFF else "\ufffd"
+        if width and len(digits) < width and self.pos + 2 + len(digits) >= len(self.text):
+            raise _Truncated()  # cut inside the escape
+        self.pos += 2
+        return {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0"}.get(esc, esc)
 
     def _key(self) -> str:
         ch = self._peek()

@@ -27,6 +27,7 @@ CURRENCY_ALIASES = {
     "฿": "THB", "₱": "PHP", "₫": "VND", "RP": "IDR", "CHF": "CHF", "FR": "CHF",
     "KR": "SEK", "ZŁ": "PLN", "R$": "BRL", "₺": "TRY", "₽": "RUB",
 }
+_CURRENCY_WORDS = frozenset(k for k in CURRENCY_ALIASES if k.isalpha()) | ISO_4217
 _SYMBOLS = sorted((k for k in CURRENCY_ALIASES if not k.isalpha()), key=len, reverse=True)
 
 MONTHS = {m: i for i, names in enumerate(
@@ -63,11 +64,13 @@ def parse_money(value: str | int | float | Decimal | None) -> Decimal | None:
         return None
     for sym in _SYMBOLS:
         text = text.replace(sym, " ")
-    text = re.sub(r"\b[A-Z]{1,3}\b", " ", text)  # RM, USD, EUR ...
+    # Currency words (RM, USD, EUR, ZŁ ...), also glued to the digits ('RM12.30', which a
+    # word-boundary pattern misses); any other word makes the value unreadable.
+    text = re.sub(r"[^\W\d_]+", lambda m: " " if m.group(0) in _CURRENCY_WORDS else m.group(0), text)
     text = re.sub(r"\s+", "", text)
     negative = text.startswith("-") or text.endswith("-") or (text.startswith("(") and text.endswith(")"))
     text = text.strip("-()+")
-    if not re.fullmatch(r"\d[\d.,' ]*", text or "x"):
+    if not re.fullmatch(r"\d[\d.,' ]*", text or "x") or re.search(r"[.,']{2}", text):
         raise NormalizationError(f"not an amount: {value!r}")
     text = text.replace("'", "")
     last_dot, last_comma = text.rfind("."), text.rfind(",")
@@ -187,8 +190,10 @@ def parse_rate(value: str | float | Decimal | None) -> Decimal | None:
     """Tax rate as a percentage: '6%', '0.06' and 6 all become Decimal('6')."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    rate = parse_money(str(value).replace("%", ""))
-    if rate is not None and 0 < rate < 1:
+    text = str(value)
+    rate = parse_money(text.replace("%", ""))
+    # a fraction (0.06) means 6%, but '0.5%' printed with its sign is half a percent
+    if rate is not None and 0 < rate < 1 and "%" not in text:
         rate = rate * 100
     return rate
 
