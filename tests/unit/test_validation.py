@@ -7,6 +7,7 @@ once per process, so the rule cases share one validated batch.
 
 import datetime as dt
 import hashlib
+import os
 from decimal import Decimal
 
 import pytest
@@ -132,6 +133,13 @@ def test_data_docs_page_is_written(outcome):
     html = open(page, encoding="utf-8").read()
     assert "values must belong to this set" in html and "check_total_arithmetic" in html
     assert "manual__2024-06-30" in page
+    # a later run into the same folder: its own page, and the index lists both runs
+    root = page.split("/validations/")[0]
+    later = validate_results([result("later")], logical_date=LOGICAL,
+                             run_id="scheduled__2024-07-01T00:00:00+00:00", data_docs_dir=root)
+    assert later.data_docs_path != page and os.path.exists(later.data_docs_path)
+    index = open(os.path.join(root, "index.html"), encoding="utf-8").read()
+    assert "manual__2024-06-30" in index and "scheduled__2024-07-01" in index
 
 
 def test_suite_is_derived_from_the_schema():
