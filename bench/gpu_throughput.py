@@ -197,7 +197,15 @@ def section_check(rec, model, args):
     per_step = []
     for i, logits in enumerate(recorded, start=1):  # valid comparison while the tokens still agree
         per_step.append(round(rel(logits, ref.logits[i]), 5))
-    result = {"rows": 4, "prompt_lengths": lengths, "steps": steps,
+    # The noise floor: generate itself, same row, batch 1 instead of batch 4 (other kernels).
+    with torch.inference_mode():
+        single = model.generate(**{k: v[3:4] for k, v in x.items()}, max_new_tokens=steps, min_new_tokens=steps,
+                                do_sample=False, output_logits=True, return_dict_in_generate=True)
+    noise = {"generate_b1_vs_b4_rel_diff_step1": rel(single.logits[1][0], ref.logits[1][3]),
+             "engine_vs_generate_b1_rel_diff_step1": rel(recorded[0][3], single.logits[1][0]),
+             "generate_b1_vs_b4_matching_steps": matching_prefix(single.sequences[:, 400:].cpu(),
+                                                                 ref_tokens[3:4])[0]}
+    result = {"rows": 4, "prompt_lengths": lengths, "steps": steps, "noise_floor": noise,
               "first_decode_step_logits": first,
               "rel_diff_per_step_row_agnostic": per_step[:16],
               "graph_vs_generate_matching_steps": matching_prefix(graph_tokens, ref_tokens),
@@ -234,9 +242,11 @@ def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None
            "cuda_graph": stats.get("cuda_graph"), "graph_error": stats.get("graph_error"),
            "decode_batches": stats.get("batches")}
     rec.run(row)
+    engine.last_output = out
     return engine, x
 
 
+@torch.inference_mode()
 def time_graph_replay(engine, n=50):
     """Median-free quick figure: mean ms of ``n`` back-to-back replays of the step graph."""
     st = engine._state
@@ -270,6 +280,7 @@ def section_engine(rec, model, args, env):
         try:
             engine, _ = run_engine(rec, model, batch, args)
             if engine._graph is None:
+                engine.release()
                 continue
             replay_ms = time_graph_replay(engine)
             bytes_ = decode_bytes(engine)
@@ -286,22 +297,43 @@ def section_engine(rec, model, args, env):
         torch.cuda.empty_cache()
 
 
+VARIANTS = {  # name: (label, engine kwargs, new tokens or None for --new)
+    "eager": ("engine eager decode (no CUDA graph, no compile)", dict(use_cuda_graphs=False, compile_ops=False), 32),
+    "unfused": ("engine graphs, unfused GEMMs, no compile", dict(fuse_weights=False, compile_ops=False), None),
+    "nocompile": ("engine graphs, fused, no compiled ops", dict(compile_ops=False), None),
+    "cudnn": ("engine + cuDNN-first SDPA in prefill",
+              dict(prefill_sdpa_backends=("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")),
+              None),
+    "prefill16": ("engine, prefill 16 rows per call", dict(prefill_batch=16), None),
+}
+
+
 def section_variants(rec, model, args):
     b = 32
-    for label, kw, new in [("engine eager decode (no CUDA graph)", dict(use_cuda_graphs=False), 32),
-                           ("engine graphs, unfused GEMMs", dict(fuse_weights=False), args.new),
-                           ("engine graphs + compiled elementwise ops", dict(compile_ops=True), args.new)]:
+    reference = None
+    for name in args.variants.split(","):
+        label, kw, new = VARIANTS[name]
+        engine = None
         try:
             engine, _ = run_engine(rec, model, b, args, label=label, new=new, **kw)
             if engine._graph is not None:
                 rec.run({"way": label, "batch": b, "graph_replay_ms": round(time_graph_replay(engine), 2)})
-            engine.release()
-            del engine
+            out = engine.last_output
+            if reference is None and new is None:
+                reference = out
+            elif new is None:
+                same = (out == reference).long().cumprod(-1).sum(-1)
+                rec.run({"way": label, "batch": b, "tokens_vs_first_variant_matching_steps_min": int(same.min()),
+                         "rows_identical": int((same == out.shape[1]).sum())})
         except Exception:
             rec.error(f"variant {label}")
+        if engine is not None:
+            engine.release()
+        del engine
         torch.cuda.empty_cache()
 
 
+@torch.inference_mode()
 def section_profile(rec, model, args):
     from torch.profiler import ProfilerActivity, profile
 
@@ -432,6 +464,7 @@ def main():
     ap.add_argument("--gen-batches", default="8,32")
     ap.add_argument("--seed-receipts", type=int, default=1)
     ap.add_argument("--check-steps", type=int, default=64)
+    ap.add_argument("--variants", default="nocompile,cudnn,prefill16,unfused,eager")
     ap.add_argument("--quant-modes", default="int8,nf4")
     ap.add_argument("--quant-batches", default="8")
     ap.add_argument("--quant-new", type=int, default=64)

@@ -45,13 +45,17 @@ class MllamaStaticEngine:
     one tensor each (same values, no extra memory, HF's own forward keeps working).
     ``max_batch`` caps rows per decode batch; left as None it is picked from free GPU
     memory. ``prefill_batch`` bounds how many rows go through HF's prefill at once.
-    ``compile_ops`` runs RMSNorm, rotary and SiLU-gating through ``torch.compile`` (fewer,
-    fused kernels per step; compiles once per batch shape).
+    ``compile_ops`` (default on for CUDA) runs RMSNorm, rotary and SiLU-gating through
+    ``torch.compile``: fewer, fused kernels per step, ~10 s of compiling for the first
+    batch shape; if compiling fails the eager ops are used. ``prefill_sdpa_backends``
+    (e.g. ``("CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")``) sets SDPA's kernel
+    priority for HF's prefill only; None keeps PyTorch's choice, i.e. generate's.
     """
 
     def __init__(self, model, *, use_cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
                  max_batch: int | None = None, prefill_batch: int = 8, eos_check_every: int = 16,
-                 len_multiple: int = 64, compile_ops: bool = False):
+                 len_multiple: int = 64, compile_ops: bool | None = None,
+                 prefill_sdpa_backends: tuple[str, ...] | None = None):
         import torch
 
         self.model = model.eval()
@@ -60,8 +64,9 @@ class MllamaStaticEngine:
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else bool(use_cuda_graphs and on_cuda)
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights)
-        if compile_ops:
+        if on_cuda if compile_ops is None else compile_ops:
             self.weights.ops = DecodeOps.compiled()
+        self.prefill_sdpa_backends = prefill_sdpa_backends
         self.text_config = text_model_of(model).config
         self.num_patches = model.model.vision_model.num_patches
         gen = getattr(model, "generation_config", None)
@@ -251,17 +256,34 @@ class MllamaStaticEngine:
         """HF forward over rows r0:r1 of the prompt; keys/values copied into the static cache."""
         torch = self._torch
         sl = slice(r0, r1)
-        out = self.model(input_ids=x["input_ids"][sl], attention_mask=x["attention_mask"][sl],
-                         position_ids=pos_ids[sl],
-                         pixel_values=None if x["pixel_values"] is None else x["pixel_values"][sl],
-                         aspect_ratio_ids=None if x["aspect_ratio_ids"] is None else x["aspect_ratio_ids"][sl],
-                         aspect_ratio_mask=None if x["aspect_ratio_mask"] is None else x["aspect_ratio_mask"][sl],
-                         cross_attention_mask=(None if x["cross_attention_mask"] is None
-                                               else x["cross_attention_mask"][sl]),
-                         use_cache=True, logits_to_keep=1)
+        with self._prefill_attention():
+            out = self._prefill_forward(x, pos_ids, sl)
         cache = getattr(out, "cache", None)  # transformers >= 5.2x names it `cache`
         if cache is None:
             cache = out.past_key_values
+        self._copy_cache(cache, sl, plen)
+        logits = out.logits[:, -1].to(torch.float32)
+        del out, cache
+        return logits
+
+    def _prefill_attention(self):
+        import contextlib
+
+        if not self.prefill_sdpa_backends:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backends = [getattr(SDPBackend, name) for name in self.prefill_sdpa_backends]
+        try:
+            return sdpa_kernel(backends, set_priority=True)
+        except TypeError:  # torch without priorities: the listed ones, PyTorch's order
+            return sdpa_kernel(backends)
+
+    def _prefill_forward(self, x, pos_ids, sl):
+        rows = {k: (v[sl] if v is not None else None) for k, v in x.items()}
+        return self.model(**rows, position_ids=pos_ids[sl], use_cache=True, logits_to_keep=1)
+
+    def _copy_cache(self, cache, sl, plen: int) -> None:
         st = self._state
         si = ci = 0
         for idx, lw in enumerate(self.weights.layers):
@@ -278,9 +300,6 @@ class MllamaStaticEngine:
                 st.self_k[si][sl, :, :plen].copy_(layer.keys)
                 st.self_v[si][sl, :, :plen].copy_(layer.values)
                 si += 1
-        logits = out.logits[:, -1].to(torch.float32)
-        del out, cache
-        return logits
 
     def _trim(self, out, max_new: int) -> list:
         """Cut the batch to generate's length: up to the step where the last row finished."""
@@ -327,10 +346,20 @@ class MllamaStaticEngine:
                 self._graph = self._capture(st)
             except torch.cuda.OutOfMemoryError:
                 raise
-            except RuntimeError as exc:  # same tokens without the graph, only slower: say so, go on
-                log.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
-                self.stats["graph_error"] = str(exc)[:500]
+            except Exception as exc:  # same tokens without compiling / the graph, only slower
+                self.stats["graph_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 self._graph = None
+                if self.weights.ops.rms is not DecodeOps.eager().rms:
+                    log.warning("compiled decode ops failed (%s); using eager ops", exc)
+                    self.weights.ops = DecodeOps.eager()
+                    try:
+                        self._graph = self._capture(st)
+                    except torch.cuda.OutOfMemoryError:
+                        raise
+                    except Exception as exc2:
+                        log.warning("CUDA graph capture failed, decoding eagerly: %s", exc2)
+                else:
+                    log.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
             self.stats["capture_s"] = self.stats.get("capture_s", 0.0) + time.perf_counter() - t0
         self._key = key
 

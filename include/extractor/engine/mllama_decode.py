@@ -74,7 +74,7 @@ class DecodeOps:
     def compiled(cls) -> "DecodeOps":
         import torch
 
-        opts = dict(fullgraph=True, dynamic=False)
+        opts = dict(fullgraph=True)  # static for the first shape, dynamic after a change
         return cls(rms=torch.compile(rms_norm, **opts), rope=torch.compile(apply_rope, **opts),
                    act=torch.compile(silu_mul, **opts))
 
