@@ -496,7 +496,10 @@ def main():
             torch.cuda.empty_cache()
     if "quant" in sections:
         if model is not None:
+            import gc
+
             del model
+            gc.collect()
             torch.cuda.empty_cache()
         section_quant(rec, args)
     print_table(rec)
