@@ -1,8 +1,9 @@
 """
 ### receipts_daily: receipt images of one day -> validated warehouse rows
 
-A run at midnight UTC processes the partition of the day that just ended
-(`<receipts_source>/dt=YYYY-MM-DD/`, data interval [D-1, D)): resolve the extractor
+The run with logical date D processes partition `<receipts_source>/dt=D/` (its data
+interval [D, D+1) UTC; it starts after midnight, once the day is complete). A manual
+trigger at X processes the last complete day before X. Resolve the extractor
 (DAG-run param `extractor` > Variable `receipt_extractor`), make its model available,
 discover receipts not yet extracted by that extractor version, extract them in batches
 (mapped tasks, pool `gpu`), validate with Great Expectations, load, reconcile, report.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 from extractor.pipeline import tasks
 from extractor.pipeline.config import GPU_POOL, gpu_queue
 from receipts_notifiers import build_notifiers, on_run_failure
@@ -32,7 +33,7 @@ RECEIPTS = Asset("receipts_warehouse://receipts")
 
 @dag(
     dag_id="receipts_daily",
-    schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=dt.timedelta(days=1)),
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # a run per day-long interval
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False, max_active_runs=4, doc_md=__doc__, tags=["receipts", "etl"],
     params={"extractor": Param(None, type=["null", "string", "object"],

@@ -50,7 +50,9 @@ def receipts_dag(airflow_db):
 
 
 def logical_date_for(day: dt.date) -> dt.datetime:
-    """The run that processes partition ``day`` is the one at the following midnight UTC."""
+    """``dag.test`` makes a manual run, whose data interval is the last complete day before
+    its logical date: partition ``day`` is processed by a manual run at the next midnight
+    (a scheduled or backfill run has logical date ``day`` itself)."""
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
 
@@ -106,3 +108,23 @@ def pipeline(receipts_dag, tmp_path, monkeypatch) -> Pipeline:
     receipts_alert_sink.ALERTS.clear()
     return Pipeline(root=tmp_path, dag=receipts_dag, warehouse_url=url,
                     alerts_seen=receipts_alert_sink.ALERTS)
+
+
+def synthetic_receipt(seed: int, **overrides) -> bytes:
+    """A rendered receipt the OCR reader reads well (fields known), dated by the caller."""
+    from extractor.synthetic import render_receipt
+
+    data, _truth = render_receipt(seed, **overrides)
+    return data
+
+
+def table_state(pipeline: Pipeline) -> dict[str, list[tuple]]:
+    """Warehouse content without per-run lineage (run ids and load times differ per run)."""
+    return {
+        "receipts": sorted(pipeline.fetch(
+            "SELECT receipt_id, extractor_version, source, store_name, date, total FROM receipts")),
+        "line_items": sorted(pipeline.fetch(
+            "SELECT receipt_id, extractor_version, line_no, name, line_total FROM receipt_line_items")),
+        "quarantine": sorted(pipeline.fetch(
+            "SELECT receipt_id, extractor_version, source, stage, reason FROM quarantine")),
+    }

@@ -59,9 +59,26 @@ def test_receipts_daily_shape(receipts_dag):
     assert dag.on_failure_callback, "a failed run must alert"
 
 
+def test_scheduled_and_backfill_runs_read_the_partition_of_their_logical_date(receipts_dag):
+    """`airflow backfill create --from-date 2026-03-01 --to-date 2026-03-03` plans one run per
+    partition dt=2026-03-01..03 (Airflow's own planner), each run reading its own day."""
+    import datetime as dt
+
+    from airflow.models.backfill import _get_info_list
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from extractor.pipeline.discovery import partition_days
+
+    utc = dt.timezone.utc
+    serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(receipts_dag))
+    plan = _get_info_list(from_date=dt.datetime(2026, 3, 1, tzinfo=utc),
+                          to_date=dt.datetime(2026, 3, 3, tzinfo=utc), reverse=False, dag=serialized)
+    assert [(i.logical_date.date(), partition_days(*i.data_interval)) for i in plan] == [
+        (dt.date(2026, 3, d), [dt.date(2026, 3, d)]) for d in (1, 2, 3)]
+
+
 @pytest.mark.parametrize("hour", [0, 7])
-def test_a_run_reads_the_partition_of_the_day_before_it(receipts_dag, hour):
-    """The timetable gives manual, scheduled and backfill runs the same [D-1, D) interval."""
+def test_a_manual_run_reads_the_last_complete_day(receipts_dag, hour):
     import datetime as dt
 
     from airflow.serialization.encoders import coerce_to_core_timetable
@@ -71,6 +88,4 @@ def test_a_run_reads_the_partition_of_the_day_before_it(receipts_dag, hour):
     run_after = dt.datetime(2026, 3, 2, hour, tzinfo=dt.timezone.utc)
     interval = coerce_to_core_timetable(receipts_dag.timetable).infer_manual_data_interval(
         run_after=run_after)
-    days = partition_days(interval.start, interval.end)
-    expected = [dt.date(2026, 3, 1)] if hour == 0 else [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]
-    assert days == expected
+    assert partition_days(interval.start, interval.end) == [dt.date(2026, 3, 1)]
