@@ -198,3 +198,11 @@ def test_synthetic_batch_quarantines_exactly_the_broken_receipts():
     out = validate_results(results, logical_date=LOGICAL, run_id="r")
     assert {q.receipt_id for q in out.quarantined} == set(broken)
     assert len(out.valid) + len(out.quarantined) == len(results)
+
+
+def test_docs_show_the_current_suite():
+    from pathlib import Path
+
+    from extractor.pipeline.expectations import markdown_suite
+    doc = (Path(__file__).parents[2] / "docs" / "validation.md").read_text(encoding="utf-8")
+    assert markdown_suite() in doc, "regenerate: python -m extractor.pipeline.expectations"

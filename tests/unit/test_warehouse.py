@@ -228,3 +228,9 @@ def test_postgres_uri_normalisation():
     assert normalise_uri("postgres://u:p@h:5432/db?__extra__=%7B%7D&sslmode=disable") == \
         "postgresql://u:p@h:5432/db?sslmode=disable"
     assert normalise_uri("postgresql+psycopg2://u@h/db") == "postgresql://u@h/db"
+
+
+def test_docs_show_the_current_generated_tables():
+    from pathlib import Path
+    doc = (Path(__file__).parents[2] / "docs" / "warehouse.md").read_text(encoding="utf-8")
+    assert ddl.markdown_tables() in doc, "regenerate: python -m extractor.pipeline.ddl markdown"
