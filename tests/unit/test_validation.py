@@ -163,6 +163,12 @@ def test_thresholds_from_config():
         Thresholds.from_dict({"max_quarantine_rate_alert": 0.6, "max_quarantine_rate_fail": 0.5})
     with pytest.raises(ValueError, match="unknown checks"):
         build_checks(Thresholds(severity={"nope": "warn"}), LOGICAL)
+    with pytest.raises(ConfigError, match="unknown checks"):
+        Thresholds.from_dict({"severity": {"nope": "warn"}})
+    with pytest.raises(ConfigError, match="not a Receipt field"):
+        Thresholds.from_dict({"required_fields": ["totl"]})
+    with pytest.raises(ConfigError, match="error/warn/off"):
+        Thresholds.from_dict({"severity": {"phone_format": "loud"}})
 
 
 @pytest.mark.parametrize("n, rate, expected", [

@@ -78,6 +78,10 @@ class Thresholds:
         t = cls(**kwargs)
         if not 0 <= t.max_quarantine_rate_alert <= t.max_quarantine_rate_fail <= 1:
             raise ConfigError("need 0 <= max_quarantine_rate_alert <= max_quarantine_rate_fail <= 1")
+        try:  # unknown required fields / check names / severities: fail at config time
+            build_checks(t, dt.date(2000, 1, 1))
+        except ValueError as exc:
+            raise ConfigError(f"invalid validation thresholds: {exc}") from exc
         return t
 
     @classmethod

@@ -211,6 +211,9 @@ class Warehouse(abc.ABC):
     def load(self, valid: Sequence[ExtractionResult], quarantined: Sequence[QuarantineRecord],
              run: RunRecord) -> dict[str, int]:
         """Upsert one run's receipts, line items, quarantine rows and run row, atomically."""
+        if run.started_at is None:
+            raise ValueError("RunRecord.started_at is required: it stamps loaded_at, so "
+                             "re-running the same run writes identical rows")
         valid_keys = [(r.receipt_id, r.extractor_version) for r in valid]
         if len(set(valid_keys)) != len(valid_keys):
             raise ValueError("duplicate (receipt_id, extractor_version) among valid results; "
