@@ -234,3 +234,38 @@ def test_docs_show_the_current_generated_tables():
     from pathlib import Path
     doc = (Path(__file__).parents[2] / "docs" / "warehouse.md").read_text(encoding="utf-8")
     assert ddl.markdown_tables() in doc, "regenerate: python -m extractor.pipeline.ddl markdown"
+
+
+def _hold_duckdb_file(path, seconds):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+         "print('locked', flush=True); time.sleep(float(sys.argv[2])); con.close()",
+         str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_duckdb_waits_for_another_process_holding_the_file(tmp_path):
+    # DuckDB allows one writer process per file; parallel Airflow tasks must queue, not fail.
+    import time
+
+    path = tmp_path / "busy.duckdb"
+    holder = _hold_duckdb_file(path, 1.5)
+    t0 = time.monotonic()
+    w = open_warehouse(f"duckdb:///{path}", lock_timeout_s=30)
+    waited = time.monotonic() - t0
+    holder.wait(timeout=30)
+    w.ensure_schema()
+    w.close()
+    assert waited > 0.5  # it really waited for the other process
+
+    holder = _hold_duckdb_file(path, 3)
+    try:
+        with pytest.raises(Exception, match="(?i)lock"):  # and gives up after the timeout
+            open_warehouse(f"duckdb:///{path}", lock_timeout_s=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
