@@ -94,3 +94,18 @@ def test_receipt_that_no_longer_normalises_comes_back_as_a_failed_result(tmp_pat
     assert back[0].status == "failed" and back[0].receipt_id == f"{7:064x}"
     assert "receipt.currency" in back[0].reason and "XXY" in back[0].reason
     assert back[0].raw_text == "TOTAL 12.30\n" and back[1].status == "ok"
+
+
+def test_fractional_tax_rate_survives_the_round_trip(tmp_path):
+    half = ok_result(9)
+    half.receipt = half.receipt.model_copy(update={"tax_rate": Decimal("0.5")})
+    write_staged([half], tmp_path / "b.jsonl")
+    assert read_staged(tmp_path / "b.jsonl")[0].receipt.tax_rate == Decimal("0.5")
+
+
+def test_synthetic_batch_round_trips_exactly(tmp_path):
+    from extractor.pipeline.synthetic_results import make_results
+
+    results, _ = make_results(300, seed=5, bad_share=0, failed_share=0.05)
+    write_staged(results, tmp_path / "b.jsonl")
+    assert read_staged(tmp_path / "b.jsonl") == results

@@ -35,7 +35,7 @@ def write_staged(results: Iterable[ExtractionResult], path: str | os.PathLike) -
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for result in results:
-                fh.write(result.model_dump_json())
+                fh.write(_staged_line(result))
                 fh.write("\n")
                 if result.status == "ok":
                     ok += 1
@@ -48,6 +48,17 @@ def write_staged(results: Iterable[ExtractionResult], path: str | os.PathLike) -
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return {"uri": str(target), "ok": ok, "failed": failed}
+
+
+def _staged_line(result: ExtractionResult) -> str:
+    receipt = result.receipt
+    if receipt is not None and receipt.tax_rate is not None and 0 < receipt.tax_rate < 1:
+        # normalize.parse_rate reads a bare "0.5" as the fraction 0.5 -> 50 %; written
+        # with its percent sign it reads back as the 0.5 % it is.
+        data = result.model_dump(mode="json")
+        data["receipt"]["tax_rate"] = f"{receipt.tax_rate}%"
+        return json.dumps(data, ensure_ascii=False)
+    return result.model_dump_json()
 
 
 def read_staged(path: str | os.PathLike) -> list[ExtractionResult]:
