@@ -48,7 +48,7 @@ def receipts_daily():
         return tasks.resolve_extractor()
 
     @task
-    def ensure_model(extractor: dict) -> str | None:
+    def ensure_model(extractor: dict) -> dict:
         return tasks.ensure_model(extractor)
 
     @task
@@ -56,8 +56,8 @@ def receipts_daily():
         return tasks.discover_new_receipts(extractor)
 
     @task(pool=GPU_POOL, queue=gpu_queue())
-    def extract(batch: list, extractor: dict, model_dir: str | None) -> dict:
-        return tasks.extract_batch(batch, extractor, model_dir)
+    def extract(batch: list, extractor: dict, model: dict) -> dict:
+        return tasks.extract_batch(batch, extractor, model)
 
     @task(trigger_rule="none_failed")  # zero new receipts: extract is skipped, still load the run
     def validate_and_load(staged, extractor: dict, discovered: dict, batches: list) -> dict:
@@ -74,7 +74,7 @@ def receipts_daily():
 
     extractor = resolve_extractor()
     batches = discover_new_receipts(extractor)  # its counts travel under the XCom key "counts"
-    staged = extract.partial(extractor=extractor, model_dir=ensure_model(extractor)).expand(
+    staged = extract.partial(extractor=extractor, model=ensure_model(extractor)).expand(
         batch=batches)
     summary = validate_and_load(staged, extractor, batches["counts"], batches)
     report(summary, reconcile(batches, extractor, summary))

@@ -139,8 +139,9 @@ def resolve_extractor() -> dict[str, Any]:
     return {"spec": spec.model_dump(mode="json"), "version": spec.version}
 
 
-def ensure_model(extractor: dict[str, Any]) -> str | None:
-    """Make the weights available in the shared model cache; the local directory or None."""
+def ensure_model(extractor: dict[str, Any]) -> dict[str, str | None]:
+    """Make the weights available in the shared model cache: ``{"model_dir": path or None}``
+    (None for backends without weights, such as the OCR reader)."""
     from extractor import model_store
 
     spec, cfg = _spec(extractor), load_config()
@@ -148,7 +149,8 @@ def ensure_model(extractor: dict[str, Any]) -> str | None:
     token = hf_conn.password if hf_conn is not None and hf_conn.password else None
     client = s3_client(cfg) if (spec.source or "").startswith("s3://") else None
     path = model_store.ensure_model(spec, cfg.model_cache_dir, token=token, s3_client=client)
-    return str(path) if path is not None else None
+    log.info("model for %s: %s", spec.version, path or "no weights needed")
+    return {"model_dir": str(path) if path is not None else None}
 
 
 def discover_new_receipts(extractor: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -170,7 +172,7 @@ def discover_new_receipts(extractor: dict[str, Any]) -> list[list[dict[str, Any]
 
 
 def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
-                  model_dir: str | None) -> dict[str, Any]:
+                  model: dict[str, str | None]) -> dict[str, Any]:
     """Read one batch's bytes, run the backend, stage one JSONL line per receipt."""
     from extractor.backends import load_backend
     from extractor.images import MAX_FILE_BYTES, ReceiptInput, receipt_id_of
@@ -195,7 +197,7 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
         results[i] = ExtractionResult.failed(receipt_id=item["receipt_id"], source=item["uri"],
                                              reason=reason, extractor_version=spec.version)
     t_read = time.perf_counter()
-    backend = load_backend(spec, model_dir)
+    backend = load_backend(spec, model["model_dir"])  # loaded once per worker process
     t_loaded = time.perf_counter()
     for pos, result in zip(positions, backend.extract(inputs) if inputs else []):
         results[pos] = result
@@ -223,7 +225,8 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
     from extractor.pipeline.validation import Thresholds, validate_results
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
-    staged = [s for s in (staged or []) if s]  # no new receipts: extract was skipped
+    # a lazy XCom sequence (one entry per mapped extract), empty when extract was skipped
+    staged = [staged[i] for i in range(len(staged))] if staged else []
     results = [r for s in staged for r in read_staged(s["uri"])]
     start, end = ctx["data_interval_start"], ctx["data_interval_end"]
     # "not in the future" is judged against the partition's last day (plus the suite's grace)
