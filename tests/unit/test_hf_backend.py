@@ -112,6 +112,19 @@ def test_inputs_are_left_padded(backends):
     assert inputs["input_ids"][0, 0] == backend.processor.tokenizer.pad_token_id
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_chat_template_output_gets_exactly_one_bos(backends, kind):
+    """The template writes the BOS token; tokenizing it with special tokens would add a second."""
+    backend = backends[kind]
+    from extractor import prompts
+
+    text = backend.processor.apply_chat_template(prompts.build_messages(backend.spec, "total?"),
+                                                 add_generation_prompt=True)
+    ids = backend.batch_inputs([_noise_image(1, (60, 60))], [text])["input_ids"][0].tolist()
+    assert ids.count(backend.processor.tokenizer.bos_token_id) == 1
+    assert ids[0] == backend.processor.tokenizer.bos_token_id
+
+
 def test_static_engine_seam_gives_the_same_tokens_as_generate(tiny_mllama_dir, backends):
     """spec.engine='static' routes ``_generate`` through the project's Mllama engine (it
     runs eagerly on the CPU); its tokens must equal ``model.generate``'s."""

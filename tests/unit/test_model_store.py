@@ -253,3 +253,11 @@ def test_s3_errors_are_model_source_errors(s3, tmp_path):
     with pytest.raises(ModelSourceError, match="NoSuchBucket"):
         ensure_model(_spec(source="s3://no-such-bucket/x"), tmp_path, s3_client=s3)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_real_snapshot_download_offline_is_a_model_source_error(tmp_path):
+    """The real huggingface_hub client, in the suite's offline mode (HF_HUB_OFFLINE=1):
+    nothing cached, so it must fail as a run-level ModelSourceError and leave nothing."""
+    with pytest.raises(ModelSourceError, match="cannot download meta-llama/Tiny-Vision@abc123"):
+        ensure_model(_spec(), tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
