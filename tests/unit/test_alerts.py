@@ -56,7 +56,10 @@ def test_a_failing_notifier_does_not_stop_the_others(wh, caplog):
 
 
 def test_without_notifiers_and_bad_level(wh):
-    send_alert(wh, run_id=None, level="info", message="backfill done", details={"days": 3})
-    assert wh.fetch("SELECT level, notified FROM alerts") == [("info", "{}")]
+    from pathlib import Path
+    send_alert(wh, run_id=None, level="info", message="backfill done",
+               details={"days": 3, "docs": Path("/srv/docs")})  # not JSON: written as text
+    assert wh.fetch("SELECT level, notified, details FROM alerts") == [
+        ("info", "{}", '{"days": 3, "docs": "/srv/docs"}')]
     with pytest.raises(ValueError, match="level"):
         send_alert(wh, run_id="r", level="critical", message="x", details={})

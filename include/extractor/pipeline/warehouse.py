@@ -64,10 +64,20 @@ def utc_naive(value: dt.datetime | dt.date | None) -> dt.datetime | None:
     return value
 
 
-def to_json(value: Any) -> str | None:
+def to_json(value: Any, *, lenient: bool = False) -> str | None:
+    """Deterministic JSON text. ``lenient`` (run summaries, alert details: informational)
+    writes unknown objects as their ``str``; row data stays strict."""
     if value is None:
         return None
-    return json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
+    default = _lenient_default if lenient else _json_default
+    return json.dumps(value, sort_keys=True, default=default, ensure_ascii=False)
+
+
+def _lenient_default(value: Any) -> Any:
+    try:
+        return _json_default(value)
+    except TypeError:
+        return str(value)
 
 
 def _json_default(value: Any) -> Any:
@@ -128,8 +138,9 @@ def run_row(run: RunRecord) -> Row:
         partition_start=utc_naive(run.partition_start), partition_end=utc_naive(run.partition_end),
         extractor_version=run.extractor_version, model_id=run.model_id, revision=run.revision,
         prompt_version=run.prompt_version, started_at=utc_naive(run.started_at),
-        finished_at=utc_naive(run.finished_at), counts=to_json(run.counts),
-        timings=to_json(run.timings), decision=run.decision, summary=to_json(run.summary))
+        finished_at=utc_naive(run.finished_at), counts=to_json(run.counts, lenient=True),
+        timings=to_json(run.timings, lenient=True), decision=run.decision,
+        summary=to_json(run.summary, lenient=True))
     return tuple(values[c] for c in ddl.RUNS.column_names)
 
 
@@ -258,7 +269,7 @@ class Warehouse(abc.ABC):
         """Append an alert row (alerts are events: never replaced); returns its id."""
         alert_id = uuid.uuid4().hex
         row = dict(alert_id=alert_id, run_id=run_id, level=level, message=message,
-                   details=to_json(details), notified=to_json(notified),
+                   details=to_json(details, lenient=True), notified=to_json(notified),
                    created_at=utc_naive(dt.datetime.now(dt.timezone.utc)))
         with self._transaction():
             self._insert_rows(ddl.ALERTS, [tuple(row[c] for c in ddl.ALERTS.column_names)])

@@ -77,6 +77,7 @@ class PostgresWarehouse(Warehouse):
             with cur.copy("COPY _load_keys (receipt_id, extractor_version) FROM STDIN") as copy:
                 for key in keys:
                     copy.write_row(key)
+            cur.execute("ANALYZE _load_keys")  # a temp table has no statistics otherwise
             for table in tables:
                 cur.execute(f'DELETE FROM "{table.name}" AS t USING _load_keys AS k '
                             "WHERE t.receipt_id = k.receipt_id "
