@@ -212,3 +212,17 @@ def test_docs_show_the_current_suite():
     from extractor.pipeline.expectations import markdown_suite
     doc = (Path(__file__).parents[2] / "docs" / "validation.md").read_text(encoding="utf-8")
     assert markdown_suite() in doc, "regenerate: python -m extractor.pipeline.expectations"
+
+
+def test_importing_the_pipeline_library_stays_light():
+    # GX takes seconds to import; drivers and pandas are loaded only by the code that needs them.
+    import subprocess
+    import sys
+
+    code = ("import sys; import extractor.pipeline.validation, extractor.pipeline.warehouse, "
+            "extractor.pipeline.alerts, extractor.pipeline.staging, extractor.pipeline.summary, "
+            "extractor.pipeline.expectations, extractor.pipeline.warehouse_duckdb, "
+            "extractor.pipeline.warehouse_postgres; "
+            "print([m for m in ('great_expectations', 'duckdb', 'psycopg', 'pandas') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

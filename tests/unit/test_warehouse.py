@@ -172,6 +172,11 @@ class WarehouseContract:
             wh.load([ok(1, n_items=0), too_big], [], run("another-run"))
         assert wh.snapshot() == before
 
+    def test_a_run_without_receipts_still_records_its_run(self, wh):
+        assert wh.load([], [], run())["receipts"] == 0
+        assert wh.fetch("SELECT run_id, decision FROM runs") == [
+            ("scheduled__2024-03-02T00:00:00+00:00", "pass")]
+
     def test_alerts_are_appended(self, wh):
         a = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})
         b = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})
