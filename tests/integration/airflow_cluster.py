@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,13 @@ REDIS_PORT = int(os.environ.get("RECEIPT_TEST_REDIS_PORT", "6379"))
 REDIS_DB = int(os.environ.get("RECEIPT_TEST_REDIS_DB", "11"))
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
+_REDIS_OWNER_KEY = "receipts-integration-test:owner"
+# Keys Celery/kombu leave in a broker database: queues, bindings, unacked messages.
+_CELERY_KEY = re.compile(rb"^(_kombu\.|unacked|celery|default|gpu|[0-9a-f-]{36}$)")
+
+
+def _is_celery_key(key: bytes) -> bool:
+    return bool(_CELERY_KEY.match(key))
 
 _HOSTNAME_MODULE = textwrap.dedent('''\
     """Worker identity for the integration test: one name per simulated host."""
@@ -188,10 +196,22 @@ class AirflowCluster:
 
     # -- services -------------------------------------------------------------------------
     def prepare_services(self) -> None:
+        """Claim the Redis database (one test deployment at a time) and create the
+        metadata database."""
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-        if client.dbsize():
-            raise RuntimeError(f"Redis db {REDIS_DB} is not empty: another user? "
-                               "Set RECEIPT_TEST_REDIS_DB to a free database number.")
+        if not client.set(_REDIS_OWNER_KEY, self.run_tag, nx=True, ex=1200):
+            raise RuntimeError(f"Redis db {REDIS_DB} is in use by another test deployment "
+                               f"({client.get(_REDIS_OWNER_KEY)!r}); set RECEIPT_TEST_REDIS_DB")
+        foreign = [k for k in client.scan_iter(count=1000)
+                   if k != _REDIS_OWNER_KEY.encode() and not _is_celery_key(k)]
+        if foreign:
+            client.delete(_REDIS_OWNER_KEY)
+            raise RuntimeError(f"Redis db {REDIS_DB} holds keys of someone else ({foreign[:5]}); "
+                               "set RECEIPT_TEST_REDIS_DB to a free database number")
+        # Only broker state of an earlier, killed run of this harness is left: start clean.
+        for key in client.scan_iter(count=1000):
+            if key != _REDIS_OWNER_KEY.encode():
+                client.delete(key)
         self._redis_claimed = True
         create_database(self.metadata_db)
         self._db_created = True

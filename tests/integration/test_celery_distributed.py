@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "include" / "extractor" / "samples" / "receipts"
 SAMPLE_IDS = ("X51006466062", "X51005442341")
 DAY = dt.date(2026, 3, 1)
-# The run at midnight after DAY processes partition DAY: data interval [DAY, DAY + 1).
+# The run with logical date DAY processes partition DAY: data interval [DAY, DAY + 1).
 INTERVAL_START = f"{DAY.isoformat()}T00:00:00+00:00"
 INTERVAL_END = f"{(DAY + dt.timedelta(days=1)).isoformat()}T00:00:00+00:00"
 RUN_ID = "it_celery_distributed"
@@ -131,9 +131,9 @@ def test_receipts_daily_on_celery_routes_extraction_to_the_gpu_worker(tmp_path, 
         cluster.wait_for("receipts_daily to be parsed", lambda: cluster.metadata(
             "SELECT 1 FROM serialized_dag WHERE dag_id = 'receipts_daily'"), STARTUP_TIMEOUT_S)
         # Through the REST API with the partition's data interval: `airflow dags trigger -l`
-        # infers a manual run's interval from the trigger time, not from the logical date.
+        # infers a manual run's interval from the time of triggering, not from the date given.
         cluster.api("POST", "/api/v2/dags/receipts_daily/dagRuns", {
-            "dag_run_id": RUN_ID, "logical_date": INTERVAL_END,
+            "dag_run_id": RUN_ID, "logical_date": INTERVAL_START,
             "data_interval_start": INTERVAL_START, "data_interval_end": INTERVAL_END})
 
         final = cluster.wait_for("the run to finish", lambda: [
