@@ -250,14 +250,18 @@ def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None
 def time_graph_replay(engine, n=50):
     """Median-free quick figure: mean ms of ``n`` back-to-back replays of the step graph."""
     st = engine._state
-    st.cur.fill_(400)
-    st.step.fill_(1)
+
+    def rewind():  # every replay advances slot, position and step: keep them in range
+        st.cur.fill_(400)
+        st.pos.fill_(400)
+        st.step.fill_(1)
+
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    rewind()
     engine._graph.replay()
     start.record()
     for _ in range(n):
-        st.cur.fill_(400)
-        st.step.fill_(1)
+        rewind()
         engine._graph.replay()
     end.record()
     torch.cuda.synchronize()
@@ -344,14 +348,18 @@ def section_profile(rec, model, args):
     engine = MllamaStaticEngine(model, max_batch=32, use_cuda_graphs=True)
     engine.generate(**x, max_new_tokens=8, min_new_tokens=8)
     st = engine._state
-    st.cur.fill_(400)
-    st.step.fill_(1)
+
+    def rewind():
+        st.cur.fill_(400)
+        st.pos.fill_(400)
+        st.step.fill_(1)
+
+    rewind()
     decode_step(engine.weights, st)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            st.cur.fill_(400)
-            st.step.fill_(1)
+            rewind()
             decode_step(engine.weights, st)
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
