@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -82,10 +83,22 @@ def main() -> int:
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                     help="admin URI; a scratch database is created and dropped ('' to skip)")
     ap.add_argument("--out", default="bench/results/validate_load.json")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (staged file, "
+                    "DuckDB file, Data Docs) instead of deleting it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="bench-validate-load-"))
+    try:
+        return _run(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     (results, broken), t_gen = timed(make_results, args.n, seed=42, logical_date=LOGICAL)
     version = results[0].extractor_version
     staged, t_write = timed(write_staged, results, work / "staged.jsonl")
