@@ -1,0 +1,67 @@
+"""The HF backend through the real DAG, and switching extractors.
+
+A tiny random-weight Mllama is built offline by the test (``extractor.tiny_models``) and
+made available through ``ensure_model`` from a local folder. Its output is gibberish, so
+every receipt is quarantined as unparseable: the honest result, with the raw output kept.
+The DAG-run param picks it over the Variable (what a backfill with another model does);
+going back to the Variable's extractor is a rollback: its rows are still there and nothing
+is re-extracted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from conftest import synthetic_receipt
+
+DAY = dt.date(2026, 3, 1)
+OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v1"
+
+
+@pytest.fixture(scope="module")
+def tiny_mllama(tmp_path_factory):
+    from extractor.tiny_models import build_tiny_model
+
+    return build_tiny_model("mllama", tmp_path_factory.mktemp("models") / "tiny-mllama")
+
+
+@pytest.mark.slow
+def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",
+                       json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
+    pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
+    pipeline.put(DAY, "b.jpg", synthetic_receipt(2, date="2026-02-28"))
+    pipeline.put(DAY, "broken.jpg", b"\xff\xd8\xff\xe0 truncated")
+    hf_spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": "test",
+               "source": str(tiny_mllama), "dtype": "float32", "batch_size": 2,
+               "max_new_tokens": 8, "device_map": None}
+    hf_version = "hf:tiny/mllama@test:v1"
+
+    ocr_run = pipeline.run(DAY)  # the Variable: ocr
+    assert ocr_run.state == "success", pipeline.task_states(ocr_run)
+    ocr_state = pipeline.fetch("SELECT receipt_id, total FROM receipts ORDER BY receipt_id")
+    assert len(ocr_state) == 2
+
+    hf_run = pipeline.run(DAY, conf={"extractor": hf_spec})  # a new version re-extracts all
+    assert hf_run.state == "success", pipeline.task_states(hf_run)
+    states = pipeline.task_states(hf_run)
+    assert {k for k in states if k.startswith("extract[")} == {"extract[0]", "extract[1]"}  # 3 / 2
+    rows = pipeline.fetch("SELECT source, stage, reason, raw_text FROM quarantine "
+                          "WHERE extractor_version = ? ORDER BY source", (hf_version,))
+    assert [r[0].rsplit("/", 1)[-1] for r in rows] == ["a.jpg", "b.jpg", "broken.jpg"]
+    for source, stage, reason, raw_text in rows[:2]:
+        assert stage == "extract"
+        assert reason.startswith(("unparseable output", "invalid fields")), reason
+        assert raw_text and raw_text.strip()
+    assert "bad image" in rows[2][2]
+    (counts, model_id, revision), = pipeline.fetch(
+        "SELECT counts, model_id, revision FROM runs WHERE extractor_version = ?", (hf_version,))
+    assert json.loads(counts)["discovered"] == 3 and (model_id, revision) == ("tiny/mllama", "test")
+    assert pipeline.fetch("SELECT receipt_id, total FROM receipts ORDER BY receipt_id") == ocr_state
+
+    rollback = pipeline.run(DAY)  # back to the Variable's extractor: nothing to re-extract
+    assert rollback.state == "success"
+    assert pipeline.task_states(rollback)["extract"] == "skipped"
+    assert pipeline.fetch("SELECT receipt_id, total FROM receipts WHERE extractor_version = ? "
+                          "ORDER BY receipt_id", (OCR_VERSION,)) == ocr_state

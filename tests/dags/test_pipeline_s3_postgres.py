@@ -1,0 +1,84 @@
+"""The production shape: receipts in S3 (a moto server over HTTP on 127.0.0.1, reached
+through the Amazon provider's hook and an Airflow connection with ``endpoint_url``) and a
+PostgreSQL warehouse (the machine's server at 127.0.0.1:5432, reached through the
+Airflow connection ``receipts_warehouse``; a test database is created and dropped)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from conftest import Pipeline, synthetic_receipt
+
+pytestmark = pytest.mark.integration
+DAY = dt.date(2026, 3, 1)
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def postgres_db():
+    psycopg = pytest.importorskip("psycopg")
+    name = f"receipts_dagtest_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("AIRFLOW_CONN_RECEIPTS_S3", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_RECEIPTS_WAREHOUSE", postgres_db)
+    monkeypatch.delenv("RECEIPT_WAREHOUSE_URL")
+    monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_SOURCE", "s3://receipts-landing/incoming")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="receipts-landing")
+    part = f"incoming/dt={DAY}/"
+    s3.put_object(Bucket="receipts-landing", Key=part, Body=b"")  # a console "folder"
+    s3.put_object(Bucket="receipts-landing", Key=part + "a.jpg",
+                  Body=synthetic_receipt(1, date="2026-02-27"))
+    s3.put_object(Bucket="receipts-landing", Key=part + "b.jpg",
+                  Body=synthetic_receipt(2, date="2026-02-28"))
+    s3.put_object(Bucket="receipts-landing", Key=part + "empty.jpg", Body=b"")
+    s3.put_object(Bucket="receipts-landing", Key=f"incoming/dt={DAY + dt.timedelta(days=1)}/c.jpg",
+                  Body=b"next day's receipt")
+    pg = Pipeline(root=pipeline.root, dag=pipeline.dag, warehouse_url=postgres_db)
+
+    dag_run = pipeline.run(DAY)
+
+    assert dag_run.state == "success", pipeline.task_states(dag_run)
+    loaded = sorted(src for (src,) in pg.fetch("SELECT source FROM receipts"))
+    assert loaded == [f"s3://receipts-landing/{part}a.jpg", f"s3://receipts-landing/{part}b.jpg"]
+    (source, reason), = pg.fetch("SELECT source, reason FROM quarantine")
+    assert source.endswith("empty.jpg") and "empty file" in reason
+    (run_id, counts), = pg.fetch("SELECT run_id, counts FROM runs")
+    assert run_id == dag_run.run_id and json.loads(counts)["discovered"] == 3
+
+    # the same day again: nothing new is extracted, nothing is duplicated
+    again = pipeline.run(DAY)
+    assert again.state == "success"
+    assert pg.fetch("SELECT count(*) FROM receipts") == [(2,)]
+    assert pg.fetch("SELECT count(*) FROM quarantine") == [(1,)]
