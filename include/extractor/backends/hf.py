@@ -137,7 +137,8 @@ class HFBackend(Backend):
                 raise ConfigError(f"engine 'static' does not support {type(self.model).__name__}"
                                   f"{' (quantised)' if self.spec.quantization else ''}")
             return None, "generate"
-        return MllamaStaticEngine(self.model), "static"
+        return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
+                                  pad_token_id=self.generation_config.pad_token_id), "static"
 
     # --- stages -------------------------------------------------------------------
     def _preprocess(self, item: ReceiptInput) -> Any:

@@ -50,12 +50,15 @@ class MllamaStaticEngine:
     batch shape; if compiling fails the eager ops are used. ``prefill_sdpa_backends``
     (e.g. ``("CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")``) sets SDPA's kernel
     priority for HF's prefill only; None keeps PyTorch's choice, i.e. generate's.
+    ``eos_token_id`` / ``pad_token_id`` default to the model's generation config (pass the
+    caller's own generation config values so both paths stop and pad alike).
     """
 
     def __init__(self, model, *, use_cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
                  max_batch: int | None = None, prefill_batch: int = 8, eos_check_every: int = 16,
                  len_multiple: int = 64, compile_ops: bool | None = None,
-                 prefill_sdpa_backends: tuple[str, ...] | None = None):
+                 prefill_sdpa_backends: tuple[str, ...] | None = None,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None):
         import torch
 
         self.model = model.eval()
@@ -70,8 +73,9 @@ class MllamaStaticEngine:
         self.text_config = text_model_of(model).config
         self.num_patches = model.model.vision_model.num_patches
         gen = getattr(model, "generation_config", None)
-        eos = _as_list(getattr(gen, "eos_token_id", None)) or _as_list(self.text_config.eos_token_id)
-        pad = getattr(gen, "pad_token_id", None)
+        eos = (_as_list(eos_token_id) or _as_list(getattr(gen, "eos_token_id", None))
+               or _as_list(self.text_config.eos_token_id))
+        pad = pad_token_id if pad_token_id is not None else getattr(gen, "pad_token_id", None)
         if pad is None:
             pad = self.text_config.pad_token_id if self.text_config.pad_token_id is not None else eos[0]
         self.eos_ids, self.pad_id = eos, int(_as_list(pad)[0])
