@@ -6,8 +6,10 @@ afterwards), Redis as the Celery broker (a dedicated db number, flushed afterwar
 Celery result backend in PostgreSQL, and the components: api-server (execution API),
 scheduler, dag-processor and two Celery workers, ``worker-default`` on queue ``default``
 and ``worker-gpu`` on queue ``gpu``. The metadata is initialised by the deployment's own
-``deploy/airflow-init.sh`` with the deployment's ``deploy/pools.json``; connections come
-from ``AIRFLOW_CONN_*`` environment variables as in docker-compose.yaml.
+``deploy/airflow-init.sh`` with the deployment's ``deploy/pools.json`` and
+``deploy/variables.json`` (run twice, around an operator's switch of the model Variable,
+which must survive the second run); connections come from ``AIRFLOW_CONN_*`` environment
+variables as in docker-compose.yaml.
 
 The run extracts two bundled sample receipts with the OCR backend (no GPU here: the
 ``gpu`` worker is an ordinary CPU process; what is under test is the routing, not CUDA)
@@ -63,6 +65,13 @@ def _services_reachable() -> str | None:
     return None
 
 
+def _run_init(cluster: ac.AirflowCluster) -> None:
+    init = subprocess.run(["bash", str(REPO / "deploy" / "airflow-init.sh")],
+                          env=cluster.base_env(), cwd=cluster.work_dir, capture_output=True,
+                          text=True, timeout=300)
+    assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
+
+
 @pytest.fixture
 def warehouse_db():
     name = f"receipts_wh_{os.urandom(5).hex()}"
@@ -91,10 +100,10 @@ def test_receipts_daily_on_celery_routes_extraction_to_the_gpu_worker(tmp_path, 
     from extractor.spec import resolve_spec
 
     expected_ids = _receipts_partition(tmp_path)
-    # batch_size 1: two mapped extract tasks, so "every extract task" means more than one.
+    # One receipt per model batch and per extract task: two mapped extract tasks, so
+    # "every extract task" means more than one.
     extractor = {"preset": "ocr", "batch_size": 1}
     version = resolve_spec(extractor).version
-    variables = ac.write_json(tmp_path / "variables.json", {"receipt_extractor": extractor})
 
     warehouse_conn = {"conn_type": "postgres", "host": ac.PG_HOST, "port": ac.PG_PORT,
                       "login": ac.PG_USER, "schema": warehouse_db}
@@ -107,18 +116,24 @@ def test_receipts_daily_on_celery_routes_extraction_to_the_gpu_worker(tmp_path, 
             "RECEIPT_MODEL_CACHE": str(tmp_path / "efs" / "models"),
             "RECEIPT_STAGING_DIR": str(tmp_path / "efs" / "pipeline" / "staging"),
             "RECEIPT_DATA_DOCS_DIR": str(tmp_path / "efs" / "pipeline" / "data_docs"),
+            "RECEIPT_BATCHES_PER_TASK": "1",
             "RECEIPT_TASK_RETRIES": "0",  # a broken run fails now, not after retry delays
             "AIRFLOW_CONN_RECEIPTS_WAREHOUSE": json.dumps(warehouse_conn),
-            "RECEIPT_INIT_VARIABLES_FILE": str(variables),
         })
 
     with cluster:
-        # The deployment's own start-up script and pools file.
-        init = subprocess.run(["bash", str(REPO / "deploy" / "airflow-init.sh")],
-                              env=cluster.base_env(), cwd=cluster.work_dir, capture_output=True,
-                              text=True, timeout=300)
-        assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
-        assert cluster.metadata("SELECT slots FROM slot_pool WHERE pool = 'gpu'") == [(1,)]
+        # Start-up exactly as airflow-init does it, with the deployment's own files
+        # (deploy/variables.json names the production model) ...
+        _run_init(cluster)
+        pools = json.loads((REPO / "deploy" / "pools.json").read_text())
+        assert cluster.metadata("SELECT slots FROM slot_pool WHERE pool = 'gpu'") == [
+            (pools["gpu"]["slots"],)]
+        # ... an operator switches the model (here to the OCR reader), and a restart of the
+        # stack runs airflow-init again: the switch must survive it.
+        cluster.airflow("variables", "set", "receipt_extractor", json.dumps(extractor))
+        _run_init(cluster)
+        kept = cluster.airflow("variables", "get", "receipt_extractor").strip().splitlines()[-1]
+        assert json.loads(kept) == extractor
 
         cluster.start("api-server", "api-server", "--port", str(cluster.api_port), "--workers", "1")
         cluster.start("scheduler", "scheduler")
