@@ -24,7 +24,9 @@ RUN apt-get update \
     # Mount points of the shared volumes, owned by the airflow user so that fresh named
     # volumes inherit a writable owner (see docker-compose.yaml: /efs/...).
     && mkdir -p /efs/models /efs/pipeline/staging /efs/pipeline/data_docs \
-    && chown -R airflow:root /efs
+    && chown -R airflow:root /efs \
+    # The project's source tree: pip builds it in place (egg-info, build/) as airflow.
+    && mkdir -p /opt/receipts && chown airflow:root /opt/receipts
 USER airflow
 
 # ---------------------------------------------------------------------------------------
