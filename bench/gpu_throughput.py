@@ -12,6 +12,7 @@ Sections (``--sections``, comma separated, run in this order):
   engine    MllamaStaticEngine at ``--engine-batches`` (graph capture timed apart)
   variants  what each optimisation buys at batch 32: eager decode, no fused GEMMs, compiled ops
   profile   top GPU kernels of one eager engine decode step at batch 32
+  tiles2    2-tile images: engine with/without dropping padding tiles, check, prefill split
   generate  plain batched model.generate at ``--gen-batches``
   seed      the seed guide's loop: one receipt per generate call (``--seed-receipts``)
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
@@ -69,9 +70,11 @@ CFG = {  # meta-llama/Llama-3.2-11B-Vision(-Instruct) config.json, as in the bas
 SKIP_MODULES = ["model.vision_model", "model.multi_modal_projector", "lm_head"]  # transformers 5 names
 
 
-def make_inputs(batch, prompt_len, dev, *, lengths=None, seed=0):
+def make_inputs(batch, prompt_len, dev, *, lengths=None, seed=0, tiles=4):
     """The baseline's inputs (<bos> <|image|> random text, 4 tiles of aspect ratio 4:1);
-    with ``lengths``, rows are left-padded to ``prompt_len`` as the backend does."""
+    with ``lengths``, rows are left-padded to ``prompt_len`` as the backend does; with
+    ``tiles=2`` the image is 1:2 (2 tiles used, 2 zero padding tiles, as the processor
+    pads them)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 120000, (batch, prompt_len), generator=g)
     attn = torch.ones_like(ids)
@@ -82,10 +85,12 @@ def make_inputs(batch, prompt_len, dev, *, lengths=None, seed=0):
         ids[b, :start] = 128004
         attn[b, :start] = 0
         ids[b, start], ids[b, start + 1] = 128000, 128256
-        xmask[b, start + 1:, :, :] = 1
+        xmask[b, start + 1:, :, :tiles] = 1
     pix = torch.randn(batch, 1, 4, 3, 560, 560, generator=g).to(torch.bfloat16)
-    ar_ids = torch.full((batch, 1), 8, dtype=torch.long)
-    ar_mask = torch.ones(batch, 1, 4, dtype=torch.long)
+    pix[:, :, tiles:] = 0
+    ar_ids = torch.full((batch, 1), 8 if tiles == 4 else 2, dtype=torch.long)  # (4,1) or (1,2)
+    ar_mask = torch.zeros(batch, 1, 4, dtype=torch.long)
+    ar_mask[:, :, :tiles] = 1
     d = dict(input_ids=ids, attention_mask=attn, pixel_values=pix, aspect_ratio_ids=ar_ids,
              aspect_ratio_mask=ar_mask, cross_attention_mask=xmask)
     return {k: v.to(dev) for k, v in d.items()}
@@ -218,11 +223,11 @@ def section_check(rec, model, args):
     torch.cuda.empty_cache()
 
 
-def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None, **kwargs):
+def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None, tiles=4, **kwargs):
     from extractor.engine import MllamaStaticEngine
 
     new = new or args.new
-    x = make_inputs(batch, args.prompt, "cuda")
+    x = make_inputs(batch, args.prompt, "cuda", tiles=tiles)
     engine = MllamaStaticEngine(model, max_batch=batch, **kwargs)
     torch.cuda.reset_peak_memory_stats()
     first_s, out = timed(lambda: engine.generate(**x, max_new_tokens=new, min_new_tokens=new))
@@ -373,6 +378,44 @@ def section_profile(rec, model, args):
     torch.cuda.empty_cache()
 
 
+def section_tiles2(rec, model, args):
+    """Receipts whose image uses 2 of the 4 tiles: engine with and without dropping the
+    padding tiles' keys/values, a short correctness check against generate, and how the
+    prefill splits between the vision tower and the rest."""
+    from extractor.engine import MllamaStaticEngine
+
+    for label, kw in [("engine, 2-tile images (padding tiles dropped)", {}),
+                      ("engine, 2-tile images (masked, not dropped)", dict(trim_cross_tiles=False))]:
+        engine = None
+        try:
+            engine, _ = run_engine(rec, model, 32, args, label=label, tiles=2, **kw)
+            rec.run({"way": label, "batch": 32, "graph_replay_ms": round(time_graph_replay(engine), 2),
+                     "cross_tokens_kept": engine._state.cross_k[0].shape[2]})
+        except Exception:
+            rec.error(label)
+        if engine is not None:
+            engine.release()
+        del engine
+        torch.cuda.empty_cache()
+    x = make_inputs(4, 400, "cuda", lengths=[300, 350, 380, 400], seed=2, tiles=2)
+    with torch.inference_mode():
+        ref = model.generate(**x, max_new_tokens=32, min_new_tokens=32, do_sample=False)[:, 400:].cpu()
+        got = MllamaStaticEngine(model, max_batch=4).generate(**x, max_new_tokens=32, min_new_tokens=32)
+        same = (got == ref).long().cumprod(-1).sum(-1)
+        rec.put("check_tiles2", {"engine_vs_generate_matching_steps": [int(v) for v in same]})
+        print(json.dumps(rec.data["check_tiles2"]), flush=True)
+        x8 = make_inputs(8, 400, "cuda")
+        vm = model.model.vision_model
+        tv, _ = timed(lambda: vm(pixel_values=x8["pixel_values"], aspect_ratio_ids=x8["aspect_ratio_ids"],
+                                 aspect_ratio_mask=x8["aspect_ratio_mask"]))
+        tv, _ = timed(lambda: vm(pixel_values=x8["pixel_values"], aspect_ratio_ids=x8["aspect_ratio_ids"],
+                                 aspect_ratio_mask=x8["aspect_ratio_mask"]))
+        tp, _ = timed(lambda: model(**x8, use_cache=False, logits_to_keep=1))
+    rec.put("prefill_split", {"batch": 8, "vision_tower_ms_per_receipt": round(1000 * tv / 8, 1),
+                              "whole_prefill_ms_per_receipt": round(1000 * tp / 8, 1)})
+    print(json.dumps(rec.data["prefill_split"]), flush=True)
+
+
 def run_generate(rec, model, batch, args, label="generate", new=None):
     new = new or args.new
     x = make_inputs(batch, args.prompt, model.device)
@@ -483,7 +526,7 @@ def main():
     rec.put("args", vars(args))
     env = section_env(rec) if "env" in sections else {}
     model = None
-    if set(sections) & {"check", "engine", "variants", "profile", "generate", "seed"}:
+    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -491,6 +534,7 @@ def main():
              ("engine", lambda: section_engine(rec, model, args, env)),
              ("variants", lambda: section_variants(rec, model, args)),
              ("profile", lambda: section_profile(rec, model, args)),
+             ("tiles2", lambda: section_tiles2(rec, model, args)),
              ("generate", lambda: section_generate(rec, model, args)),
              ("seed", lambda: section_seed(rec, model, args))]
     for name, fn in steps:

@@ -122,6 +122,18 @@ def test_chunked_batches_and_fused_weights_match(tiny_mllama):
     assert torch.equal(_reference(tiny_mllama, batch, max_new=9), ref)
 
 
+def test_padding_tiles_are_dropped_when_every_row_shares_them(tiny_mllama):
+    batch = _batch(lengths=[8, 11, 6], tiles=[1, 1, 1], seed=5)  # one valid tile of two
+    ref = _reference(tiny_mllama, batch, max_new=10)
+    patches = tiny_mllama.model.vision_model.num_patches
+    trimmed = MllamaStaticEngine(tiny_mllama)
+    assert torch.equal(trimmed.generate(**batch, max_new_tokens=10), ref)
+    assert trimmed._state.cross_k[0].shape[2] == patches and trimmed._state.cross_bias is None
+    full = MllamaStaticEngine(tiny_mllama, trim_cross_tiles=False)
+    assert torch.equal(full.generate(**batch, max_new_tokens=10), ref)
+    assert full._state.cross_k[0].shape[2] == 2 * patches and full._state.cross_bias is not None
+
+
 def test_engine_step_logits_match_generate_scores(tiny_mllama):
     batch = _batch(lengths=[6, 9], tiles=[1, 2], seed=3)  # already in the engine's bucket order
     with torch.inference_mode():

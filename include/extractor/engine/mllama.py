@@ -36,6 +36,19 @@ def _as_list(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
+def _shared_valid_prefix(cross_bias, row_mask) -> int:
+    """Length of the vision-token prefix every row attends to, when that is all they attend
+    to (same valid tiles in every row, none fully masked); 0 when trimming would change
+    the result (a fully masked row attends uniformly to all tokens, padding included)."""
+    if not bool((row_mask == 1).all()):
+        return 0
+    valid = cross_bias[:, 0, 0, :] == 0  # [B, S]
+    if not bool((valid == valid[:1]).all()):
+        return 0
+    keep = int(valid[0].sum())
+    return keep if keep and bool(valid[0, :keep].all()) else 0
+
+
 class MllamaStaticEngine:
     """Greedy decoding of ``MllamaForConditionalGeneration`` over a static KV cache.
 
@@ -50,6 +63,10 @@ class MllamaStaticEngine:
     batch shape; if compiling fails the eager ops are used. ``prefill_sdpa_backends``
     (e.g. ``("CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")``) sets SDPA's kernel
     priority for HF's prefill only; None keeps PyTorch's choice, i.e. generate's.
+    ``trim_cross_tiles``: when every row of a decode batch attends to the same leading
+    tiles (bucketing by tile count makes that the rule), the other tiles' keys/values are
+    dropped after the prefill: a masked key has weight exp(-inf) = 0, so the result is
+    the same, read with fewer bytes and without a mask.
     ``eos_token_id`` / ``pad_token_id`` default to the model's generation config (pass the
     caller's own generation config values so both paths stop and pad alike).
     """
@@ -58,7 +75,8 @@ class MllamaStaticEngine:
                  max_batch: int | None = None, prefill_batch: int = 8, eos_check_every: int = 16,
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
-                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None):
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+                 trim_cross_tiles: bool = True):
         import torch
 
         self.model = model.eval()
@@ -70,6 +88,8 @@ class MllamaStaticEngine:
         if on_cuda if compile_ops is None else compile_ops:
             self.weights.ops = DecodeOps.compiled()
         self.prefill_sdpa_backends = prefill_sdpa_backends
+        self.trim_cross_tiles = trim_cross_tiles
+        self._full_cross_len = 0
         self.text_config = text_model_of(model).config
         self.num_patches = model.model.vision_model.num_patches
         gen = getattr(model, "generation_config", None)
@@ -210,6 +230,11 @@ class MllamaStaticEngine:
                                                                  dtype=self.dtype)
             if not bool(cross_bias.any()):
                 cross_bias = None  # all-zero bias: let SDPA pick its mask-free (flash) kernel
+            elif self.trim_cross_tiles:
+                keep = _shared_valid_prefix(cross_bias, row_mask)
+                if keep:  # drop the padding tiles' keys/values: fewer bytes a step, no mask
+                    cross_len, cross_bias = keep, None
+        self._full_cross_len = self._cross_len(x)
         key = (bsz, max_len, cross_len, cross_bias is not None, max_new)
         self._ensure_state(key)
         st = self._state
@@ -294,11 +319,12 @@ class MllamaStaticEngine:
             layer = cache.layers[idx]
             if lw.cross:
                 if st.cross_k[ci] is not None:
-                    if layer.keys.shape[2] != st.cross_k[ci].shape[2]:
+                    if layer.keys.shape[2] != self._full_cross_len:
                         raise RuntimeError(f"cross-attention cache holds {layer.keys.shape[2]} vision "
-                                           f"tokens, expected {st.cross_k[ci].shape[2]}")
-                    st.cross_k[ci][sl].copy_(layer.keys)
-                    st.cross_v[ci][sl].copy_(layer.values)
+                                           f"tokens, expected {self._full_cross_len}")
+                    keep = st.cross_k[ci].shape[2]
+                    st.cross_k[ci][sl].copy_(layer.keys[:, :, :keep])
+                    st.cross_v[ci][sl].copy_(layer.values[:, :, :keep])
                 ci += 1
             else:
                 st.self_k[si][sl, :, :plen].copy_(layer.keys)
