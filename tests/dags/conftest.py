@@ -79,7 +79,11 @@ class Pipeline:
         return self.put(day, f"{sample}.jpg", (SAMPLES / f"{sample}.jpg").read_bytes())
 
     def run(self, day: dt.date, conf: dict | None = None):
-        return self.dag.test(logical_date=logical_date_for(day), run_conf=conf)
+        # Always pass the param: in one process, Airflow's param processing writes a run's
+        # conf into the DAG object's Param, so an override would leak into the next
+        # dag.test() (a deployment parses the DAG afresh per task process).
+        return self.dag.test(logical_date=logical_date_for(day),
+                             run_conf={"extractor": None, **(conf or {})})
 
     def fetch(self, sql: str, params=()):
         from extractor.pipeline.warehouse import open_warehouse

@@ -28,6 +28,7 @@ def tiny_mllama(tmp_path_factory):
 
 @pytest.mark.slow
 def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatch):
+    monkeypatch.setenv("RECEIPT_BATCHES_PER_TASK", "1")  # one model batch (2) per mapped task
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",
                        json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
     pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
@@ -63,5 +64,7 @@ def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatc
     rollback = pipeline.run(DAY)  # back to the Variable's extractor: nothing to re-extract
     assert rollback.state == "success"
     assert pipeline.task_states(rollback)["extract"] == "skipped"
+    assert pipeline.fetch("SELECT extractor_version FROM runs WHERE run_id = ?",
+                          (rollback.run_id,)) == [(OCR_VERSION,)]
     assert pipeline.fetch("SELECT receipt_id, total FROM receipts WHERE extractor_version = ? "
                           "ORDER BY receipt_id", (OCR_VERSION,)) == ocr_state

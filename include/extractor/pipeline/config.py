@@ -17,6 +17,7 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | Data Docs folder | ``receipts_data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
 | thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
+| model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
 | GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 
 Relative paths are resolved against the working directory when the task runs; a
@@ -64,6 +65,7 @@ class PipelineConfig:
     data_docs_dir: Path | None
     thresholds: dict[str, Any] = field(default_factory=dict)
     alert_callbacks: tuple[str, ...] = ()
+    batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
 
     @property
     def source_is_s3(self) -> bool:
@@ -109,6 +111,10 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
     data_docs = _setting(get_variable, "receipts_data_docs_dir", "RECEIPT_DATA_DOCS_DIR", "var/data_docs")
     thresholds = _setting(get_variable, "receipts_thresholds", "RECEIPT_THRESHOLDS", {})
     callbacks = _setting(get_variable, "receipts_alert_callbacks", "RECEIPT_ALERT_CALLBACKS", "")
+    batches_per_task = int(_setting(get_variable, "receipts_batches_per_task",
+                                    "RECEIPT_BATCHES_PER_TASK", 4))
+    if batches_per_task < 1:
+        raise ConfigError("receipts_batches_per_task must be >= 1")
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -125,6 +131,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         data_docs_dir=None if str(data_docs).lower() in ("none", "off") else _path(data_docs),
         thresholds=_json_setting(thresholds, "receipts_thresholds") if thresholds else {},
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
+        batches_per_task=batches_per_task,
     )
 
 

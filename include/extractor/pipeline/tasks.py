@@ -163,7 +163,8 @@ def discover_new_receipts(extractor: dict[str, Any]) -> list[list[dict[str, Any]
     try:
         found = discovery.discover(cfg.source, days, extractor_version=spec.version,
                                    already_extracted=warehouse.already_extracted,
-                                   batch_size=spec.batch_size, s3_client=client)
+                                   batch_size=spec.batch_size * cfg.batches_per_task,
+                                   s3_client=client)
     finally:
         warehouse.close()
     ctx["ti"].xcom_push(key="counts", value={**found.counts(), "partitions": found.partitions,
@@ -173,44 +174,57 @@ def discover_new_receipts(extractor: dict[str, Any]) -> list[list[dict[str, Any]
 
 def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
                   model: dict[str, str | None]) -> dict[str, Any]:
-    """Read one batch's bytes, run the backend, stage one JSONL line per receipt."""
+    """Read a task's receipts, run the backend one model batch at a time (so only one
+    batch of decoded images is in memory), stage one JSONL line per receipt."""
     from extractor.backends import load_backend
-    from extractor.images import MAX_FILE_BYTES, ReceiptInput, receipt_id_of
     from extractor.pipeline.staging import write_staged
-    from extractor.schema import ExtractionResult
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
     client = s3_client(cfg) if any(b["uri"].startswith("s3://") for b in batch) else None
     t_start = time.perf_counter()
-    results: list[ExtractionResult | None] = [None] * len(batch)
-    inputs, positions = [], []
-    for i, item in enumerate(batch):
+    backend = load_backend(spec, model["model_dir"])  # loaded once per worker process
+    model_load_s = time.perf_counter() - t_start
+    results, read_s, extract_s = [], 0.0, 0.0
+    for i in range(0, len(batch), spec.batch_size):
+        t0 = time.perf_counter()
+        chunk_results, inputs = _read_chunk(batch[i:i + spec.batch_size], spec.version, client)
+        t1 = time.perf_counter()
+        extracted = iter(backend.extract([x for x in inputs if x is not None]))
+        results.extend(r if r is not None else next(extracted) for r in chunk_results)
+        read_s, extract_s = read_s + t1 - t0, extract_s + time.perf_counter() - t1
+    ti = ctx["ti"]
+    path = cfg.staging_dir / _safe(ctx["dag"].dag_id) / _safe(ctx["run_id"]) / f"batch-{ti.map_index:05d}.jsonl"
+    staged = write_staged(results, path)
+    if staged["ok"] + staged["failed"] != len(batch) or \
+            [r.receipt_id for r in results] != [b["receipt_id"] for b in batch]:
+        raise RuntimeError(f"staged {staged} for a batch of {len(batch)}: a receipt went missing")
+    return {**staged, "receipts": len(batch), "read_s": round(read_s, 4),
+            "model_load_s": round(model_load_s, 4), "extract_s": round(extract_s, 4),
+            "task_s": round(time.perf_counter() - t_start, 4)}
+
+
+def _read_chunk(items: Sequence[dict[str, Any]], version: str, client: Any):
+    """Bytes of each item as a ReceiptInput, or (same position) a failed result when the
+    object cannot be handed to the backend."""
+    from extractor.images import MAX_FILE_BYTES, ReceiptInput, receipt_id_of
+    from extractor.schema import ExtractionResult
+
+    results: list[ExtractionResult | None] = []
+    inputs: list[ReceiptInput | None] = []
+    for item in items:
         if item["size"] > MAX_FILE_BYTES:  # never pull a huge object into worker memory
             reason = f"bad image: file too large: {item['size']} bytes > {MAX_FILE_BYTES}"
         else:
             data = discovery.read_bytes(item["uri"], client)
             if receipt_id_of(data) == item["receipt_id"]:
+                results.append(None)
                 inputs.append(ReceiptInput(receipt_id=item["receipt_id"], source=item["uri"], data=data))
-                positions.append(i)
                 continue
             reason = "object changed after discovery (its bytes no longer match its id)"
-        results[i] = ExtractionResult.failed(receipt_id=item["receipt_id"], source=item["uri"],
-                                             reason=reason, extractor_version=spec.version)
-    t_read = time.perf_counter()
-    backend = load_backend(spec, model["model_dir"])  # loaded once per worker process
-    t_loaded = time.perf_counter()
-    for pos, result in zip(positions, backend.extract(inputs) if inputs else []):
-        results[pos] = result
-    t_extracted = time.perf_counter()
-    ti = ctx["ti"]
-    path = cfg.staging_dir / _safe(ctx["dag"].dag_id) / _safe(ctx["run_id"]) / f"batch-{ti.map_index:05d}.jsonl"
-    staged = write_staged([r for r in results if r is not None], path)
-    if staged["ok"] + staged["failed"] != len(batch):
-        raise RuntimeError(f"staged {staged} for a batch of {len(batch)}: a receipt went missing")
-    return {**staged, "receipts": len(batch),
-            "read_s": round(t_read - t_start, 4), "model_load_s": round(t_loaded - t_read, 4),
-            "extract_s": round(t_extracted - t_loaded, 4),
-            "task_s": round(time.perf_counter() - t_start, 4)}
+        results.append(ExtractionResult.failed(receipt_id=item["receipt_id"], source=item["uri"],
+                                               reason=reason, extractor_version=version))
+        inputs.append(None)
+    return results, inputs
 
 
 def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[str, Any],
@@ -245,6 +259,7 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
     timings = {"extract_s": sum(s.get("extract_s", 0.0) for s in staged),
                "extract_tasks_s": sum(s.get("task_s", 0.0) for s in staged),
                "model_load_s": sum(s.get("model_load_s", 0.0) for s in staged),
+               "read_s": sum(s.get("read_s", 0.0) for s in staged),
                "validate_s": validate_s}
     summary = summaries.summarize_run(results, outcome, discovered=len(ids), timings=timings)
     summary["discovery"] = discovered
