@@ -1,21 +1,19 @@
 """
-### receipts_daily: receipt images of one day -> validated warehouse rows
+### receipts_daily: one day of receipt images -> validated warehouse rows
 
-The run with logical date D processes partition `<receipts_source>/dt=D/` (its data
-interval [D, D+1) UTC; it starts after midnight, once the day is complete). A manual
-trigger at X processes the last complete day before X. Resolve the extractor
-(DAG-run param `extractor` > Variable `receipt_extractor`), make its model available,
-discover receipts not yet extracted by that extractor version, extract them in batches
-(mapped tasks, pool `gpu`), validate with Great Expectations, load, reconcile, report.
+The run with logical date D reads partition `<receipts_source>/dt=D/` (data interval
+[D, D+1) UTC; a manual trigger at X reads the last complete day before X). It resolves
+the extractor (DAG-run param `extractor` > Variable `receipt_extractor`), makes the model
+available, discovers receipts that extractor version has not seen, extracts them (mapped
+tasks, pool `gpu`), validates (Great Expectations), loads, reconciles and reports.
 
-**Idempotent by construction.** A receipt's id is the sha256 of its bytes and every
-row is keyed by (receipt id, extractor version), written in one transaction. A run
-only extracts what the warehouse does not yet hold for its version, so re-running a
-day, clearing a task or backfilling (`airflow backfill create --dag-id receipts_daily
---from-date ... --to-date ...`) converges to the same rows as the daily runs, never
-duplicates. A new extractor version re-extracts; switching the Variable back is a
-rollback (the old version's rows are still there). Every discovered receipt ends
-loaded or quarantined (with a reason), or the run fails. See docs/pipeline.md.
+**Idempotent.** A receipt's id is the sha256 of its bytes; rows are keyed by (receipt
+id, extractor version) and written in one transaction; a run only extracts what the
+warehouse lacks for its version. Re-running a day, clearing a task or backfilling
+(`airflow backfill create --dag-id receipts_daily --from-date A --to-date B`) converges
+to the rows of the daily runs, never duplicates. A new extractor version re-extracts;
+setting the Variable back is a rollback (old rows are kept). Every discovered receipt
+ends loaded or quarantined with a reason, or the run fails. See docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -25,10 +23,9 @@ import os
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 from extractor.pipeline import tasks
-from extractor.pipeline.config import GPU_POOL, gpu_queue
+from extractor.pipeline.config import GPU_POOL, RECEIPTS_ASSET_URI, gpu_queue
 from receipts_notifiers import build_notifiers, on_run_failure
 
-RECEIPTS = Asset("receipts_warehouse://receipts")
 
 
 @dag(
@@ -68,7 +65,7 @@ def receipts_daily():
     def reconcile(batches, extractor: dict, summary: dict) -> dict:
         return tasks.reconcile(batches, extractor)
 
-    @task(outlets=[RECEIPTS])
+    @task(outlets=[Asset(RECEIPTS_ASSET_URI)])
     def report(summary: dict, reconciliation: dict) -> dict:
         return tasks.report(summary, reconciliation)
 

@@ -37,6 +37,13 @@ def test_two_receipts_land_in_the_warehouse(pipeline):
     assert summary["discovery"]["listed"] == 2
     assert set(summary["fill_rates"]) >= {"store_name", "date", "total"}
     assert decision in ("pass", "alert")
+    # downstream consumers learn the run's extractor version from the Asset event
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = [e for e in session.query(AssetEvent).all() if e.source_run_id == dag_run.run_id]
+    assert [e.extra["extractor_version"] for e in events] == [OCR_VERSION]
     # the staged JSONL of the run is on disk (XCom only carried its URI)
     staged = list((pipeline.root / "staging").rglob("batch-*.jsonl"))
     assert len(staged) == 1 and len(staged[0].read_text().splitlines()) == 2

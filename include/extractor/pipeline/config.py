@@ -44,6 +44,7 @@ HF_CONN_ID = "huggingface_default"
 DEFAULT_S3_CONN_IDS = ("receipts_s3", "aws_default")
 DEFAULT_WAREHOUSE_URL = "duckdb:///var/warehouse.duckdb"
 GPU_POOL = "gpu"
+RECEIPTS_ASSET_URI = "receipts_warehouse://receipts"  # updated by every successful run
 
 
 def gpu_queue() -> str:

@@ -306,8 +306,8 @@ def reconcile(batches: Sequence[Sequence[dict[str, Any]]] | None, extractor: dic
         warehouse.close()
     missing = set(ids) - loaded - quarantined
     both = loaded & quarantined
-    result = {"discovered": len(ids), "loaded": len(loaded), "quarantined": len(quarantined),
-              "missing": len(missing), "in_both": len(both)}
+    result = {"extractor_version": spec.version, "discovered": len(ids), "loaded": len(loaded),
+              "quarantined": len(quarantined), "missing": len(missing), "in_both": len(both)}
     if missing or both:
         raise _fail(f"reconcile failed for {spec.version}: {result}; missing {sorted(missing)[:10]}, "
                     f"in both tables {sorted(both)[:10]}")
@@ -334,8 +334,14 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
              "reconciled %s", ctx["run_id"], counts.get("discovered"), counts.get("valid"),
              counts.get("quarantined"), summary.get("decision"), summary.get("throughput"),
              reconciliation)
-    return {"run_id": ctx["run_id"], "counts": counts, "decision": summary.get("decision"),
-            "reconciliation": reconciliation}
+    out = {"run_id": ctx["run_id"], "counts": counts, "decision": summary.get("decision"),
+           "extractor_version": reconciliation.get("extractor_version"),
+           "reconciliation": reconciliation}
+    from airflow.sdk import Asset
+
+    # downstream DAGs scheduled on the Asset learn which extractor version this run wrote
+    ctx["outlet_events"][Asset(cfgmod.RECEIPTS_ASSET_URI)].extra = out
+    return out
 
 
 # ----------------------------------------------------------------------------- alerts
