@@ -19,8 +19,7 @@ variables_file="${RECEIPT_INIT_VARIABLES_FILE:-${deploy_dir}/variables.json}"
 pools_file="${RECEIPT_INIT_POOLS_FILE:-${deploy_dir}/pools.json}"
 shared_dirs="${RECEIPT_SHARED_DIRS:-${RECEIPT_MODEL_CACHE:-} ${RECEIPT_STAGING_DIR:-} ${RECEIPT_DATA_DOCS_DIR:-}}"
 
-echo "airflow-init: $(airflow version)"
-
+echo "airflow-init: db migrate"
 airflow db migrate
 
 echo "airflow-init: pools from ${pools_file}"

@@ -145,6 +145,10 @@ class AirflowCluster:
         self.api_port = free_port()
         # One secret for every component: tokens signed by one must verify in the others.
         self.secret = uuid.uuid4().hex + uuid.uuid4().hex
+        # As in production: Variables and connection passwords encrypted at rest.
+        from cryptography.fernet import Fernet
+
+        self.fernet_key = Fernet.generate_key().decode()
         self.home = self.work_dir / "airflow-home"
         self.logs_dir = self.work_dir / "process-logs"
         self.pythonpath_dir = self.work_dir / "pythonpath"
@@ -179,6 +183,7 @@ class AirflowCluster:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": self.secret,
             "AIRFLOW__API__SECRET_KEY": self.secret,
+            "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
@@ -303,6 +308,16 @@ class AirflowCluster:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"{method} {path}: {exc.code} {exc.read()[:2000]!r}") from exc
+
+    def variable(self, key: str) -> str | None:
+        """A Variable's value as stored in the metadata DB (decrypted)."""
+        from cryptography.fernet import Fernet
+
+        rows = self.metadata("SELECT val, is_encrypted FROM variable WHERE key = %s", (key,))
+        if not rows:
+            return None
+        value, encrypted = rows[0]
+        return Fernet(self.fernet_key.encode()).decrypt(value.encode()).decode() if encrypted else value
 
     def metadata(self, sql: str, params: Iterable = ()) -> list[tuple]:
         return query(self.metadata_db, sql, params)
