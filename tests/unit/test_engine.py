@@ -178,9 +178,14 @@ def test_oom_splits_the_batch_and_loses_nothing(tiny_mllama, monkeypatch):
     assert engine.max_batch <= 2
 
 
-def test_supports_only_plain_mllama(tiny_mllama):
+def test_supports_only_plain_mllama_on_one_device(tiny_mllama, monkeypatch):
     assert supports(tiny_mllama)
     assert not supports(torch.nn.Linear(2, 2))
+    # A device_map over two GPUs (the 90B preset) must stay with generate. No GPUs here:
+    # only the map the loader would leave on the model is set.
+    monkeypatch.setattr(tiny_mllama, "hf_device_map", {"model.vision_model": 0, "model.language_model": 1},
+                        raising=False)
+    assert not supports(tiny_mllama)
 
 
 def test_pick_batch_size_from_free_memory():

@@ -22,9 +22,13 @@ def __getattr__(name):
 
 def supports(model) -> bool:
     """True when ``model`` is an Mllama conditional-generation model with plain (not
-    bitsandbytes-quantised) linear weights: the engine's preconditions."""
+    bitsandbytes-quantised) linear weights, all on one device (a ``device_map`` spread
+    over several GPUs, as for the 90B, stays with ``generate``): the engine's preconditions."""
     if type(model).__name__ != "MllamaForConditionalGeneration":
         return False
     if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
         return False
-    return True
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len({str(d) for d in device_map.values()}) > 1:
+        return False
+    return len({p.device for p in model.parameters()}) == 1

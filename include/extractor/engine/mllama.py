@@ -82,6 +82,9 @@ class MllamaStaticEngine:
         self.model = model.eval()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if any(p.device != self.device for p in model.parameters()):
+            raise ValueError("MllamaStaticEngine needs the whole model on one device; "
+                             "a model spread by device_map decodes with generate")
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else bool(use_cuda_graphs and on_cuda)
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights)
