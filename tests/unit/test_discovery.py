@@ -1,0 +1,125 @@
+"""Discovery without Airflow: partitions of a data interval, listing, ids, duplicates,
+already-extracted receipts and batching; S3 listing against a moto server over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+
+from extractor.pipeline import config as cfgmod
+from extractor.pipeline import discovery
+
+UTC = dt.timezone.utc
+
+
+def _t(*args) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("start,end,days", [
+    (_t(2026, 3, 1), _t(2026, 3, 2), ["2026-03-01"]),
+    (_t(2026, 3, 1), _t(2026, 3, 4), ["2026-03-01", "2026-03-02", "2026-03-03"]),
+    (_t(2026, 3, 1, 7), _t(2026, 3, 2, 7), ["2026-03-01", "2026-03-02"]),
+    (_t(2026, 3, 1, 7), _t(2026, 3, 1, 7), ["2026-03-01"]),
+    (dt.datetime(2026, 3, 1, 23, tzinfo=dt.timezone(dt.timedelta(hours=-1))),
+     dt.datetime(2026, 3, 2, 23, tzinfo=dt.timezone(dt.timedelta(hours=-1))), ["2026-03-02"]),
+])
+def test_partition_days_are_the_utc_days_an_interval_touches(start, end, days):
+    assert [d.isoformat() for d in discovery.partition_days(start, end)] == days
+
+
+def _put(root, day, name, data: bytes):
+    path = root / f"dt={day}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_discover_hashes_dedupes_skips_and_batches(tmp_path):
+    day = dt.date(2026, 3, 1)
+    for i in range(5):
+        _put(tmp_path, day, f"r{i}.jpg", f"receipt {i}".encode())
+    _put(tmp_path, day, "copy-of-r0.jpg", b"receipt 0")
+    _put(tmp_path, day, ".DS_Store", b"junk")
+    _put(tmp_path, day, "_SUCCESS", b"")
+    _put(tmp_path, day, "empty.jpg", b"")  # a receipt candidate: quarantined later, not here
+    _put(tmp_path, dt.date(2026, 3, 2), "tomorrow.jpg", b"not today")
+    done_id = hashlib.sha256(b"receipt 3").hexdigest()
+    asked = []
+
+    def already(version, ids):
+        asked.append((version, sorted(ids)))
+        return {done_id}
+
+    found = discovery.discover(str(tmp_path), [day], extractor_version="v1",
+                               already_extracted=already, batch_size=2)
+
+    assert found.counts() == {"listed": 7, "duplicates": 1, "already_extracted": 1, "new": 5,
+                              "batches": 3}
+    assert [len(b) for b in found.batches] == [2, 2, 1]
+    items = [r for b in found.batches for r in b]
+    names = [r.uri.rsplit("/", 1)[-1] for r in items]
+    assert names == ["copy-of-r0.jpg", "empty.jpg", "r1.jpg", "r2.jpg", "r4.jpg"]
+    for item in items:
+        assert item.receipt_id == hashlib.sha256(open(item.uri, "rb").read()).hexdigest()
+    assert asked[0][0] == "v1" and len(asked[0][1]) == 6
+
+
+def test_missing_partition_is_an_empty_day(tmp_path):
+    found = discovery.discover(str(tmp_path), [dt.date(2026, 3, 1)], extractor_version="v1",
+                               already_extracted=lambda v, ids: set(), batch_size=8)
+    assert found.batches == [] and found.counts()["listed"] == 0
+
+
+def test_s3_listing_through_a_real_s3_api(tmp_path):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="landing")
+        for key, body in [("in/dt=2026-03-01/", b""), ("in/dt=2026-03-01/a.jpg", b"A"),
+                          ("in/dt=2026-03-01/b.jpg", b"B"), ("in/dt=2026-03-01/_SUCCESS", b""),
+                          ("in/dt=2026-03-01/nested/c.jpg", b"C"), ("in/dt=2026-03-02/d.jpg", b"D")]:
+            s3.put_object(Bucket="landing", Key=key, Body=body)
+        found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
+                                   already_extracted=lambda v, ids: set(), batch_size=10,
+                                   s3_client=s3)
+        assert [(r.uri, r.size) for r in found.batches[0]] == [
+            ("s3://landing/in/dt=2026-03-01/a.jpg", 1), ("s3://landing/in/dt=2026-03-01/b.jpg", 1)]
+        assert found.batches[0][0].receipt_id == hashlib.sha256(b"A").hexdigest()
+        assert discovery.read_bytes("s3://landing/in/dt=2026-03-01/b.jpg", s3) == b"B"
+    finally:
+        server.stop()
+
+
+def test_config_variables_win_over_env_and_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key in ("RECEIPT_SOURCE", "RECEIPT_WAREHOUSE_URL", "RECEIPT_STAGING_DIR",
+                "RECEIPT_THRESHOLDS", "RECEIPT_BATCHES_PER_TASK", "RECEIPT_DATA_DOCS_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RECEIPT_STAGING_DIR", "/shared/staging")
+    variables = {"receipts_source": "s3://bucket/incoming", "receipts_thresholds": '{"min_rows": 1}',
+                 "receipts_staging_dir": None, "receipts_data_docs_dir": "none"}
+
+    cfg = cfgmod.load_config(variables.get)
+
+    assert cfg.source == "s3://bucket/incoming" and cfg.source_is_s3
+    assert cfg.staging_dir == cfgmod.Path("/shared/staging")
+    assert cfg.warehouse_url == f"duckdb:///{tmp_path / 'var' / 'warehouse.duckdb'}"
+    assert cfg.thresholds == {"min_rows": 1} and cfg.data_docs_dir is None
+    assert cfg.batches_per_task == 4
+    assert cfgmod.load_config(variables.get, warehouse_conn_exists=True).warehouse_url is None
+
+
+def test_config_rejects_bad_json(monkeypatch):
+    from extractor.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        cfgmod.load_config({"receipts_thresholds": "[1, 2]"}.get)
