@@ -104,12 +104,15 @@ def query(database: str, sql: str, params: Iterable = ()) -> list[tuple]:
 
 
 def _session_id(pid: int) -> int | None:
+    """Session id of a live process; None for a process that is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Fields after the ")" that closes the command name: state ppid pgrp session ...
     fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # exited, only waiting for its (new) parent to reap it
+        return None
     return int(fields[3])
 
 
@@ -240,9 +243,13 @@ class AirflowCluster:
         return done.stdout
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start one Airflow component (``airflow <args>``) in a session of its own."""
+        return self.spawn(name, [AIRFLOW_BIN, *args], env=env)
+
+    def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> ManagedProcess:
         log_path = self.logs_dir / f"{name}.log"
         log_file = open(log_path, "wb")
-        popen = subprocess.Popen([AIRFLOW_BIN, *args], env={**self.base_env(), **(env or {})},
+        popen = subprocess.Popen(argv, env={**self.base_env(), **(env or {})},
                                  cwd=self.work_dir, stdout=log_file, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
         log_file.close()  # the child holds its own descriptor
@@ -362,6 +369,10 @@ class AirflowCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # SIGKILL is delivered asynchronously: give the kernel a moment to end them.
+        settle = time.monotonic() + 10
+        while self.stray_processes() and time.monotonic() < settle:
+            time.sleep(0.05)
         return forced
 
     def diagnostics(self) -> str:
