@@ -75,6 +75,15 @@ def field_match(name: str, predicted: Any, label: Any) -> tuple[bool, bool]:
     return exact, near
 
 
+def label_value(label: dict[str, Any], key: str) -> Any:
+    """The label to score against: the normalised ``date_iso`` / ``total_decimal`` where
+    the dataset gives them (raw labels include '20180304' and 'RM5.00'), else the raw one."""
+    normalised = {"date": "date_iso", "total": "total_decimal"}.get(key)
+    if normalised and label.get(normalised) not in (None, ""):
+        return label[normalised]
+    return label.get(key)
+
+
 @dataclass
 class FieldScore:
     exact: int = 0
@@ -103,7 +112,7 @@ class EvalReport:
         self.failed += reason is not None
         row: dict[str, Any] = {"id": receipt_id, "reason": reason}
         for key in FIELDS:
-            exact, near = field_match(key, predicted.get(key), label.get(key))
+            exact, near = field_match(key, predicted.get(key), label_value(label, key))
             score = self.fields[key]
             score.n += 1
             score.exact += exact

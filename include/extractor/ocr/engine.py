@@ -27,6 +27,7 @@ class OcrSettings:
     text_score: float = 0.3
     intra_op_threads: int = 1
     rec_batch_num: int = 6
+    rec_min_width: int = 320
 
     def params(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class OcrSettings:
             "Det.limit_side_len": self.limit_side_len,
             "Det.limit_type": self.limit_type,
             "Rec.rec_batch_num": self.rec_batch_num,
+            "Rec.rec_img_shape": [3, 48, self.rec_min_width],
             "EngineConfig.onnxruntime.intra_op_num_threads": self.intra_op_threads,
             "EngineConfig.onnxruntime.inter_op_num_threads": 1,
         }

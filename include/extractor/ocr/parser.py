@@ -16,6 +16,7 @@ from extractor import normalize
 from extractor.errors import NormalizationError
 from extractor.ocr import patterns as P
 from extractor.ocr.layout import Line
+from extractor.ocr.lexicon import correct_text
 
 
 @dataclass
@@ -38,18 +39,32 @@ class ParsedFields:
 
 # --- candidates ------------------------------------------------------------------
 def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
+    """Every readable date on the page. The search restarts one character after a
+    match that is not a date ("19- 18/01" in "REG#19- 18/01/2018"), so a false start
+    cannot hide the real date."""
     out = []
     for ln in lines:
         text = P.GLUED_TIME_RE.sub(r"\1 \2", ln.text)  # "16-04-201814:51": OCR dropped the space
-        for m in P.DATE_RE.finditer(text):
+        pos, seen = 0, set()
+        while (m := P.DATE_RE.search(text, pos)) is not None:
+            pos = m.start() + 1
             raw = m.group(0)
             try:
                 value = normalize.parse_date(P.re.sub(r"\s*([-/.])\s*", r"\1", raw), day_first=True)
             except NormalizationError:
                 continue
-            if value is None or not 1990 <= value.year <= 2035:
+            if value is None or not 1990 <= value.year <= 2035 or m.start() in seen:
                 continue
+            seen.add(m.start())
             out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score))
+        for m in P.COMPACT_DATE_RE.finditer(text):  # "27032018" printed without separators
+            try:
+                value = normalize.parse_date(m.group(1), day_first=True)
+            except NormalizationError:
+                continue
+            if value is not None and 1990 <= value.year <= 2035:
+                out.append(Candidate(value=value, line=ln.index, text=m.group(1), ocr_score=ln.score,
+                                     extra={"compact": True}))
     return out
 
 
@@ -168,6 +183,15 @@ def find_currency(lines: Sequence[Line]) -> str | None:
     return None
 
 
+def _span(lines: Sequence[Line], idx: list[int]) -> Candidate | None:
+    if not idx:
+        return None
+    chosen = [lines[i] for i in sorted(idx)]
+    return Candidate(value=" ".join(ln.text for ln in chosen), line=chosen[0].index,
+                     text=" ".join(ln.text for ln in chosen), ocr_score=min(ln.score for ln in chosen),
+                     extra={"lines": sorted(idx)})
+
+
 # --- assembly --------------------------------------------------------------------------
 def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
     """Fill the receipt fields from reconstructed lines.
@@ -183,18 +207,13 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
         picks = picker.pick(lines, dates, totals)
     else:
         company = naive_company(lines)
-        picks = {"store_name": (company, 0.5), "store_address": (naive_address(lines, company), 0.5),
+        picks = {"store_name": (_span(lines, company), 0.5),
+                 "store_address": (_span(lines, naive_address(lines, company)), 0.5),
                  "date": (naive_date(dates, lines), 0.5), "total": (naive_total(totals), 0.5)}
-    for name in ("store_name", "store_address"):
-        idx, prob = picks[name]
-        if idx:
-            chosen = [lines[i] for i in sorted(idx)]
-            out.values[name] = " ".join(ln.text for ln in chosen)
-            out.confidence[name] = round(prob * min(ln.score for ln in chosen), 4)
-    for name in ("date", "total"):
+    for name in ("store_name", "store_address", "date", "total"):
         cand, prob = picks[name]
         if cand is not None:
-            out.values[name] = cand.value
+            out.values[name] = correct_text(cand.value) if name in ("store_name", "store_address") else cand.value
             out.confidence[name] = round(prob * cand.ocr_score, 4)
     out.values["time"] = find_time(lines)
     out.values["phone"] = find_phone(lines)

@@ -12,11 +12,12 @@ MONTH_NAMES = r"JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|SEPT|OCT|NOV|DEC"
 DATE_RE = re.compile(
     r"(?<!\d)(?:"
     r"(?P<iso>20\d{2}[-/.]\d{1,2}[-/.]\d{1,2})"
-    r"|(?P<dmy>\d{1,2}\s?[-/.]\s?\d{1,2}\s?[-/.]\s?(?:20)?\d{2})"
+    r"|(?P<dmy>\d{1,2}\s?(?P<sep>[-/.])\s?\d{1,2}\s?(?P=sep)\s?(?:20)?\d{2})"
     r"|(?P<dmon>\d{1,2}[-/ .]?(?:" + MONTH_NAMES + r")[A-Z]*[-/ .,]*(?:20)?\d{2})"
     r"|(?P<mond>(?:" + MONTH_NAMES + r")[A-Z]*\.?\s?\d{1,2},?\s?(?:20)?\d{2})"
     r")(?!\d)", re.IGNORECASE)
-GLUED_TIME_RE = re.compile(r"((?:19|20)\d{2})(\d{1,2}:\d{2})")
+GLUED_TIME_RE = re.compile(r"((?:19|20)\d{2}|(?<=[-/.])\d{2})(\d{2}:\d{2})")
+COMPACT_DATE_RE = re.compile(r"(?<![\d:])((?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])20[0-3]\d)(?![\d:])")
 # A time has a colon ("14:03", "2:03:55 PM"); "2.03" is an amount unless AM/PM follows.
 TIME_RE = re.compile(r"(?<![\d.,])([01]?\d|2[0-3])(?::([0-5]\d)(?::[0-5]\d)?\s*(?:AM|PM|A\.M\.|P\.M\.)?"
                      r"|\.([0-5]\d)\s*(?:AM|PM))(?![\d])", re.IGNORECASE)

@@ -1,8 +1,121 @@
-"""The learned line picker (placeholder until weights are trained; see train_picker)."""
+"""The learned line picker: which candidate is the store name, address, date and total.
+
+Each field has a small scorer (a one-hidden-layer network plus a linear skip term,
+inference in numpy) over the candidate features of ``extractor.ocr.features``; the
+candidates of one receipt compete through a softmax, so the winner's probability is a
+confidence. Weights are trained on the sroie-dev labels by ``extractor.ocr.train_picker``
+and shipped as ``picker_weights.json`` beside this module.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
 
-def load_default_picker():
+from extractor.ocr import features as F
+from extractor.ocr.layout import Line
+from extractor.ocr.parser import Candidate
+
+WEIGHTS_PATH = Path(__file__).with_name("picker_weights.json")
+FIELDS = ("store_name", "store_address", "date", "total")
+
+
+@dataclass
+class Scorer:
+    """score(x) = w2 . tanh(W1 z + b1) + wl . z, with z the standardised features."""
+
+    names: list[str]
+    mean: Any
+    std: Any
+    W1: Any
+    b1: Any
+    w2: Any
+    wl: Any
+
+    def matrix(self, feats: Sequence[dict[str, float]]):
+        import numpy as np
+
+        index = {n: k for k, n in enumerate(self.names)}
+        X = np.zeros((len(feats), len(self.names)))
+        for r, f in enumerate(feats):
+            for key, value in f.items():
+                k = index.get(key)
+                if k is not None:
+                    X[r, k] = value
+        return (X - self.mean) / self.std
+
+    def scores(self, feats: Sequence[dict[str, float]]):
+        import numpy as np
+
+        Z = self.matrix(feats)
+        return np.tanh(Z @ self.W1 + self.b1) @ self.w2 + Z @ self.wl
+
+    def to_dict(self) -> dict[str, Any]:
+        import numpy as np
+
+        return {"names": self.names, **{k: np.round(np.asarray(getattr(self, k), dtype=float), 6).tolist()
+                                        for k in ("mean", "std", "W1", "b1", "w2", "wl")}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Scorer":
+        import numpy as np
+
+        return cls(names=list(d["names"]), **{k: np.asarray(d[k], dtype=float)
+                                              for k in ("mean", "std", "W1", "b1", "w2", "wl")})
+
+
+def softmax(scores):
+    import numpy as np
+
+    e = np.exp(scores - scores.max())
+    return e / e.sum()
+
+
+def best(scorer: Scorer, cands: Sequence[Candidate]) -> tuple[Candidate | None, float]:
+    """The highest-scoring candidate and its softmax probability."""
+    if not cands:
+        return None, 0.0
+    p = softmax(scorer.scores([c.extra["features"] for c in cands]))
+    k = int(p.argmax())
+    return cands[k], float(p[k])
+
+
+class LinePicker:
+    """Picks store name, address, date and total from a receipt's lines."""
+
+    def __init__(self, scorers: dict[str, Scorer], meta: dict[str, Any] | None = None):
+        missing = set(FIELDS) - set(scorers)
+        if missing:
+            raise ValueError(f"picker weights lack scorers for {sorted(missing)}")
+        self.scorers = scorers
+        self.meta = meta or {}
+
+    def pick(self, lines: Sequence[Line], dates: Sequence[Candidate],
+             totals: Sequence[Candidate]) -> dict[str, tuple[Candidate | None, float]]:
+        page = F.Page.of(lines)
+        company, p_company = best(self.scorers["store_name"], F.company_candidates(page))
+        company_lines = company.extra["lines"] if company is not None else []
+        address, p_address = best(self.scorers["store_address"], F.address_candidates(page, company_lines))
+        F.date_features(page, dates)
+        F.total_features(page, totals)
+        return {"store_name": (company, p_company), "store_address": (address, p_address),
+                "date": best(self.scorers["date"], dates), "total": best(self.scorers["total"], totals)}
+
+    def to_json(self) -> str:
+        return json.dumps({"meta": self.meta, "scorers": {k: s.to_dict() for k, s in self.scorers.items()}})
+
+    @classmethod
+    def from_json(cls, text: str) -> "LinePicker":
+        d = json.loads(text)
+        return cls({k: Scorer.from_dict(v) for k, v in d["scorers"].items()}, d.get("meta"))
+
+
+@lru_cache(maxsize=1)
+def load_default_picker() -> LinePicker | None:
     """The picker shipped with the package, or None when no weights are bundled."""
-    return None
+    if not WEIGHTS_PATH.exists():
+        return None
+    return LinePicker.from_json(WEIGHTS_PATH.read_text())

@@ -1,0 +1,109 @@
+"""CPU throughput and peak memory of the ``ocr`` backend on sroie-dev images.
+
+Each configuration runs in its own process (so peak RSS is its own): the backend is
+built once, warmed up on one receipt, then ``extract`` runs over N receipts in
+batches; receipts/s counts the whole backend (decode, OCR, layout, parser).
+
+    nice python bench/cpu_ocr.py --dataset ../shared/datasets/sroie-dev --n 40 \\
+        [--configs shipped,rapidocr-defaults,...] [--json var/cpu_ocr.json]
+
+Configurations (see docs/ocr.md for what each knob does):
+- ``rapidocr-defaults``: RapidOCR's own settings (detector min side 736, angle
+  classifier on, onnxruntime picks its thread count), one receipt at a time;
+- ``det736-2w``: the shipped settings except the detector size;
+- ``shipped-1w``: the shipped settings on one worker (one core);
+- ``shipped``: the backend as shipped (two single-threaded workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "rapidocr-defaults": dict(settings=dict(limit_type="min", limit_side_len=736, use_cls=True,
+                                            intra_op_threads=-1), workers=1),
+    "det736-2w": dict(settings=dict(limit_type="min", limit_side_len=736), workers=2),
+    "shipped-1w": dict(settings={}, workers=1),
+    "shipped": dict(settings={}, workers=2),
+}
+
+
+def run_one(name: str, dataset: Path, n: int, batch: int) -> dict:
+    from extractor.backends.ocr import OCRBackend
+    from extractor.images import ReceiptInput
+    from extractor.ocr.engine import OcrSettings
+    from extractor.spec import resolve_spec
+
+    cfg = CONFIGS[name]
+    settings = OcrSettings(**cfg["settings"])
+    images = sorted((dataset / "images").glob("*.jpg"))
+    step = max(len(images) // n, 1)
+    picked = images[::step][:n]  # spread over the set, not the first n ids
+    inputs = [ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p in picked]
+    t0 = time.perf_counter()
+    backend = OCRBackend(resolve_spec("ocr"), settings=settings, workers=cfg["workers"])
+    load_s = time.perf_counter() - t0
+    backend.extract(inputs[:1])  # warm-up (first-run allocations)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    ok = 0
+    for start in range(0, len(inputs), batch):
+        ok += sum(r.status == "ok" for r in backend.extract(inputs[start:start + batch]))
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    backend.close()
+    return {"config": name, "settings": settings.to_dict(), "workers": cfg["workers"], "receipts": len(inputs),
+            "ok": ok, "load_s": round(load_s, 2), "wall_s": round(wall, 2),
+            "receipts_per_s": round(len(inputs) / wall, 3), "s_per_receipt": round(wall / len(inputs), 3),
+            "cpu_s_per_receipt": round(cpu / len(inputs), 3),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=16, help="receipts per extract() call (the ocr preset's batch)")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one config, print JSON
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.dataset, args.n, args.batch)))
+        return
+    import onnxruntime
+    import rapidocr
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    rows = []
+    for name in args.configs.split(","):
+        out = subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--n", str(args.n),
+                              "--batch", str(args.batch), "--one", name],
+                             capture_output=True, text=True, env=env, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    info = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(), "rapidocr": rapidocr.__version__ if hasattr(rapidocr, "__version__")
+            else "3.10.0", "onnxruntime": onnxruntime.__version__, "load_average_after": load}
+    print("| config | workers | receipts/s | s/receipt | CPU s/receipt | peak RSS MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['config']} | {r['workers']} | {r['receipts_per_s']} | {r['s_per_receipt']} | "
+              f"{r['cpu_s_per_receipt']} | {r['peak_rss_mib']} |")
+    print(info)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

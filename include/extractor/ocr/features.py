@@ -1,0 +1,275 @@
+"""Candidates and their features for the learned line picker.
+
+For each field the parser has a set of candidates and the picker scores each one:
+
+- store name: spans of 1-3 consecutive header lines, also with a trailing company
+  registration number ("(519537-X)") cut off;
+- address: spans of 1-6 consecutive lines near the top, also with the last line cut
+  before "TEL"/"FAX"/"GST";
+- total: every amount printed on the page, with its line's label;
+- date: every date printed on the page.
+
+Features are layout (position, font height, centring, neighbours) plus keyword flags.
+They are plain floats in a dict, so the feature list is stored with the weights and
+training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from statistics import median
+from typing import Sequence
+
+from extractor.ocr import patterns as P
+from extractor.ocr.layout import Line
+from extractor.ocr.parser import Candidate
+
+HEADER_LINES = 18  # the store name and address are printed in the first lines
+MAX_COMPANY_SPAN, MAX_ADDRESS_SPAN = 3, 6
+_REG_TAIL = re.compile(r"[\s(\[]*(?:CO\.?\s*)?(?:REG\.?|RFG|NO\.?|ROC)?\s*[:.]?\s*\(?\s*"
+                       r"[A-Z]{0,3}\d{4,}[\s\-‐·.]?[A-Z]?\s*\)?.*$", re.IGNORECASE)
+_STOP_TAIL = re.compile(r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|GST|SST|EMAIL|E-MAIL)\b.*$", re.IGNORECASE)
+_STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
+                            re.IGNORECASE)
+_STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
+                     r"PULAU PINANG|SABAH|SARAWAK|NEGERI SEMBILAN|KELANTAN|TERENGGANU|PERLIS|"
+                     r"D\.?\s?E\.?|DARUL EHSAN|DARUL TAKZIM|WILAYAH PERSEKUTUAN|W\.?P\.?)\b", re.IGNORECASE)
+_ADDR_WORDS = re.compile(r"\b(" + "|".join(re.escape(w.strip()) for w in P.ADDRESS_WORDS) + r")\b",
+                         re.IGNORECASE)
+
+
+@dataclass
+class Page:
+    """Page-level statistics the features are relative to."""
+
+    lines: Sequence[Line]
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    line_height: float
+
+    @classmethod
+    def of(cls, lines: Sequence[Line]) -> "Page":
+        return cls(lines=lines, x0=min(ln.x0 for ln in lines), x1=max(ln.x1 for ln in lines),
+                   y0=min(ln.y0 for ln in lines), y1=max(ln.y1 for ln in lines),
+                   line_height=median(ln.height for ln in lines) or 1.0)
+
+    @property
+    def width(self) -> float:
+        return max(self.x1 - self.x0, 1.0)
+
+    @property
+    def height(self) -> float:
+        return max(self.y1 - self.y0, 1.0)
+
+
+def _letters(text: str) -> int:
+    return sum(ch.isalpha() for ch in text)
+
+
+def _frac(n: float, d: float) -> float:
+    return n / d if d else 0.0
+
+
+def line_features(page: Page, i: int) -> dict[str, float]:
+    """What one line looks like, relative to the page."""
+    ln = page.lines[i]
+    text = ln.text
+    up = text.upper()
+    n = max(len(text), 1)
+    return {
+        "idx": min(i, 30) / 30, "y": (ln.y0 - page.y0) / page.height,
+        "height": ln.height / page.line_height,
+        "centre": abs((ln.x0 + ln.x1) / 2 - (page.x0 + page.x1) / 2) / page.width,
+        "width": (ln.x1 - ln.x0) / page.width, "left": (ln.x0 - page.x0) / page.width,
+        "chars": min(len(text), 60) / 60, "letters": _frac(_letters(text), n),
+        "digits": _frac(sum(ch.isdigit() for ch in text), n),
+        "upper": _frac(sum(ch.isupper() for ch in text), max(_letters(text), 1)),
+        "boxes": min(len(ln.boxes), 4) / 4, "score": ln.score,
+        "suffix": float(bool(_STRONG_SUFFIX.search(up))),
+        "suffix_end": float(bool(re.search(r"(SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING)\W*$", up))),
+        "company_word": float(any(w in up for w in P.COMPANY_SUFFIXES)),
+        "reg": float(bool(P.REGISTRATION_RE.search(text))),
+        "addr_words": min(len(_ADDR_WORDS.findall(up)), 3) / 3,
+        "postcode": float(bool(P.POSTCODE_RE.search(up))),
+        "state": float(bool(_STATES.search(up))),
+        "stop": float(bool(P.ADDRESS_STOP_RE.search(up))),
+        "phone": float(bool(re.search(r"\d{2,3}-?\s?\d{3,4}\s?\d{3,4}", up)) and "TEL" in up),
+        "starts_no": float(bool(re.match(r"\s*(NO|LOT|G|B|UNIT|\d)", up))),
+        "ends_comma": float(text.rstrip().endswith(",")),
+        "noise": float(_letters(text) < 3),
+        "amount": float(bool(P.amounts_in(text))),
+        "date": float(bool(P.DATE_RE.search(text))),
+    }
+
+
+def _neighbour(page: Page, i: int, cache: dict[int, dict[str, float]]) -> dict[str, float]:
+    if i < 0 or i >= len(page.lines):
+        return {}
+    if i not in cache:
+        cache[i] = line_features(page, i)
+    return cache[i]
+
+
+# --- store name --------------------------------------------------------------------
+def company_candidates(page: Page) -> list[Candidate]:
+    cache: dict[int, dict[str, float]] = {}
+    out = []
+    head = min(len(page.lines), HEADER_LINES)
+    first_text_line = next((i for i in range(head) if _letters(page.lines[i].text) >= 3), 0)
+    for i in range(head):
+        for j in range(i + 1, min(i + MAX_COMPANY_SPAN, head) + 1):
+            span = page.lines[i:j]
+            text = " ".join(ln.text for ln in span)
+            variants = [(text, 0.0)]
+            cut = _REG_TAIL.sub("", span[-1].text).strip()
+            if cut and cut != span[-1].text.strip() and _letters(cut) >= 2:
+                variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0))
+            for value, trimmed in variants:
+                if _letters(value) < 2:
+                    continue
+                f = _span_features(page, i, j, cache, "c")
+                f["trimmed"] = trimmed
+                f["first_text_line"] = float(i == first_text_line)
+                f["before_first_text"] = float(i < first_text_line)
+                f["value_suffix_end"] = float(bool(re.search(
+                    r"(SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING)\W*$", value.upper())))
+                f["value_len"] = min(len(value), 60) / 60
+                out.append(Candidate(value=value, line=i, text=value, ocr_score=min(ln.score for ln in span),
+                                     extra={"lines": list(range(i, j)), "features": f}))
+    return out
+
+
+def _span_features(page: Page, i: int, j: int, cache, prefix: str) -> dict[str, float]:
+    first, last = _neighbour(page, i, cache), _neighbour(page, j - 1, cache)
+    inner = [_neighbour(page, k, cache) for k in range(i, j)]
+    before, after = _neighbour(page, i - 1, cache), _neighbour(page, j, cache)
+    f: dict[str, float] = {"span": (j - i) / MAX_ADDRESS_SPAN, f"span{min(j - i, 4)}": 1.0}
+    for key in ("idx", "y", "height", "centre", "width", "suffix", "suffix_end", "company_word", "reg",
+                "addr_words", "postcode", "state", "stop", "starts_no", "noise", "amount", "date",
+                "letters", "digits", "upper", "chars", "score", "phone", "ends_comma"):
+        f[f"first_{key}"] = first.get(key, 0.0)
+        f[f"last_{key}"] = last.get(key, 0.0)
+        f[f"mean_{key}"] = sum(x.get(key, 0.0) for x in inner) / len(inner)
+        f[f"max_{key}"] = max(x.get(key, 0.0) for x in inner)
+        f[f"before_{key}"] = before.get(key, -1.0 if not before else 0.0)
+        f[f"after_{key}"] = after.get(key, -1.0 if not after else 0.0)
+    heights = [x["height"] for x in inner]
+    f["height_spread"] = max(heights) - min(heights)
+    return f
+
+
+# --- address -------------------------------------------------------------------------
+def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candidate]:
+    cache: dict[int, dict[str, float]] = {}
+    out = []
+    head = min(len(page.lines), HEADER_LINES + 4)
+    company_end = max(company_lines) + 1 if company_lines else 0
+    company_start = min(company_lines) if company_lines else 0
+    for i in range(head):
+        for j in range(i + 1, min(i + MAX_ADDRESS_SPAN, head) + 1):
+            span = page.lines[i:j]
+            if i < company_end and j > company_start:
+                continue  # the address does not overlap the chosen store name
+            if any(P.amounts_in(ln.text) or P.DATE_RE.search(ln.text) for ln in span[1:-1]):
+                break  # an amount or a date inside: items or the receipt details, not an address
+            text = " ".join(ln.text for ln in span)
+            variants = [(text, 0.0)]
+            cut = _STOP_TAIL.sub("", span[-1].text).strip()
+            if cut and cut != span[-1].text.strip():
+                variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0))
+            for value, trimmed in variants:
+                f = _span_features(page, i, j, cache, "a")
+                gap = i - company_end
+                f.update({"trimmed": trimmed, "after_company": float(gap == 0),
+                          "gap1": float(gap == 1), "gap_more": float(gap > 1),
+                          "above_company": float(j <= company_start),
+                          "value_postcode_end": float(bool(re.search(r"\d{5}\W*(\w+\W*){0,4}$", value))),
+                          "value_state": float(bool(_STATES.search(value.upper()))),
+                          "value_stop": float(bool(P.ADDRESS_STOP_RE.search(value.upper()))),
+                          "value_len": min(len(value), 160) / 160})
+                out.append(Candidate(value=value, line=i, text=value, ocr_score=min(ln.score for ln in span),
+                                     extra={"lines": list(range(i, j)), "features": f}))
+    return out
+
+
+# --- total ---------------------------------------------------------------------------
+_KW = {
+    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T", "kw_round": r"ROUND",
+    "kw_rounded": r"ROUNDED|ROUNDING\s*TOTAL|TOTAL\s*ROUND", "kw_adj": r"ADJ",
+    "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE", "kw_excl": r"EXCL|EXCLUSIVE|BEFORE",
+    "kw_gst": r"GST|SST|TAX|VAT", "kw_cash": r"CASH|TUNAI", "kw_change": r"CHANGE|BAKI|BALANCE",
+    "kw_tender": r"TENDER|PAID|PAYMENT|VISA|MASTER|CARD|CREDIT|DEBIT", "kw_qty": r"QTY|QUANTITY|ITEM|PCS",
+    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT", "kw_due": r"DUE|PAYABLE",
+    "kw_rm": r"\bRM|MYR", "kw_price": r"PRICE|@|\bX\b",
+}
+_KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _KW.items()}
+
+
+def _keyword_flags(text: str, prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": float(bool(r.search(text))) for k, r in _KW_RE.items()}
+
+
+def total_features(page: Page, cands: Sequence[Candidate]) -> None:
+    """Add a feature dict to each amount candidate (in place)."""
+    if not cands:
+        return
+    values = sorted({c.value for c in cands}, reverse=True)
+    counts: dict = {}
+    for c in cands:
+        counts[c.value] = counts.get(c.value, 0) + 1
+    n_lines = len(page.lines)
+    by_kw = {}
+    for c in cands:  # the amounts on cash / change lines: cash - change = total
+        own = page.lines[c.line].text
+        if _KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own):
+            by_kw.setdefault("cash", []).append(c.value)
+        if _KW_RE["kw_change"].search(own):
+            by_kw.setdefault("change", []).append(c.value)
+    paid_minus_change = {a - b for a in by_kw.get("cash", []) for b in by_kw.get("change", [])}
+    total_lines = [c.line for c in cands if _KW_RE["kw_total"].search(page.lines[c.line].text)]
+    for c in cands:
+        ln = page.lines[c.line]
+        own = ln.text
+        prev = page.lines[c.line - 1].text if c.line > 0 else ""
+        amounts_here = P.amounts_in(own)
+        rank = values.index(c.value)
+        f = {"bias": 1.0, "y": (ln.y0 - page.y0) / page.height, "from_bottom": min(n_lines - 1 - c.line, 30) / 30,
+             "height": ln.height / page.line_height, "right": (ln.x1 - page.x0) / page.width,
+             "rank0": float(rank == 0), "rank1": float(rank == 1), "rank2": float(rank == 2),
+             "log_value": math.log1p(float(abs(c.value))) / 8, "zero": float(c.value == 0),
+             "count": min(counts[c.value], 5) / 5, "last_in_line": float(c.extra["position_in_line"] == len(amounts_here) - 1),
+             "n_in_line": min(len(amounts_here), 4) / 4, "own_label": float(c.extra["own_label"]),
+             "cash_minus_change": float(c.value in paid_minus_change),
+             "round5": float(int(c.value * 100) % 5 == 0), "score": c.ocr_score,
+             "negative": float(bool(re.search(r"-\s?(RM)?\s?" + re.escape(str(c.value)), own))),
+             "last_total_line": float(bool(total_lines) and c.line == max(total_lines)),
+             "first_total_line": float(bool(total_lines) and c.line == min(total_lines)),
+             "no_letters": float(_letters(own) <= 2)}
+        f.update(_keyword_flags(own, "own_"))
+        f.update(_keyword_flags(prev, "prev_"))
+        c.extra["features"] = f
+
+
+def date_features(page: Page, cands: Sequence[Candidate]) -> None:
+    if not cands:
+        return
+    counts: dict = {}
+    for c in cands:
+        counts[c.value] = counts.get(c.value, 0) + 1
+    first_line = min(c.line for c in cands)
+    for k, c in enumerate(cands):
+        own = page.lines[c.line].text.upper()
+        prev = page.lines[c.line - 1].text.upper() if c.line > 0 else ""
+        f = {"bias": 1.0, "y": (page.lines[c.line].y0 - page.y0) / page.height,
+             "first": float(k == 0), "first_line": float(c.line == first_line),
+             "count": min(counts[c.value], 4) / 4, "kw_date": float("DATE" in own or "TARIKH" in own),
+             "prev_date": float("DATE" in prev), "has_time": float(bool(P.TIME_RE.search(own))),
+             "kw_due": float(bool(re.search(r"DUE|EXP|VALID|PRINT", own))),
+             "iso": float(bool(re.match(r"\d{4}", c.text))), "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
+             "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
+             "compact": float(bool(c.extra.get("compact"))), "score": c.ocr_score}
+        c.extra["features"] = f

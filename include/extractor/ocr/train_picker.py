@@ -1,0 +1,236 @@
+"""Train the line picker on cached OCR output of a labelled set, and measure it honestly.
+
+    python -m extractor.ocr.train_picker --cache DIR --dataset /path/to/sroie-dev \\
+        [--folds 5] [--out include/extractor/ocr/picker_weights.json] [--report out.json]
+
+``--cache`` holds one JSON per receipt with the raw OCR boxes (written once by
+``bench/ocr_accuracy.py ocr``), so training and evaluation take seconds. Accuracy is
+reported three ways: the naive rules, k-fold cross-validation (each receipt predicted
+by a picker that never saw it; receipts with identical images share a fold), and
+in-sample (the shipped picker, trained on everything). numpy only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractor.evaluation import FIELDS as LABEL_KEYS
+from extractor.evaluation import EvalReport, normalize_text, similarity
+from extractor.ocr import features as F
+from extractor.ocr.engine import OcrBox
+from extractor.ocr.layout import Line, rebuild_lines
+from extractor.ocr.lexicon import correct_text
+from extractor.ocr.parser import date_candidates, parse_receipt, total_candidates
+from extractor.ocr.picker import FIELDS, LinePicker, Scorer
+
+MIN_BOX_SCORE = 0.3  # the backend's filter (extractor.backends.ocr.MIN_BOX_SCORE)
+
+
+@dataclass
+class Example:
+    receipt_id: str
+    lines: list[Line]
+    label: dict[str, Any]
+    group: str  # identical images share a group (and a fold)
+
+
+def load_examples(cache_dir: Path, dataset_dir: Path) -> list[Example]:
+    out = []
+    for path in sorted(cache_dir.glob("*.json")):
+        if path.name.startswith("_"):
+            continue
+        d = json.loads(path.read_text())
+        label = json.loads((dataset_dir / "labels" / f"{d['id']}.json").read_text())
+        image = dataset_dir / label.get("image", f"images/{d['id']}.jpg")
+        boxes = [OcrBox.from_dict(b) for b in d["boxes"]]
+        out.append(Example(d["id"], rebuild_lines(boxes, min_score=MIN_BOX_SCORE), label,
+                           hashlib.sha256(image.read_bytes()).hexdigest()))
+    return out
+
+
+# --- training data: candidates, features and which ones are right -------------------
+def _text_targets(cands, label: str) -> np.ndarray:
+    """Candidates that match the label exactly (normalised), else the most similar
+    ones if they are near (>= 0.8); none when the label is not on the page."""
+    want = normalize_text(label)
+    exact = np.array([normalize_text(correct_text(c.value)) == want for c in cands])
+    if exact.any() or not want:
+        return exact
+    sims = np.array([_similar(normalize_text(correct_text(c.value)), want) for c in cands])
+    return (sims >= max(0.8, sims.max() - 1e-9)) if len(sims) else exact
+
+
+def _similar(a: str, b: str) -> float:
+    """difflib ratio, skipping the slow exact computation when the cheap bound is < 0.8."""
+    from difflib import SequenceMatcher
+
+    if 2 * min(len(a), len(b)) / max(len(a) + len(b), 1) < 0.8:
+        return 0.0
+    sm = SequenceMatcher(None, a, b, autojunk=False)
+    return sm.ratio() if sm.quick_ratio() >= 0.8 else 0.0
+
+
+def field_sets(ex: Example, company_lines: list[int] | None = None):
+    """{field: (feature dicts, positive mask)} for one receipt."""
+    if not ex.lines:
+        return {}
+    page = F.Page.of(ex.lines)
+    out = {}
+    comp = F.company_candidates(page)
+    comp_pos = _text_targets(comp, ex.label.get("company") or "")
+    out["store_name"] = ([c.extra["features"] for c in comp], comp_pos)
+    if company_lines is None:
+        company_lines = comp[int(np.argmax(comp_pos))].extra["lines"] if comp_pos.any() else []
+    addr = F.address_candidates(page, company_lines)
+    out["store_address"] = ([c.extra["features"] for c in addr], _text_targets(addr, ex.label.get("address") or ""))
+    dates = date_candidates(ex.lines)
+    F.date_features(page, dates)
+    want = ex.label.get("date_iso")
+    out["date"] = ([c.extra["features"] for c in dates],
+                   np.array([c.value.isoformat() == want for c in dates], dtype=bool))
+    totals = total_candidates(ex.lines)
+    F.total_features(page, totals)
+    want_total = ex.label.get("total_decimal")
+    out["total"] = ([c.extra["features"] for c in totals],
+                    np.array([want_total not in (None, "") and str(c.value) == str(want_total)
+                              for c in totals], dtype=bool))
+    return out
+
+
+# --- the model: segment softmax over each receipt's candidates ---------------------------
+def fit_scorer(groups: list[tuple[list[dict], np.ndarray]], *, hidden: int = 16, epochs: int = 200,
+               lr: float = 0.05, l2: float = 1e-3, seed: int = 0) -> Scorer:
+    """Maximise log P(a right candidate) under a per-receipt softmax (full-batch Adam)."""
+    groups = [(f, pos) for f, pos in groups if len(f) and pos.any()]
+    names = sorted({k for f, _ in groups for d in f for k in d})
+    index = {n: k for k, n in enumerate(names)}
+    rows = [d for f, _ in groups for d in f]
+    X = np.zeros((len(rows), len(names)), dtype=np.float32)
+    for r, d in enumerate(rows):
+        for k, v in d.items():
+            X[r, index[k]] = v
+    seg = np.concatenate([np.full(len(f), g) for g, (f, _) in enumerate(groups)])
+    pos = np.concatenate([p for _, p in groups]).astype(float)
+    starts = np.concatenate([[0], np.cumsum([len(f) for f, _ in groups])[:-1]])
+    mean, std = X.mean(0), X.std(0)
+    std[std < 1e-6] = 1.0
+    Z = ((X - mean) / std).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    params = {"W1": rng.normal(0, 0.1, (len(names), hidden)).astype(np.float32),
+              "b1": np.zeros(hidden, np.float32), "w2": rng.normal(0, 0.1, hidden).astype(np.float32),
+              "wl": np.zeros(len(names), np.float32)}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v2 = {k: np.zeros_like(v) for k, v in params.items()}
+    for t in range(1, epochs + 1):
+        H = np.tanh(Z @ params["W1"] + params["b1"])
+        s = H @ params["w2"] + Z @ params["wl"]
+        smax = np.maximum.reduceat(s, starts)[seg]
+        e = np.exp(s - smax)
+        p = e / np.add.reduceat(e, starts)[seg]
+        ep = e * pos
+        q = ep / np.add.reduceat(ep, starts)[seg]
+        ds = (p - q) / len(groups)
+        grads = {"w2": H.T @ ds, "wl": Z.T @ ds}
+        dH = np.outer(ds, params["w2"]) * (1 - H ** 2)
+        grads["W1"], grads["b1"] = Z.T @ dH, dH.sum(0)
+        for k in params:
+            g = grads[k] + l2 * params[k]
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v2[k] = 0.999 * v2[k] + 0.001 * g * g
+            params[k] -= lr * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v2[k] / (1 - 0.999 ** t)) + 1e-8)
+    return Scorer(names=names, mean=mean, std=std, **params)
+
+
+def train(examples: list[Example], sets: list[dict] | None = None, **kw) -> LinePicker:
+    sets = sets if sets is not None else [field_sets(ex) for ex in examples]
+    scorers = {name: fit_scorer([s[name] for s in sets if name in s], **kw) for name in FIELDS}
+    return LinePicker(scorers, meta={"trained_on": len(examples)})
+
+
+# --- evaluation ---------------------------------------------------------------------------
+def predict(examples: list[Example], picker: LinePicker | None) -> dict[str, dict[str, Any]]:
+    out = {}
+    for ex in examples:
+        values = parse_receipt(ex.lines, picker=picker).values
+        out[ex.receipt_id] = {key: values.get(attr) for key, attr in LABEL_KEYS.items()}
+    return out
+
+
+def score(examples: list[Example], predictions: dict[str, dict[str, Any]], model: str) -> EvalReport:
+    report = EvalReport(model=model, dataset="sroie-dev")
+    for ex in examples:
+        report.add(ex.receipt_id, predictions[ex.receipt_id], ex.label)
+    return report
+
+
+def cross_validate(examples: list[Example], folds: int = 5, seed: int = 0,
+                   sets: list[dict] | None = None, **kw) -> EvalReport:
+    sets = sets if sets is not None else [field_sets(ex) for ex in examples]
+    groups = sorted({ex.group for ex in examples})
+    rng = np.random.default_rng(seed)
+    fold_of = {g: int(f) for g, f in zip(rng.permutation(groups), np.arange(len(groups)) % folds)}
+    predictions: dict[str, dict[str, Any]] = {}
+    for k in range(folds):
+        train_idx = [i for i, ex in enumerate(examples) if fold_of[ex.group] != k]
+        held_out = [ex for ex in examples if fold_of[ex.group] == k]
+        picker = train([examples[i] for i in train_idx], [sets[i] for i in train_idx], **kw)
+        predictions.update(predict(held_out, picker))
+    return score(examples, predictions, f"picker, {folds}-fold CV")
+
+
+def ceiling(examples: list[Example]) -> dict[str, float]:
+    """Share of receipts whose label is in the OCR text at all (normalised substring)."""
+    hits = {k: 0 for k in LABEL_KEYS}
+    for ex in examples:
+        text = normalize_text(" ".join(ln.text for ln in ex.lines))
+        for key in LABEL_KEYS:
+            want = ex.label.get("date" if key == "date" else key) or ""
+            hits[key] += bool(normalize_text(want)) and normalize_text(want) in text
+    return {k: round(v / len(examples), 4) for k, v in hits.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", type=Path, help="write the picker trained on everything here")
+    ap.add_argument("--report", type=Path, help="write the JSON report (all tables) here")
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=200)
+    args = ap.parse_args(argv)
+    examples = load_examples(args.cache, args.dataset)
+    kw = {"hidden": args.hidden, "epochs": args.epochs}
+    reports = {"naive rules": score(examples, predict(examples, None), "naive rules")}
+    t0 = time.perf_counter()
+    sets = [field_sets(ex) for ex in examples]
+    print(f"features: {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.folds > 1:
+        reports["cv"] = cross_validate(examples, args.folds, sets=sets, **kw)
+        print(f"cv done: {time.perf_counter() - t0:.1f} s", flush=True)
+    picker = train(examples, sets, **kw)
+    reports["in-sample"] = score(examples, predict(examples, picker), "picker, in-sample")
+    print(f"{len(examples)} receipts; label present in OCR text: {ceiling(examples)}")
+    print("| method | " + " | ".join(f"{k} exact | {k} near" for k in LABEL_KEYS) + " |")
+    print("| --- |" + " ---: |" * (2 * len(LABEL_KEYS)))
+    for name, rep in reports.items():
+        cells = " | ".join(f"{100 * s.rate('exact'):.1f} | {100 * s.rate('near'):.1f}" for s in rep.fields.values())
+        print(f"| {name} | {cells} |")
+    if args.out:
+        picker.meta.update({"folds": args.folds, **kw})
+        args.out.write_text(picker.to_json())
+        print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB)")
+    if args.report:
+        args.report.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The learned line picker: shipped weights, numpy inference, training on a toy problem."""
+
+from datetime import date
+from decimal import Decimal
+
+import numpy as np
+
+from extractor.ocr.parser import Candidate, parse_receipt
+from extractor.ocr.picker import FIELDS, LinePicker, best, load_default_picker
+from extractor.ocr.train_picker import fit_scorer
+from tests.unit.test_ocr_parser import RECEIPT, lines_from_text
+
+
+def test_shipped_weights_load_and_cover_every_field():
+    picker = load_default_picker()
+    assert picker is not None and set(picker.scorers) == set(FIELDS)
+    for scorer in picker.scorers.values():
+        assert len(scorer.names) == scorer.W1.shape[0] == len(scorer.mean) == len(scorer.wl)
+    again = LinePicker.from_json(picker.to_json())
+    feats = [{"bias": 1.0, "kw_date": 1.0}, {"bias": 1.0}]
+    assert np.allclose(again.scorers["date"].scores(feats), picker.scorers["date"].scores(feats))
+
+
+def test_shipped_picker_reads_the_fixture_receipt():
+    parsed = parse_receipt(lines_from_text(RECEIPT), picker=load_default_picker())
+    v = parsed.values
+    assert v["store_name"] == "INDAH GIFT & HOME DECO SDN BHD"
+    assert v["store_address"] == "27, JALAN DEDAP 13, TAMAN JOHOR JAYA, 81100 JOHOR BAHRU, JOHOR."
+    assert v["date"] == date(2018, 10, 19)
+    assert v["total"] == Decimal("60.30")  # the rounded total, not TOTAL AMT 60.31
+    assert all(0 < parsed.confidence[f] <= 1 for f in FIELDS)
+
+
+def test_fit_scorer_learns_which_candidate_is_right():
+    rng = np.random.default_rng(0)
+    groups = []
+    for _ in range(60):  # 5 candidates per receipt; the right one has a high "signal"
+        feats = [{"signal": float(rng.normal()), "noise": float(rng.normal())} for _ in range(5)]
+        right = int(np.argmax([f["signal"] for f in feats]))
+        groups.append((feats, np.arange(5) == right))
+    scorer = fit_scorer(groups, hidden=4, epochs=150)
+    test = [{"signal": 0.1, "noise": 3.0}, {"signal": 2.0, "noise": -1.0}, {"signal": -1.0, "noise": 0.0}]
+    cands = [Candidate(value=i, line=0, text=str(i), extra={"features": f}) for i, f in enumerate(test)]
+    chosen, prob = best(scorer, cands)
+    assert chosen.value == 1 and prob > 0.5
+    assert best(scorer, []) == (None, 0.0)
