@@ -1,7 +1,9 @@
 """The production shape: receipts in S3 (a moto server over HTTP on 127.0.0.1, reached
 through the Amazon provider's hook and an Airflow connection with ``endpoint_url``) and a
 PostgreSQL warehouse (the machine's server at 127.0.0.1:5432, reached through the
-Airflow connection ``receipts_warehouse``; a test database is created and dropped)."""
+Airflow connection ``receipts_warehouse``; a test database is created and dropped).
+Then a model from an S3 prefix: ``ensure_model`` downloads a tiny offline Mllama once into
+the model cache through the same connection, and the HF backend runs it."""
 
 from __future__ import annotations
 
@@ -82,3 +84,25 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
     assert again.state == "success"
     assert pg.fetch("SELECT count(*) FROM receipts") == [(2,)]
     assert pg.fetch("SELECT count(*) FROM quarantine") == [(1,)]
+
+    # a model whose weights live under an S3 prefix, fetched once into the model cache
+    from extractor.tiny_models import build_tiny_model
+
+    model_dir = build_tiny_model("mllama", pipeline.root / "built" / "tiny-mllama")
+    s3.create_bucket(Bucket="models")
+    for path in model_dir.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "models", f"tiny-mllama/{path.relative_to(model_dir)}")
+    monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",  # random output: all quarantined
+                       json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
+    hf = {"backend": "hf", "model_id": "tiny/mllama", "revision": "s3test",
+          "source": "s3://models/tiny-mllama", "dtype": "float32", "device_map": None,
+          "batch_size": 4, "max_new_tokens": 4}
+    hf_run = pipeline.run(DAY, conf={"extractor": hf})
+    assert hf_run.state == "success", pipeline.task_states(hf_run)
+    cached = [p for p in (pipeline.root / "models").iterdir() if p.is_dir()]
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    assert (cached[0] / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+    rows = pg.fetch("SELECT stage, reason FROM quarantine WHERE extractor_version = ?",
+                    ("hf:tiny/mllama@s3test:v1",))
+    assert len(rows) == 3 and all(stage == "extract" for stage, _ in rows)
