@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -33,9 +34,8 @@ def project_root() -> Path:
     return root if (root / "dags").is_dir() else Path.cwd()
 
 
-def configure_environment(root: Path, *, verbose: bool) -> dict[str, str]:
+def configure_environment(root: Path, var: Path, *, verbose: bool) -> dict[str, str]:
     """Airflow and pipeline settings for the embedded default; must run before airflow is imported."""
-    var = root / "var"
     settings = {
         "AIRFLOW_HOME": str(var / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
@@ -71,11 +71,11 @@ def _fernet_key(path: Path) -> str:
     return path.read_text().strip()
 
 
-def copy_samples(incoming: Path, day: dt.date) -> list[Path]:
+def copy_samples(incoming: Path, day: dt.date, limit: int | None = None) -> list[Path]:
     partition = incoming / f"dt={day.isoformat()}"
     partition.mkdir(parents=True, exist_ok=True)
     copied = []
-    for image in sorted(SAMPLES.glob("*.jpg")):
+    for image in sorted(SAMPLES.glob("*.jpg"))[:limit]:
         target = partition / image.name
         if not target.exists():
             shutil.copyfile(image, target)
@@ -134,7 +134,9 @@ def print_warehouse(url: str, files: list[Path], run_id: str, state: str) -> Non
     console = Console(width=max(Console().width, 110))
     console.print(f"\nreceipts_daily run [bold]{run_id}[/]: {state}; extractor {version}")
     if run:
-        console.print(f"decision {run[0][1]}; counts {run[0][2]}")
+        counts = json.loads(run[0][2]) if isinstance(run[0][2], str) else run[0][2]
+        console.print(f"this run: {counts.get('discovered', 0)} new receipts, {counts.get('valid', 0)} "
+                      f"loaded, {counts.get('quarantined', 0)} quarantined; decision {run[0][1]}")
     table = Table(title=f"warehouse {url}: receipts of this partition")
     for column in ("file", "store", "date", "total", "currency", "loaded by run"):
         table.add_column(column)
@@ -155,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extractor", default=None,
                         help="override the Variable for this run (DAG-run param), e.g. ocr")
     parser.add_argument("--verbose", action="store_true", help="show Airflow's task logs")
+    parser.add_argument("--var-dir", type=Path, default=None,
+                        help="where the demo keeps its state (default: <repo>/var)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     args = parser.parse_args(argv)
     root = project_root()
-    settings = configure_environment(root, verbose=args.verbose)
+    var = (args.var_dir or root / "var").absolute()
+    settings = configure_environment(root, var, verbose=args.verbose)
     day = args.date or dt.datetime.now(dt.timezone.utc).date()
-    files = copy_samples(Path(os.environ["RECEIPT_SOURCE"]), day)
+    files = copy_samples(Path(os.environ["RECEIPT_SOURCE"]), day, args.limit)
     print(f"{len(files)} receipts in {Path(os.environ['RECEIPT_SOURCE']) / f'dt={day}'}; "
           f"Airflow home {settings['AIRFLOW_HOME']}")
     prepare_airflow()
