@@ -164,9 +164,10 @@ class AirflowCluster:
     # -- environment --------------------------------------------------------------------
     def base_env(self) -> dict[str, str]:
         """The environment every component shares (the JWT secret above all)."""
-        # Start from the caller's environment minus any Airflow settings (the pytest session
-        # sets AIRFLOW_HOME and unit-test mode for in-process tests; none of that applies here).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        # Start from the caller's environment minus any Airflow or pipeline settings (the
+        # pytest session sets AIRFLOW_HOME, unit-test mode and RECEIPT_* for in-process
+        # tests; none of that applies here: the test passes its own in extra_env).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECEIPT_"))}
         broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
         env.update({
             "AIRFLOW_HOME": str(self.home),
