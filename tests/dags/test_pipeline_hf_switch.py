@@ -68,3 +68,42 @@ def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatc
                           (rollback.run_id,)) == [(OCR_VERSION,)]
     assert pipeline.fetch("SELECT receipt_id, total FROM receipts WHERE extractor_version = ? "
                           "ORDER BY receipt_id", (OCR_VERSION,)) == ocr_state
+
+
+def test_hub_model_downloaded_once_with_the_token_from_the_connection(pipeline, tiny_mllama,
+                                                                      monkeypatch):
+    """The Hugging Face Hub cannot be reached here, so ``huggingface_hub.snapshot_download``
+    is replaced by a stand-in that copies the tiny model and records its arguments (the
+    only mock in these tests). Everything around it is real: the Airflow connection
+    ``huggingface_default`` supplies the token, ``ensure_model`` writes the cache entry and
+    its manifest, and a second run finds the model present and downloads nothing."""
+    import shutil
+
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(*, repo_id, revision, token, local_dir, **kwargs):
+        calls.append({"repo_id": repo_id, "revision": revision, "token": token})
+        shutil.copytree(tiny_mllama, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT",
+                       json.dumps({"conn_type": "generic", "password": "hf_test_token_123"}))
+    monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",
+                       json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
+    pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
+    spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": "0123abcd", "dtype": "float32",
+            "device_map": None, "batch_size": 2, "max_new_tokens": 4}
+
+    first = pipeline.run(DAY, conf={"extractor": spec})
+    pipeline.put(DAY, "b.jpg", synthetic_receipt(2, date="2026-02-28"))  # arrives late
+    second = pipeline.run(DAY, conf={"extractor": spec})
+
+    assert first.state == second.state == "success"
+    assert calls == [{"repo_id": "tiny/mllama", "revision": "0123abcd", "token": "hf_test_token_123"}]
+    cached = pipeline.root / "models" / "tiny--mllama@0123abcd"
+    assert (cached / "model.safetensors").is_file()
+    assert pipeline.fetch("SELECT count(*) FROM quarantine WHERE extractor_version = ?",
+                          ("hf:tiny/mllama@0123abcd:v1",)) == [(2,)]
