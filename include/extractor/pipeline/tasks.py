@@ -365,7 +365,13 @@ def on_run_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) 
     details = {"run_id": run_id, "reason": str(context.get("reason"))}
     cfg = load_config()
     extra = [*notifiers, *alert_callbacks(cfg)]
-    warehouse = open_warehouse(cfg)
+    try:
+        warehouse = open_warehouse(cfg)
+    except Exception as exc:  # the warehouse may be why the run failed: still tell people
+        log.exception("alert for %s cannot be recorded: the warehouse does not open", run_id)
+        for notify in extra:
+            notify(message, {**details, "warehouse_error": f"{type(exc).__name__}: {exc}"})
+        raise
     try:
         send_alert(warehouse, run_id=run_id, level="error", message=message, details=details,
                    notifiers=extra)
