@@ -9,7 +9,7 @@ import json
 import struct
 import zlib
 
-from conftest import SAMPLES, synthetic_receipt
+from receipts_dag_helpers import SAMPLES, synthetic_receipt
 
 DAY = dt.date(2026, 3, 1)
 

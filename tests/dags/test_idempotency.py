@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pytest
-from conftest import Pipeline, synthetic_receipt, table_state
+from receipts_dag_helpers import Pipeline, synthetic_receipt, table_state
 
 DAYS = [dt.date(2026, 3, 1), dt.date(2026, 3, 2), dt.date(2026, 3, 3)]
 

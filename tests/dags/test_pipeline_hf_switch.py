@@ -13,7 +13,7 @@ import datetime as dt
 import json
 
 import pytest
-from conftest import synthetic_receipt
+from receipts_dag_helpers import synthetic_receipt
 
 DAY = dt.date(2026, 3, 1)
 OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v1"

@@ -12,7 +12,7 @@ import json
 import uuid
 
 import pytest
-from conftest import Pipeline, synthetic_receipt
+from receipts_dag_helpers import Pipeline, synthetic_receipt
 
 pytestmark = pytest.mark.integration
 DAY = dt.date(2026, 3, 1)

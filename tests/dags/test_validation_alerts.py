@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from conftest import synthetic_receipt
+from receipts_dag_helpers import synthetic_receipt
 
 DAY = dt.date(2026, 3, 1)
 
