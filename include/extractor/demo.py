@@ -41,7 +41,8 @@ def configure_environment(root: Path, var: Path, *, verbose: bool) -> dict[str, 
         "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO" if verbose else "WARNING",
+        # quiet by default: the table at the end says what happened (--verbose: task logs)
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO" if verbose else "ERROR",
         "RECEIPT_SOURCE": str(var / "incoming"),
         "RECEIPT_WAREHOUSE_URL": f"duckdb:///{var / 'warehouse.duckdb'}",
         "RECEIPT_STAGING_DIR": str(var / "staging"),
@@ -54,21 +55,10 @@ def configure_environment(root: Path, var: Path, *, verbose: bool) -> dict[str, 
         if key.startswith("AIRFLOW") or key not in os.environ:  # pipeline paths may be overridden
             os.environ[key] = value
     (var / "airflow").mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", _fernet_key(var / "airflow" / "fernet.key"))
     plugins = str(root / "plugins")
     if plugins not in sys.path:
         sys.path.insert(0, plugins)
     return settings
-
-
-def _fernet_key(path: Path) -> str:
-    """A stable local key so Variables and connections are stored encrypted."""
-    if not path.exists():
-        from cryptography.fernet import Fernet
-
-        path.write_bytes(Fernet.generate_key())
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def copy_samples(incoming: Path, day: dt.date, limit: int | None = None) -> list[Path]:
@@ -83,8 +73,17 @@ def copy_samples(incoming: Path, day: dt.date, limit: int | None = None) -> list
     return copied
 
 
+# Variables the demo sets when they are missing, so `airflow dags test` / `airflow standalone`
+# on the same AIRFLOW_HOME run the same pipeline without any RECEIPT_* environment.
+DEMO_VARIABLES = {"receipts_source": "RECEIPT_SOURCE", "receipts_warehouse_url": "RECEIPT_WAREHOUSE_URL",
+                  "receipts_staging_dir": "RECEIPT_STAGING_DIR",
+                  "receipts_data_docs_dir": "RECEIPT_DATA_DOCS_DIR",
+                  "receipts_model_cache": "RECEIPT_MODEL_CACHE"}
+
+
 def prepare_airflow() -> None:
-    """Migrate the SQLite metadata DB, set the extractor Variable if unset, create the pool."""
+    """Migrate the SQLite metadata DB, set the Variables that are unset (the extractor: the
+    CPU OCR preset), create the pool."""
     from airflow.models import Variable
     from airflow.models.pool import Pool
     from airflow.utils import db
@@ -92,6 +91,9 @@ def prepare_airflow() -> None:
     db.upgradedb()
     if Variable.get("receipt_extractor", default_var=None) is None:
         Variable.set("receipt_extractor", "ocr", description="embedded default: CPU OCR reader")
+    for key, env in DEMO_VARIABLES.items():
+        if Variable.get(key, default_var=None) is None:
+            Variable.set(key, os.environ[env], description="set by python -m extractor.demo")
     Pool.create_or_update_pool("gpu", slots=1, description="extract tasks (one model per worker)",
                                include_deferred=False)
 
