@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+HASH_THREADS = 8
 AlreadyExtracted = Callable[[str, list[str]], set[str]]  # (extractor_version, ids) -> ids done
 
 
@@ -171,11 +173,14 @@ def discover(source: str, days: Sequence[dt.date], *, extractor_version: str,
         listing = list_s3(s3_client, source, days)
     else:
         listing = list_local(source, days)
+    objects = list(listing)
+    # Hashing is I/O bound (one GET per object on S3): a few threads, results in listing order.
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        ids = list(pool.map(lambda obj: sha256_of(obj[0], s3_client), objects))
     found: dict[str, DiscoveredReceipt] = {}
     listed = 0
-    for uri, size in listing:
+    for (uri, size), receipt_id in zip(objects, ids):
         listed += 1
-        receipt_id = sha256_of(uri, s3_client)
         if receipt_id in found:
             log.info("%s has the same bytes as %s: one receipt", uri, found[receipt_id].uri)
             continue
