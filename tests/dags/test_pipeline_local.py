@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import pytest
-
 DAY = dt.date(2026, 3, 1)
 OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v1"
 

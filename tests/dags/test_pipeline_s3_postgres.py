@@ -52,7 +52,8 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
     monkeypatch.setenv("AIRFLOW_CONN_RECEIPTS_S3", json.dumps({
         "conn_type": "aws", "login": "testing", "password": "testing",
         "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}))
-    monkeypatch.setenv("AIRFLOW_CONN_RECEIPTS_WAREHOUSE", postgres_db)
+    # URI form as a deployment would set it; the query becomes the connection's extra
+    monkeypatch.setenv("AIRFLOW_CONN_RECEIPTS_WAREHOUSE", f"{postgres_db}?sslmode=prefer")
     monkeypatch.delenv("RECEIPT_WAREHOUSE_URL")
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_SOURCE", "s3://receipts-landing/incoming")
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",

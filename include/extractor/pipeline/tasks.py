@@ -17,7 +17,6 @@ import importlib
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from extractor.pipeline import config as cfgmod
@@ -75,13 +74,19 @@ def warehouse_url(cfg: cfgmod.PipelineConfig) -> str:
     conn = _connection(cfgmod.WAREHOUSE_CONN_ID)
     if conn is None:
         raise _fail(f"connection {cfgmod.WAREHOUSE_CONN_ID!r} disappeared")
-    from urllib.parse import quote
+    from urllib.parse import quote, urlencode
 
     auth = quote(conn.login or "", safe="")
     if conn.password:
         auth += ":" + quote(conn.password, safe="")
     host = f"{conn.host or 'localhost'}:{conn.port or 5432}"
-    return f"postgresql://{auth + '@' if auth else ''}{host}/{conn.schema or 'postgres'}"
+    extra = conn.extra_dejson if conn.extra else {}
+    # libpq options an Airflow postgres connection carries in its extra (TLS, timeouts)
+    options = {k: v for k, v in extra.items()
+               if k in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout",
+                        "application_name", "options")}
+    query = ("?" + urlencode(options)) if options else ""
+    return f"postgresql://{auth + '@' if auth else ''}{host}/{conn.schema or 'postgres'}{query}"
 
 
 def open_warehouse(cfg: cfgmod.PipelineConfig):
