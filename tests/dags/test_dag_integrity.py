@@ -33,16 +33,18 @@ def test_parsing_the_dags_imports_nothing_heavy(tmp_path):
         from airflow.dag_processing.dagbag import DagBag
         bag = DagBag(dag_folder={str(REPO / 'dags')!r})
         heavy = [m for m in {HEAVY!r} if m in sys.modules]
+        queue = bag.get_dag("receipts_daily").get_task("extract").queue
         print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
-                          "dags": sorted(bag.dag_ids), "heavy": heavy}}))
+                          "dags": sorted(bag.dag_ids), "heavy": heavy, "queue": queue}}))
     """)
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "RECEIPT_GPU_QUEUE": "gpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}
     assert "receipts_daily" in result["dags"]
     assert result["heavy"] == [], f"parsing the DAGs imported {result['heavy']}"
+    assert result["queue"] == "gpu"  # production routes extraction to the GPU workers' queue
 
 
 def test_receipts_daily_shape(receipts_dag):
