@@ -33,7 +33,7 @@ def test_parsing_the_dags_imports_nothing_heavy(tmp_path):
         from airflow.dag_processing.dagbag import DagBag
         bag = DagBag(dag_folder={str(REPO / 'dags')!r})
         heavy = [m for m in {HEAVY!r} if m in sys.modules]
-        queue = bag.get_dag("receipts_daily").get_task("extract").queue
+        queue = bag.dags["receipts_daily"].get_task("extract").queue
         print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
                           "dags": sorted(bag.dag_ids), "heavy": heavy, "queue": queue}}))
     """)
