@@ -27,7 +27,6 @@ from extractor.pipeline.config import GPU_POOL, RECEIPTS_ASSET_URI, gpu_queue
 from receipts_notifiers import build_notifiers, on_run_failure
 
 
-
 @dag(
     dag_id="receipts_daily",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # a run per day-long interval
