@@ -132,15 +132,19 @@ def resolve_extractor() -> dict[str, Any]:
     from extractor.spec import DEFAULT_PRESET, resolve_spec
 
     override = (_context().get("params") or {}).get(cfgmod.EXTRACTOR_PARAM)
-    value = override if override not in (None, "", {}) else cfgmod.extractor_setting(_variable)
+    if override not in (None, "", {}):
+        value, origin = override, "DAG-run param"
+    else:
+        value, origin = cfgmod.extractor_setting(_variable), "Variable/env"
     if value is None:
+        origin = "production default"
         log.warning("Variable %r is not set: using the production default preset %r",
                     cfgmod.EXTRACTOR_VARIABLE, DEFAULT_PRESET)
     try:
         spec = resolve_spec(value)
     except ConfigError as exc:
         raise _fail(f"extractor setting {value!r} does not resolve: {exc}") from exc
-    log.info("extractor %s (from %s)", spec.version, "DAG-run param" if override else "Variable")
+    log.info("extractor %s (from %s)", spec.version, origin)
     return {"spec": spec.model_dump(mode="json"), "version": spec.version}
 
 
