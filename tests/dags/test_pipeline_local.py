@@ -45,3 +45,23 @@ def test_two_receipts_land_in_the_warehouse(pipeline):
     # the staged JSONL of the run is on disk (XCom only carried its URI)
     staged = list((pipeline.root / "staging").rglob("batch-*.jsonl"))
     assert len(staged) == 1 and len(staged[0].read_text().splitlines()) == 2
+
+
+def test_without_the_variable_the_production_model_is_used_and_fails_loudly_here(pipeline,
+                                                                                  monkeypatch):
+    """No ``receipt_extractor``: the production default (Llama 3.2 11B Vision) is chosen, not
+    a silent CPU fallback; its weights cannot be fetched offline, so the run fails at
+    ensure_model, extracts nothing, and the failure alert fires."""
+    monkeypatch.delenv("AIRFLOW_VAR_RECEIPT_EXTRACTOR")
+    monkeypatch.delenv("RECEIPT_EXTRACTOR", raising=False)
+    pipeline.put_sample(DAY, "X51006466062")
+
+    dag_run = pipeline.run(DAY)
+
+    assert dag_run.state == "failed"
+    states = pipeline.task_states(dag_run)
+    assert states["resolve_extractor"] == "success" and states["ensure_model"] == "failed"
+    assert states["validate_and_load"] == "upstream_failed"
+    assert pipeline.fetch("SELECT count(*) FROM receipts") == [(0,)]
+    assert [level for (level,) in pipeline.fetch("SELECT level FROM alerts")] == ["error"]
+    assert len(pipeline.alerts_seen) == 1 and "failed" in pipeline.alerts_seen[0][0]
