@@ -116,6 +116,8 @@ class _Parser:
         m = _NUMBER.match(self.text, self.pos)
         if m:
             return self._number(m)
+        if ch in "-+." and self.pos + 1 >= len(self.text):
+            raise _Truncated()  # a sign or point the output stopped after
         m = _BARE_KEY.match(self.text, self.pos)
         if m and m.end() >= len(self.text) and m.group(0).lower() not in _LITERALS:
             raise _Truncated()  # 'nul' of a cut 'null'

@@ -161,3 +161,10 @@ def test_nothing_usable_raises_parse_error_with_the_raw_text(text):
 def test_placeholders_become_none():
     assert drop_placeholders({"a": "N/A", "b": [" null ", "x"], "c": {"d": ""}, "e": "Not found."}) == {
         "a": None, "b": [None, "x"], "c": {"d": None}, "e": None}
+
+
+@pytest.mark.parametrize("text", ['{"a": -', '{"a": +', '{"a": .'])
+def test_output_cut_after_a_sign_is_truncation_not_garbage(text):
+    with pytest.raises(ParseError, match="cut off"):
+        extract_json(text)
+    assert extract_json('{"k": "v", ' + text[1:]) == {"k": "v"}
