@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c requirements-lock.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
