@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import extractor
-from extractor.evaluation import EvalReport, evaluate, field_match, normalize_text, similarity
+from extractor.evaluation import (EvalReport, evaluate, field_match, loose_match, normalize_text,
+                                  similarity)
 
 SAMPLES = Path(extractor.__file__).parent / "samples" / "receipts"
 
@@ -34,6 +35,13 @@ def test_text_fields_exact_and_near():
     assert similarity("abc", "ABC") == 1.0
 
 
+def test_loose_match_reads_punctuation_as_space():
+    assert loose_match("address", "27,JALAN DEDAP", "27, JALAN DEDAP")
+    assert not field_match("address", "27,JALAN DEDAP", "27, JALAN DEDAP")[0]
+    assert not loose_match("address", "27JALAN DEDAP", "27, JALAN DEDAP")
+    assert loose_match("total", "60.30", "60.3") and not loose_match("company", "", "")
+
+
 def test_dates_and_totals_compare_as_values():
     assert field_match("date", "2018-10-19", "19/10/2018") == (True, True)
     assert field_match("date", "2018-10-19", "19/10/18") == (True, True)
@@ -51,11 +59,11 @@ def test_report_formats(tmp_path):
     report.add("b", {}, {"company": "Z", "address": "Y", "date": "", "total": "3.00"}, reason="bad image")
     d = report.to_dict()
     assert d["receipts"] == 2 and d["failed"] == 1
-    assert d["fields"]["company"] == {"exact": 0.5, "near": 0.5, "n": 2}
+    assert d["fields"]["company"] == {"exact": 0.5, "near": 0.5, "exact_punctuation_as_space": 0.5, "n": 2}
     assert d["fields"]["total"]["exact"] == 0.0
     json.dumps(d)  # JSON-safe
     md = report.to_markdown()
-    assert "| company | 50.0% | 50.0% |" in md and "| address | 0.0% | 0.0% |" in md
+    assert "| company | 50.0% | 50.0% | 50.0% |" in md and "| address | 0.0% | 0.0% | 0.0% |" in md
     png = report.save_chart(tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

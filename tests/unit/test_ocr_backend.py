@@ -68,9 +68,7 @@ def test_synthetic_receipts_fields_recovered(backend):
     "X00016469619",  # rounded total below "TOTAL AMT 60.31"
     "X51005442397",
     "X51006466062",  # store name over two lines
-    pytest.param("X51007419197", marks=pytest.mark.xfail(
-        strict=True, reason="known limit: the registered name is printed under the address and "
-                            "the picker takes the mall name at the top")),
+    "X51007419197",  # registered name printed under the address, cut before "(306295-X)"
 ])
 def test_bundled_sroie_samples(backend, sample_id):
     """End to end on real scans. These receipts are part of sroie-dev, which the shipped

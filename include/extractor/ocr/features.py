@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 from statistics import median
 from typing import Sequence
@@ -30,6 +31,9 @@ HEADER_LINES = 18  # the store name and address are printed in the first lines
 MAX_COMPANY_SPAN, MAX_ADDRESS_SPAN = 3, 6
 _REG_TAIL = re.compile(r"[\s(\[]*(?:CO\.?\s*)?(?:REG\.?|RFG|NO\.?|ROC)?\s*[:.]?\s*\(?\s*"
                        r"[A-Z]{0,3}\d{4,}[\s\-‐·.]?[A-Z]?\s*\)?.*$", re.IGNORECASE)
+_LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")
+_AFTER_SUFFIX = re.compile(r"^(.*\b(?:SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING|CO\.)\.?)(.*)$", re.IGNORECASE)
+_OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*", re.IGNORECASE)
 _STOP_TAIL = re.compile(r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|GST|SST|EMAIL|E-MAIL)\b.*$", re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
@@ -124,15 +128,26 @@ def company_candidates(page: Page) -> list[Candidate]:
         for j in range(i + 1, min(i + MAX_COMPANY_SPAN, head) + 1):
             span = page.lines[i:j]
             text = " ".join(ln.text for ln in span)
-            variants = [(text, 0.0)]
+            variants = [(text, 0.0, 0.0)]
             cut = _REG_TAIL.sub("", span[-1].text).strip()
             if cut and cut != span[-1].text.strip() and _letters(cut) >= 2:
-                variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0))
-            for value, trimmed in variants:
+                variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0, 0.0))
+            for value, trimmed, _ in list(variants):
+                tail = _AFTER_SUFFIX.match(value)  # "YONG CEN ENTERPRISE POSTED", "... SDN BHD (1"
+                if tail and tail.group(2).strip() and len(tail.group(2).strip()) <= 12:
+                    variants.append((tail.group(1).strip(), 1.0, 0.0))
+            for value, trimmed, _ in list(variants):
+                head_cut = _LEADING_NOISE.sub("", value)  # "000002 BAIFU (M) SDN BHD", "*** NAME"
+                owner = _OWNED_BY.sub("", value)  # "OWN BY: CHEF LEE SDN BHD", "Dimiliki: ..."
+                for cut_value in {head_cut, owner} - {value}:
+                    if _letters(cut_value) >= 3:
+                        variants.append((cut_value, trimmed, 1.0))
+            for value, trimmed, lead_trimmed in variants:
                 if _letters(value) < 2:
                     continue
                 f = _span_features(page, i, j, cache, "c")
                 f["trimmed"] = trimmed
+                f["lead_trimmed"] = lead_trimmed
                 f["first_text_line"] = float(i == first_text_line)
                 f["before_first_text"] = float(i < first_text_line)
                 f["value_suffix_end"] = float(bool(re.search(
@@ -198,12 +213,12 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 # --- total ---------------------------------------------------------------------------
 _KW = {
-    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T", "kw_round": r"ROUND",
+    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T", "kw_round": r"ROUND",
     "kw_rounded": r"ROUNDED|ROUNDING\s*TOTAL|TOTAL\s*ROUND", "kw_adj": r"ADJ",
     "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE", "kw_excl": r"EXCL|EXCLUSIVE|BEFORE",
     "kw_gst": r"GST|SST|TAX|VAT", "kw_cash": r"CASH|TUNAI", "kw_change": r"CHANGE|BAKI|BALANCE",
     "kw_tender": r"TENDER|PAID|PAYMENT|VISA|MASTER|CARD|CREDIT|DEBIT", "kw_qty": r"QTY|QUANTITY|ITEM|PCS",
-    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT", "kw_due": r"DUE|PAYABLE",
+    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT", "kw_due": r"DUE|PAYABLE|TO BE PAID|TO PAY",
     "kw_rm": r"\bRM|MYR", "kw_price": r"PRICE|@|\bX\b",
 }
 _KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _KW.items()}
@@ -231,6 +246,12 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
             by_kw.setdefault("change", []).append(c.value)
     paid_minus_change = {a - b for a in by_kw.get("cash", []) for b in by_kw.get("change", [])}
     total_lines = [c.line for c in cands if _KW_RE["kw_total"].search(page.lines[c.line].text)]
+    cents = {c.value: int(abs(c.value) * 100) for c in cands}
+    # Malaysian cash totals are rounded to 5 sen: "TOTAL 25.44 ... AMOUNT TO BE PAID 25.45"
+    rounds_other = {c.value for c in cands if cents[c.value] % 5 == 0 and any(
+        0 < abs(c.value - d.value) <= Decimal("0.02") and cents[d.value] % 5 for d in cands)}
+    has_rounded_twin = {d.value for d in cands if cents[d.value] % 5 and any(
+        0 < abs(c.value - d.value) <= Decimal("0.02") and cents[c.value] % 5 == 0 for c in cands)}
     for c in cands:
         ln = page.lines[c.line]
         own = ln.text
@@ -248,7 +269,8 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "negative": float(bool(re.search(r"-\s?(RM)?\s?" + re.escape(str(c.value)), own))),
              "last_total_line": float(bool(total_lines) and c.line == max(total_lines)),
              "first_total_line": float(bool(total_lines) and c.line == min(total_lines)),
-             "no_letters": float(_letters(own) <= 2)}
+             "no_letters": float(_letters(own) <= 2),
+             "rounds_other": float(c.value in rounds_other), "has_rounded_twin": float(c.value in has_rounded_twin)}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
         c.extra["features"] = f
