@@ -77,8 +77,8 @@ class Line:
 
 
 def estimate_skew(boxes: Sequence[OcrBox]) -> float:
-    """The page's rotation in degrees (positive = text rises to the left... i.e. clockwise
-    in image coordinates), as the length-weighted median angle of the boxes' top edges."""
+    """The page's rotation in degrees, as the length-weighted median angle of the boxes'
+    top edges (image coordinates, y down: positive means lines run down to the right)."""
     angles: list[tuple[float, float]] = []
     for box in boxes:
         (xa, ya), (xb, yb) = box.points[0], box.points[1]
