@@ -55,16 +55,9 @@ class PreloadedBackend(HFBackend):
     def _load(self):
         return self.preloaded
 
-    def _generate(self, model_inputs, max_new_tokens):
-        if self.engine is None:
-            config = self.generation_config
-            config.min_new_tokens = max_new_tokens if self.pin_new_tokens else None
-            return super()._generate(model_inputs, max_new_tokens)
-        return self.engine.generate(
-            model_inputs["input_ids"], model_inputs["attention_mask"], model_inputs["pixel_values"],
-            model_inputs["aspect_ratio_ids"], model_inputs["aspect_ratio_mask"],
-            model_inputs["cross_attention_mask"], max_new_tokens,
-            min_new_tokens=max_new_tokens if self.pin_new_tokens else 0)
+    def _generate(self, model_inputs, max_new_tokens, min_new_tokens=0):
+        pinned = max_new_tokens if self.pin_new_tokens else min_new_tokens
+        return super()._generate(model_inputs, max_new_tokens, min_new_tokens=pinned)
 
 
 def receipts(n: int) -> list[ReceiptInput]:

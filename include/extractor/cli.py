@@ -27,10 +27,10 @@ def _backend(model: str, model_dir: str | None, cache_dir: str | None):
     from extractor.backends import load_backend
 
     spec = resolve_spec(model)
-    if model_dir is None and spec.backend != "ocr":
-        from extractor.model_store import default_cache_dir, ensure_model
+    if model_dir is None:  # the store knows which backends have weights (None for ocr)
+        from extractor.model_store import ensure_model
 
-        path = ensure_model(spec, cache_dir or default_cache_dir())
+        path = ensure_model(spec, cache_dir)
         model_dir = str(path) if path else None
     return load_backend(spec, model_dir=model_dir)
 

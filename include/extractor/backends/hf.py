@@ -196,16 +196,19 @@ class HFBackend(Backend):
                                 add_special_tokens=False, return_tensors="pt")
         return inputs.to(self.model.device, dtype=self.model.dtype)
 
-    def _generate(self, model_inputs, max_new_tokens: int):
-        """LongTensor [B, new] of the generated tokens only (the faster-engine seam)."""
+    def _generate(self, model_inputs, max_new_tokens: int, min_new_tokens: int = 0):
+        """LongTensor [B, new] of the generated tokens only (the faster-engine seam).
+
+        ``min_new_tokens`` pins the output length for benchmarks; extraction leaves it 0."""
         if self.engine is not None:
             return self.engine.generate(
                 model_inputs["input_ids"], model_inputs["attention_mask"], model_inputs["pixel_values"],
                 model_inputs["aspect_ratio_ids"], model_inputs["aspect_ratio_mask"],
-                model_inputs["cross_attention_mask"], max_new_tokens)
+                model_inputs["cross_attention_mask"], max_new_tokens, min_new_tokens=min_new_tokens)
         prompt_len = model_inputs["input_ids"].shape[1]
         config = copy.copy(self.generation_config)
         config.max_new_tokens = max_new_tokens
+        config.min_new_tokens = min_new_tokens or None
         out = self.model.generate(**model_inputs, generation_config=config)
         return out[:, prompt_len:]
 
