@@ -34,6 +34,7 @@ SHOP SHOPPING TRADERS TRADE FOOD FOODS BEVERAGE CONFECTIONERY SEAFOOD CHICKEN RI
 MAKANAN MINUMAN RUNCIT TEKSTIL AUTO MOTOR MOTORS PARTS ENGINEERING TRAVEL PETROL STATION
 GLOBAL GENERAL RETAIL WHOLESALE SUPPLY SUPPLIES CENTRAL GROUP BROTHERS HOUSE HOME DECO
 GIFT GIFTS FRESH GARDEN KITCHEN BEAUTY HEALTH CARE OPTICAL TAILORING HANDICRAFT PRINTING
+BOOKSTORE BOOKSTORES HEALTHCARE SUPERSTORE
 THE AND OF
 """.split())
 # One-letter misreads are corrected only towards long, distinctive words: most short
@@ -54,6 +55,12 @@ _LOOKALIKE_TO_L = str.maketrans({"1": "L", "0": "O", "5": "S", "8": "B", "6": "G
 _GLUED_SUFFIX = re.compile(r"(?<=[A-Za-z])(SDN\.?\s?BHD|SDN|BHD)\b", re.IGNORECASE)
 _SDNBHD = re.compile(r"\bSDN\.?BHD\b", re.IGNORECASE)
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
+# "SON BHD", "SIN BHD", "SDN 3HD", "SDN DHD": the legal suffix misread (never a real pair of words)
+_SDN_BHD_MISREAD = re.compile(r"\b(?:S[DO0IU]?[NHM]|SDN)\s?\.?\s?(?:[B3D8]H[DU]|BHD)\b", re.IGNORECASE)
+# "99 SPEED MART 5/B": S/B (Sdn Bhd) with S read as 5 or B as 8, at the end of a store name
+_SB_MISREAD = re.compile(r"(?<=[A-Za-z])\s+(?:5/B|S/8|5/8|5B|S8)$")
+# An unknown piece left by splitting a glued word must not be a word ending ("KITCHEN|ETTE")
+_SUFFIXES = frozenset("ETTE ETTES ING INGS ERS ERY IES ISE ION IONS ELY ATE ATES IST ISTS".split())
 
 
 @lru_cache(maxsize=4096)
@@ -84,6 +91,32 @@ def _split_glued(word: str) -> str | None:
     return None
 
 
+def _segment(word: str) -> str | None:
+    """Split a long glued token into lexicon words and at most a few unknown pieces
+    ("SANYUSTATIONERYSHOP" -> "SANYU STATIONERY SHOP"), only when lexicon words (of 4+
+    letters) cover most of it, so an unknown compound ("ZAWIAJAYA") is left alone."""
+    n = len(word)
+    if n < 9:
+        return None
+    # best[j]: (cost, pieces) of word[:j]; a piece costs 3, an unknown letter 1 more
+    best: list[tuple[int, list[str]] | None] = [(0, [])] + [None] * n
+    for j in range(1, n + 1):
+        for i in range(max(0, j - 24), j):
+            prev = best[i]
+            piece = word[i:j]
+            known = len(piece) >= 4 and piece in LEXICON
+            if prev is None or (not known and (len(piece) < 3 or piece in _SUFFIXES)):
+                continue
+            cost = prev[0] + 3 + (0 if known else len(piece))
+            if best[j] is None or cost < best[j][0]:
+                best[j] = (cost, prev[1] + [piece])
+    done = best[n]
+    if done is None or len(done[1]) < 2:
+        return None
+    covered = sum(len(p) for p in done[1] if len(p) >= 4 and p in LEXICON)
+    return " ".join(done[1]) if covered >= 0.6 * n else None
+
+
 def _split_affix(word: str) -> str | None:
     for prefix in PREFIX_SPLIT:
         if word.startswith(prefix) and len(word) - len(prefix) >= 3:
@@ -107,14 +140,14 @@ def correct_token(token: str) -> str:
             if mapped in LEXICON:
                 return mapped
     if letters == len(up):
-        fixed = _edit1_match(up) or _split_glued(up) or _split_affix(up)
+        fixed = _edit1_match(up) or _split_glued(up) or _split_affix(up) or _segment(up)
         if fixed:
             return fixed
     return token
 
 
-def correct_text(text: str | None) -> str | None:
-    """Apply the corrections to a store name or address line."""
+def correct_text(text: str | None, *, store_name: bool = False) -> str | None:
+    """Apply the corrections to a store name (``store_name=True``) or address line."""
     if not text:
         return text
     # (no space is put after commas: the labels copy "7/4,KAWASAN" as printed)
@@ -122,4 +155,10 @@ def correct_text(text: str | None) -> str | None:
     text = re.sub(r"(?<!\d)(\d{5})(?=[A-Za-z]{2,})", r"\1 ", text)  # "53200KUALA" -> "53200 KUALA"
     text = _GLUED_SUFFIX.sub(r" \1", text)
     text = _SDNBHD.sub("SDN BHD", text)
+    text = _SDN_BHD_MISREAD.sub(lambda m: m.group(0) if m.group(0).upper() in ("SDN BHD", "SDNBHD") else "SDN BHD", text)
+    # a bracket glued to a word gets its space, as the labels write it: "ENTERPRISE (SETIA ALAM) SDN"
+    text = re.sub(r"(?<=[A-Za-z0-9])\(", " (", text)
+    text = re.sub(r"\)(?=[A-Za-z0-9])", ") ", text)
+    if store_name:
+        text = _SB_MISREAD.sub(" S/B", text)
     return _TOKEN.sub(lambda m: correct_token(m.group(0)), text)

@@ -213,7 +213,8 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
     for name in ("store_name", "store_address", "date", "total"):
         cand, prob = picks[name]
         if cand is not None:
-            out.values[name] = correct_text(cand.value) if name in ("store_name", "store_address") else cand.value
+            out.values[name] = (correct_text(cand.value, store_name=name == "store_name")
+                                 if name in ("store_name", "store_address") else cand.value)
             out.confidence[name] = round(prob * cand.ocr_score, 4)
     out.values["time"] = find_time(lines)
     out.values["phone"] = find_phone(lines)
