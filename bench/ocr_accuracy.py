@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--folds", type=int, default=5)
     table.add_argument("--out", type=Path)
     table.add_argument("--report", type=Path)
+    table.add_argument("--store-cv", action="store_true", help="add the unseen-stores cross-validation row")
     for p in (ocr, table):
         p.add_argument("--dataset", type=Path, required=True)
         p.add_argument("--cache", type=Path, required=True)
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             train_argv += ["--out", str(args.out)]
         if args.report:
             train_argv += ["--report", str(args.report)]
+        if args.store_cv:
+            train_argv.append("--store-cv")
         train_main(train_argv)
 
 

@@ -57,14 +57,14 @@ def load_examples(cache_dir: Path, dataset_dir: Path) -> list[Example]:
 
 
 # --- training data: candidates, features and which ones are right -------------------
-def _text_targets(cands, label: str) -> np.ndarray:
+def _text_targets(cands, label: str, store_name: bool = False) -> np.ndarray:
     """Candidates that match the label exactly (normalised), else the most similar
     ones if they are near (>= 0.8); none when the label is not on the page."""
     want = normalize_text(label)
-    exact = np.array([normalize_text(correct_text(c.value)) == want for c in cands])
+    exact = np.array([normalize_text(correct_text(c.value, store_name=store_name)) == want for c in cands])
     if exact.any() or not want:
         return exact
-    sims = np.array([_similar(normalize_text(correct_text(c.value)), want) for c in cands])
+    sims = np.array([_similar(normalize_text(correct_text(c.value, store_name=store_name)), want) for c in cands])
     return (sims >= max(0.8, sims.max() - 1e-9)) if len(sims) else exact
 
 
@@ -85,7 +85,7 @@ def field_sets(ex: Example, company_lines: list[int] | None = None):
     page = F.Page.of(ex.lines)
     out = {}
     comp = F.company_candidates(page)
-    comp_pos = _text_targets(comp, ex.label.get("company") or "")
+    comp_pos = _text_targets(comp, ex.label.get("company") or "", store_name=True)
     out["store_name"] = ([c.extra["features"] for c in comp], comp_pos)
     if company_lines is None:
         company_lines = comp[int(np.argmax(comp_pos))].extra["lines"] if comp_pos.any() else []
@@ -172,18 +172,23 @@ def score(examples: list[Example], predictions: dict[str, dict[str, Any]], model
 
 
 def cross_validate(examples: list[Example], folds: int = 5, seed: int = 0,
-                   sets: list[dict] | None = None, **kw) -> EvalReport:
+                   sets: list[dict] | None = None, *, by_store: bool = False, **kw) -> EvalReport:
+    """k-fold CV. Receipts with identical images share a fold; with ``by_store`` all
+    receipts of one store (same normalised company label) do, so every receipt is read
+    by a picker that never saw its store: the number for merchants new to the model."""
     sets = sets if sets is not None else [field_sets(ex) for ex in examples]
-    groups = sorted({ex.group for ex in examples})
+    key = {ex.receipt_id: (normalize_text(ex.label.get("company") or "") or ex.group) if by_store else ex.group
+           for ex in examples}
+    groups = sorted(set(key.values()))
     rng = np.random.default_rng(seed)
     fold_of = {g: int(f) for g, f in zip(rng.permutation(groups), np.arange(len(groups)) % folds)}
     predictions: dict[str, dict[str, Any]] = {}
     for k in range(folds):
-        train_idx = [i for i, ex in enumerate(examples) if fold_of[ex.group] != k]
-        held_out = [ex for ex in examples if fold_of[ex.group] == k]
+        train_idx = [i for i, ex in enumerate(examples) if fold_of[key[ex.receipt_id]] != k]
+        held_out = [ex for ex in examples if fold_of[key[ex.receipt_id]] == k]
         picker = train([examples[i] for i in train_idx], [sets[i] for i in train_idx], **kw)
         predictions.update(predict(held_out, picker))
-    return score(examples, predictions, f"picker, {folds}-fold CV")
+    return score(examples, predictions, f"picker, {folds}-fold CV" + (", unseen stores" if by_store else ""))
 
 
 def ceiling(examples: list[Example], punctuation: str = "") -> dict[str, float]:
@@ -204,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, help="write the picker trained on everything here")
     ap.add_argument("--report", type=Path, help="write the JSON report (all tables) here")
+    ap.add_argument("--store-cv", action="store_true",
+                    help="also cross-validate with every store's receipts in one fold (unseen stores)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=200)
     args = ap.parse_args(argv)
@@ -216,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.folds > 1:
         reports["cv"] = cross_validate(examples, args.folds, sets=sets, **kw)
         print(f"cv done: {time.perf_counter() - t0:.1f} s", flush=True)
+        if args.store_cv:
+            reports["cv, unseen stores"] = cross_validate(examples, args.folds, sets=sets, by_store=True, **kw)
+            print(f"store cv done: {time.perf_counter() - t0:.1f} s", flush=True)
     picker = train(examples, sets, **kw)
     reports["in-sample"] = score(examples, predict(examples, picker), "picker, in-sample")
     print(f"{len(examples)} receipts; label present in OCR text: {ceiling(examples)}; "
