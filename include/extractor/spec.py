@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from extractor.errors import ConfigError
+from extractor.ocr import PARSER_VERSION
 
 Backend = Literal["hf", "ocr", "legacy-remote-code"]
 
@@ -76,7 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         trust_remote_code=True, batch_size=1, max_new_tokens=256, prompt_mode="fields",
         dtype="float16"),
     "ocr": dict(backend="ocr", model_id="rapidocr", revision="3.10.0", batch_size=16,
-                prompt_version="parser-v1", device_map=None),
+                prompt_version=PARSER_VERSION, device_map=None),
 }
 DEFAULT_PRESET = "llama-3.2-11b-vision-instruct"
 EMBEDDED_DEFAULT_PRESET = "ocr"

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 
 DAY = dt.date(2026, 3, 1)
-OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v1"
+OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v2"
 
 
 def test_two_receipts_land_in_the_warehouse(pipeline):

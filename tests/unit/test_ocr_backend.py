@@ -103,3 +103,13 @@ def test_bad_images_fail_with_reasons_and_the_batch_goes_on(backend):
     for name, words in expected.items():
         assert by_source[name].status == "failed"
         assert words in by_source[name].reason, by_source[name].reason
+
+
+def test_spec_asking_for_another_parser_version_is_refused():
+    # the row lineage must name the parser that really ran: an old pin is an error, not a lie
+    from extractor.errors import ConfigError
+    from extractor.ocr import PARSER_VERSION
+
+    assert resolve_spec("ocr").version.endswith(":" + PARSER_VERSION)
+    with pytest.raises(ConfigError, match="parser-v1"):
+        OCRBackend(resolve_spec({"preset": "ocr", "prompt_version": "parser-v1"}))

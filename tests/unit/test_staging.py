@@ -8,7 +8,7 @@ import pytest
 from extractor.pipeline.staging import read_staged, read_staged_many, write_staged
 from extractor.schema import ExtractionResult, LineItem, Receipt
 
-VERSION = "ocr:rapidocr@3.10.0:parser-v1"
+VERSION = "ocr:rapidocr@3.10.0:parser-v2"
 
 
 def ok_result(i: int, **fields) -> ExtractionResult:

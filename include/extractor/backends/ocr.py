@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from extractor.backends.base import Backend
-from extractor.errors import ParseError
+from extractor.errors import ConfigError, ParseError
+from extractor.ocr import PARSER_VERSION
 from extractor.ocr.engine import OcrBox, OcrSettings, build_engine, run_ocr
 from extractor.ocr.layout import Line, lines_text, rebuild_lines
 from extractor.ocr.parser import parse_receipt
@@ -41,6 +42,11 @@ class OCRBackend(Backend):
                  settings: OcrSettings | None = None, workers: int | None = None,
                  use_picker: bool = True):
         super().__init__(spec)
+        if spec.prompt_version != PARSER_VERSION:
+            # the lineage on every row must name the parser that really ran
+            raise ConfigError(f"this build ships OCR parser {PARSER_VERSION!r}, the spec asks for "
+                              f"{spec.prompt_version!r}; roll back by installing the release "
+                              f"that shipped it")
         self.settings = settings or OcrSettings()
         self.workers = workers or max(1, min(2, os.cpu_count() or 1))
         self.engine = build_engine(self.settings)
