@@ -5,7 +5,8 @@ The run with logical date D reads partition `<receipts_source>/dt=D/` (data inte
 [D, D+1) UTC; a manual trigger at X reads the last complete day before X). It resolves
 the extractor (DAG-run param `extractor` > Variable `receipt_extractor`), makes the model
 available, discovers receipts that extractor version has not seen, extracts them (mapped
-tasks, pool `gpu`), validates (Great Expectations), loads, reconciles and reports.
+tasks, pool `gpu`), validates (Great Expectations), loads, reconciles and reports, then
+prunes staged files of runs older than the retention (`receipts_staging_retention_days`).
 
 **Idempotent.** A receipt's id is the sha256 of its bytes; rows are keyed by (receipt
 id, extractor version) and written in one transaction; a run only extracts what the
@@ -68,12 +69,16 @@ def receipts_daily():
     def report(summary: dict, reconciliation: dict) -> dict:
         return tasks.report(summary, reconciliation)
 
+    @task
+    def prune_staging() -> dict:  # staged files of runs older than the retention
+        return tasks.prune_staging()
+
     extractor = resolve_extractor()
     batches = discover_new_receipts(extractor)  # its counts travel under the XCom key "counts"
     staged = extract.partial(extractor=extractor, model=ensure_model(extractor)).expand(
         batch=batches)
     summary = validate_and_load(staged, extractor, batches["counts"], batches)
-    report(summary, reconcile(batches, extractor, summary))
+    report(summary, reconcile(batches, extractor, summary)) >> prune_staging()
 
 
 receipts_daily()

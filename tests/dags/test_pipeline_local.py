@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import time
 
 DAY = dt.date(2026, 3, 1)
 OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v2"
@@ -15,10 +17,22 @@ def test_two_receipts_land_in_the_warehouse(pipeline):
     pipeline.put_sample(DAY, "X51005442341")
     pipeline.put(DAY, ".DS_Store", b"finder junk")  # ignored: not a receipt
     pipeline.put(DAY - dt.timedelta(days=1), "other-day.jpg", b"another partition")
+    # staged files of earlier runs: one past the 30-day retention, one within it
+    staging = pipeline.root / "staging" / "receipts_daily"
+    for name, age_days in (("scheduled__2025-12-01T00_00_00_00_00", 45), ("manual__recent", 2)):
+        (staging / name).mkdir(parents=True)
+        (staging / name / "batch-00000.jsonl").write_text("{}\n")
+        for path in (staging / name / "batch-00000.jsonl", staging / name):
+            os.utime(path, (time.time() - age_days * 86400,) * 2)
 
     dag_run = pipeline.run(DAY)
 
     assert dag_run.state == "success", pipeline.task_states(dag_run)
+    assert pipeline.task_states(dag_run)["prune_staging"] == "success"
+    # the old run's folder is pruned; the recent one and this run's own stay
+    from extractor.pipeline.tasks import _safe
+
+    assert sorted(p.name for p in staging.iterdir()) == sorted(["manual__recent", _safe(dag_run.run_id)])
     loaded = pipeline.fetch("SELECT receipt_id, extractor_version, source FROM receipts")
     quarantined = pipeline.fetch("SELECT receipt_id, reason FROM quarantine")
     assert len(loaded) + len(quarantined) == 2
@@ -43,7 +57,7 @@ def test_two_receipts_land_in_the_warehouse(pipeline):
         events = [e for e in session.query(AssetEvent).all() if e.source_run_id == dag_run.run_id]
     assert [e.extra["extractor_version"] for e in events] == [OCR_VERSION]
     # the staged JSONL of the run is on disk (XCom only carried its URI)
-    staged = list((pipeline.root / "staging").rglob("batch-*.jsonl"))
+    staged = [p for p in staging.rglob("batch-*.jsonl") if p.parent.name != "manual__recent"]
     assert len(staged) == 1 and len(staged[0].read_text().splitlines()) == 2
 
 

@@ -102,7 +102,8 @@ def test_s3_listing_through_a_real_s3_api(tmp_path):
 def test_config_variables_win_over_env_and_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for key in ("RECEIPT_SOURCE", "RECEIPT_WAREHOUSE_URL", "RECEIPT_STAGING_DIR",
-                "RECEIPT_THRESHOLDS", "RECEIPT_BATCHES_PER_TASK", "RECEIPT_DATA_DOCS_DIR"):
+                "RECEIPT_THRESHOLDS", "RECEIPT_BATCHES_PER_TASK", "RECEIPT_DATA_DOCS_DIR",
+                "RECEIPT_STAGING_RETENTION_DAYS"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("RECEIPT_STAGING_DIR", "/shared/staging")
     variables = {"receipts_source": "s3://bucket/incoming", "receipts_thresholds": '{"min_rows": 1}',
@@ -114,8 +115,10 @@ def test_config_variables_win_over_env_and_defaults(tmp_path, monkeypatch):
     assert cfg.staging_dir == cfgmod.Path("/shared/staging")
     assert cfg.warehouse_url == f"duckdb:///{tmp_path / 'var' / 'warehouse.duckdb'}"
     assert cfg.thresholds == {"min_rows": 1} and cfg.data_docs_dir is None
-    assert cfg.batches_per_task == 4
+    assert cfg.batches_per_task == 4 and cfg.staging_retention_days == 30
     assert cfgmod.load_config(variables.get, warehouse_conn_exists=True).warehouse_url is None
+    monkeypatch.setenv("RECEIPT_STAGING_RETENTION_DAYS", "0")
+    assert cfgmod.load_config(variables.get).staging_retention_days == 0  # 0 keeps everything
 
 
 def test_config_rejects_bad_json(monkeypatch):
@@ -123,3 +126,11 @@ def test_config_rejects_bad_json(monkeypatch):
 
     with pytest.raises(ConfigError):
         cfgmod.load_config({"receipts_thresholds": "[1, 2]"}.get)
+
+
+@pytest.mark.parametrize("value", ["-1", "a week", "7.5"])
+def test_config_rejects_bad_retention(value):
+    from extractor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="receipts_staging_retention_days"):
+        cfgmod.load_config({"receipts_staging_retention_days": value}.get)

@@ -1,11 +1,13 @@
 """Staged JSONL files: round trip, atomic replacement, loud failure on corrupt lines."""
 
 import datetime as dt
+import os
+import time
 from decimal import Decimal
 
 import pytest
 
-from extractor.pipeline.staging import read_staged, read_staged_many, write_staged
+from extractor.pipeline.staging import prune_staging, read_staged, read_staged_many, write_staged
 from extractor.schema import ExtractionResult, LineItem, Receipt
 
 VERSION = "ocr:rapidocr@3.10.0:parser-v2"
@@ -109,3 +111,56 @@ def test_synthetic_batch_round_trips_exactly(tmp_path):
     results, _ = make_results(300, seed=5, bad_share=0, failed_share=0.05)
     write_staged(results, tmp_path / "b.jsonl")
     assert read_staged(tmp_path / "b.jsonl") == results
+
+
+def _run_folder(root, name, age_days, now):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "batch-00000.jsonl").write_text("{}\n")
+    for path in (folder / "batch-00000.jsonl", folder):
+        os.utime(path, (now - age_days * 86400,) * 2)
+    return folder
+
+
+def test_prune_removes_run_folders_past_the_retention_only(tmp_path):
+    now = time.time()
+    _run_folder(tmp_path, "old", 31, now)
+    _run_folder(tmp_path, "current", 40, now)  # the running run's own folder is never pruned
+    _run_folder(tmp_path, "recent", 29, now)
+    touched = _run_folder(tmp_path, "old-but-retried", 60, now)
+    (touched / "batch-00001.jsonl").write_text("{}\n")  # a retry wrote a file today
+    (tmp_path / "stray-file.txt").write_text("not a run folder")
+
+    out = prune_staging(tmp_path, older_than_days=30, keep={"current"}, now=now)
+
+    assert out == {"removed": ["old"], "kept": 3, "errors": {}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "current", "old-but-retried", "recent", "stray-file.txt"]
+
+
+def test_prune_with_retention_off_or_no_folder_keeps_everything(tmp_path):
+    now = time.time()
+    _run_folder(tmp_path, "ancient", 400, now)
+    assert prune_staging(tmp_path, older_than_days=0, now=now)["removed"] == []
+    assert prune_staging(tmp_path / "missing", older_than_days=30, now=now)["removed"] == []
+    assert (tmp_path / "ancient").exists()
+
+
+def test_prune_reports_a_folder_it_cannot_remove_and_goes_on(tmp_path, monkeypatch):
+    # Running as root, permissions cannot make rmtree fail here, so its failure is simulated.
+    import extractor.pipeline.staging as staging
+
+    now = time.time()
+    for name in ("a-old", "b-old"):
+        _run_folder(tmp_path, name, 90, now)
+    real_rmtree = staging.shutil.rmtree
+
+    def rmtree(path, *a, **kw):
+        if path.name == "a-old":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_rmtree(path, *a, **kw)
+
+    monkeypatch.setattr(staging.shutil, "rmtree", rmtree)
+    out = prune_staging(tmp_path, older_than_days=30, now=now)
+    assert out["removed"] == ["b-old"] and list(out["errors"]) == ["a-old"]
+    assert (tmp_path / "a-old").exists() and not (tmp_path / "b-old").exists()

@@ -14,6 +14,7 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | warehouse | connection ``receipts_warehouse`` | ``RECEIPT_WAREHOUSE_URL`` | ``duckdb:///var/warehouse.duckdb`` |
 | model cache | ``receipts_model_cache`` | ``RECEIPT_MODEL_CACHE`` | ``var/models`` |
 | staging folder | ``receipts_staging_dir`` | ``RECEIPT_STAGING_DIR`` | ``var/staging`` |
+| staging retention, days (0 = keep) | ``receipts_staging_retention_days`` | ``RECEIPT_STAGING_RETENTION_DAYS`` | 30 |
 | Data Docs folder | ``receipts_data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
 | thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
@@ -67,6 +68,7 @@ class PipelineConfig:
     thresholds: dict[str, Any] = field(default_factory=dict)
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
+    staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
 
     @property
     def source_is_s3(self) -> bool:
@@ -116,6 +118,13 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
                                     "RECEIPT_BATCHES_PER_TASK", 4))
     if batches_per_task < 1:
         raise ConfigError("receipts_batches_per_task must be >= 1")
+    retention = _setting(get_variable, "receipts_staging_retention_days", "RECEIPT_STAGING_RETENTION_DAYS", 30)
+    try:
+        retention = int(retention)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"receipts_staging_retention_days must be a whole number of days: {retention!r}") from exc
+    if retention < 0:
+        raise ConfigError("receipts_staging_retention_days must be >= 0 (0 keeps staged files forever)")
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -133,6 +142,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         thresholds=_json_setting(thresholds, "receipts_thresholds") if thresholds else {},
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
+        staging_retention_days=retention,
     )
 
 

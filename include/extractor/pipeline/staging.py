@@ -4,15 +4,24 @@ The extract tasks write one staged file per batch and pass only its URI through 
 validation and loading read it back. A write is atomic (temp file in the same folder,
 fsync, rename) so a retried or killed task never leaves a half-written file that a
 later task would read as a short batch.
+
+Staged files are kept after the run (re-running ``validate_and_load`` alone, auditing raw
+model output) and pruned by ``prune_staging`` once a run's folder has not been written
+for the retention period.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
+
+log = logging.getLogger(__name__)
 
 from pydantic import ValidationError
 
@@ -102,3 +111,42 @@ def read_staged_many(paths: Iterable[str | os.PathLike]) -> list[ExtractionResul
     for path in paths:
         results.extend(read_staged(path))
     return results
+
+
+def _last_write(folder: Path) -> float:
+    """Newest mtime of the folder and everything in it (a retried task refreshes it)."""
+    newest = folder.stat().st_mtime
+    for path in folder.rglob("*"):
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:  # removed while we looked
+            continue
+    return newest
+
+
+def prune_staging(dag_dir: str | os.PathLike, *, older_than_days: int, keep: Iterable[str] = (),
+                  now: float | None = None) -> dict:
+    """Delete the run folders under ``dag_dir`` (``<staging>/<dag_id>``) whose newest file is
+    older than ``older_than_days``; folders named in ``keep`` (the current run) stay.
+
+    Returns ``{"removed": [...], "kept": n, "errors": {name: reason}}``. A folder that
+    cannot be removed is reported, not raised: pruning must not fail the data run, and
+    it is retried by the next run."""
+    root = _local_path(dag_dir)
+    out: dict = {"removed": [], "kept": 0, "errors": {}}
+    if older_than_days <= 0 or not root.is_dir():
+        return out
+    cutoff = (time.time() if now is None else now) - older_than_days * 86400
+    keep = set(keep)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        if folder.name in keep or _last_write(folder) >= cutoff:
+            out["kept"] += 1
+            continue
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            log.warning("could not prune staging folder %s: %s", folder, exc)
+            out["errors"][folder.name] = str(exc)
+        else:
+            out["removed"].append(folder.name)
+    return out

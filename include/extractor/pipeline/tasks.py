@@ -353,6 +353,21 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
     return out
 
 
+def prune_staging() -> dict[str, Any]:
+    """Delete this DAG's staging run folders older than the retention (the current run's
+    folder always stays). Runs after ``report``, so only a run that finished prunes."""
+    from extractor.pipeline.staging import prune_staging as prune
+
+    ctx, cfg = _context(), load_config()
+    dag_dir = cfg.staging_dir / _safe(ctx["dag"].dag_id)
+    result = prune(dag_dir, older_than_days=cfg.staging_retention_days, keep={_safe(ctx["run_id"])})
+    log.info("staging %s (retention %s days): removed %d run folders, kept %d, errors %s",
+             dag_dir, cfg.staging_retention_days or "off", len(result["removed"]), result["kept"],
+             result["errors"] or "none")
+    return {"staging_dir": str(dag_dir), "retention_days": cfg.staging_retention_days,
+            "removed": len(result["removed"]), "kept": result["kept"], "errors": result["errors"]}
+
+
 # ----------------------------------------------------------------------------- alerts
 
 def alert_callbacks(cfg: cfgmod.PipelineConfig) -> list[Notifier]:
