@@ -60,6 +60,11 @@ def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatc
         "SELECT counts, model_id, revision FROM runs WHERE extractor_version = ?", (hf_version,))
     assert json.loads(counts)["discovered"] == 3 and (model_id, revision) == ("tiny/mllama", "test")
     assert pipeline.fetch("SELECT receipt_id, total FROM receipts ORDER BY receipt_id") == ocr_state
+    # the param run is an override: the Variable's extractor stays the active version
+    assert pipeline.fetch("SELECT run_id, extractor_origin FROM runs ORDER BY started_at") == [
+        (ocr_run.run_id, "setting"), (hf_run.run_id, "param")]
+    assert pipeline.fetch("SELECT receipt_id, total, is_active_version FROM receipts_current "
+                          "ORDER BY receipt_id") == [(*row, True) for row in ocr_state]
 
     rollback = pipeline.run(DAY)  # back to the Variable's extractor: nothing to re-extract
     assert rollback.state == "success"

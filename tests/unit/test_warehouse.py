@@ -177,6 +177,46 @@ class WarehouseContract:
         assert wh.fetch("SELECT run_id, decision FROM runs") == [
             ("scheduled__2024-03-02T00:00:00+00:00", "pass")]
 
+    def test_receipts_current_shows_each_receipt_once_from_the_active_version(self, wh):
+        def at(hour, version, origin="setting", decision="pass"):
+            r = run(f"run-{hour}", version)
+            start = dt.datetime(2024, 3, 2, hour, tzinfo=dt.timezone.utc)
+            r.started_at, r.finished_at = start, start + dt.timedelta(minutes=5)
+            r.extractor_origin, r.decision = origin, decision
+            return r
+
+        def current():
+            return sorted((int(r[0], 16), r[1], r[2]) for r in wh.fetch(
+                "SELECT receipt_id, extractor_version, is_active_version FROM receipts_current"))
+
+        v3 = "hf:some/candidate@def456:v1"
+        assert current() == []
+        wh.load([ok(1), ok(2)], [], at(1, V1))
+        wh.load([ok(2, V2), ok(3, V2)], [bad(4, V2)], at(2, V2))       # the Variable moved to V2
+        assert current() == [(1, V1, False), (2, V2, True), (3, V2, True)]
+        # a comparison backfill through the DAG-run param changes nothing current
+        wh.load([ok(1, v3), ok(2, v3), ok(3, v3)], [], at(3, v3, origin="param"))
+        wh.load([], [], at(4, V1, decision="fail"))                     # nor does a failed run
+        assert current() == [(1, V1, False), (2, V2, True), (3, V2, True)]
+        # rollback: the Variable back to V1; its next run (even with nothing new) makes V1 active
+        wh.load([], [], at(5, V1))
+        assert current() == [(1, V1, True), (2, V1, True), (3, V2, False)]
+        cols = [r[0] for r in wh.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'receipts_current' "
+            "AND table_schema = current_schema() ORDER BY ordinal_position")]
+        assert cols == ["is_active_version"] + ddl.RECEIPTS.column_names
+
+    def test_receipts_current_survives_a_column_added_to_receipts(self, wh, open_wh):
+        wh.load([ok(1)], [], run())
+        wh.execute('ALTER TABLE "receipts" ADD COLUMN "added_later" TEXT')  # as ensure_schema would
+        other = open_wh()
+        other.ensure_schema()  # replaces the view over the wider table
+        other.close()
+        cols = [r[0] for r in wh.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'receipts_current' "
+            "AND table_schema = current_schema() ORDER BY ordinal_position")]
+        assert cols[-1] == "added_later" and len(wh.fetch("SELECT * FROM receipts_current")) == 1
+
     def test_alerts_are_appended(self, wh):
         a = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})
         b = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})

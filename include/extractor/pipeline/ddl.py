@@ -151,7 +151,9 @@ RUNS = Table(
      Column("counts", "JSON", doc="discovered / loaded / quarantined / failed ..."),
      Column("timings", "JSON", doc="seconds per pipeline stage"),
      Column("decision", "TEXT", doc="validation decision: pass / alert / fail"),
-     Column("summary", "JSON", doc="run summary: fill rates, throughput, validation stats")),
+     Column("summary", "JSON", doc="run summary: fill rates, throughput, validation stats"),
+     Column("extractor_origin", "TEXT", doc="where the run's extractor came from: 'setting' (the "
+            "Variable / env), 'param' (a DAG-run override, e.g. a comparison backfill) or 'default'")),
     ("run_id",),
     "one row per pipeline run (re-running a run replaces its row)",
 )
@@ -171,10 +173,54 @@ ALERTS = Table(
 
 TABLES: tuple[Table, ...] = (RECEIPTS, LINE_ITEMS, QUARANTINE, RUNS, ALERTS)
 
+# The active extractor version: that of the latest finished run whose extractor came from
+# the setting (not a DAG-run override such as a comparison backfill) and did not fail.
+_ACTIVE_VERSION = """SELECT "extractor_version" AS version FROM "runs"
+        WHERE "decision" IS DISTINCT FROM 'fail' AND "extractor_origin" IS DISTINCT FROM 'param'
+        ORDER BY "finished_at" DESC NULLS LAST, "started_at" DESC NULLS LAST LIMIT 1"""
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    sql: str  # the SELECT
+    doc: str = ""
+
+    def create_sql(self, dialect: str) -> str:
+        return f'CREATE OR REPLACE VIEW "{self.name}" AS\n{self.sql}'
+
+
+RECEIPTS_CURRENT = View(
+    "receipts_current",
+    f"""WITH active AS (
+    {_ACTIVE_VERSION}
+), ranked AS (
+    SELECT r."receipt_id", r."extractor_version", ROW_NUMBER() OVER (
+        PARTITION BY r."receipt_id"
+        ORDER BY (r."extractor_version" = a.version) IS TRUE DESC,
+                 u."extractor_origin" IS DISTINCT FROM 'param' DESC,
+                 r."loaded_at" DESC, r."extractor_version" DESC) AS version_rank
+    FROM "receipts" r LEFT JOIN active a ON TRUE LEFT JOIN "runs" u ON u."run_id" = r."run_id"
+)
+SELECT (r."extractor_version" = a.version) IS TRUE AS "is_active_version", r.*
+FROM "receipts" r
+JOIN ranked b ON b."receipt_id" = r."receipt_id" AND b."extractor_version" = r."extractor_version"
+    AND b.version_rank = 1
+LEFT JOIN active a ON TRUE""",
+    "one row per receipt: its row from the active extractor version (that of the latest "
+    "finished run that used the setting, not a DAG-run override, and did not fail), else its "
+    "most recently loaded row, rows of override runs last. `is_active_version` tells which; "
+    "the other columns are those "
+    "of `receipts`; join `receipt_line_items` on (`receipt_id`, `extractor_version`)",
+)
+
+VIEWS: tuple[View, ...] = (RECEIPTS_CURRENT,)
+
 
 def ddl(dialect: str = "duckdb") -> str:
     """All CREATE TABLE statements for a dialect ('duckdb' or 'postgres')."""
-    return ";\n\n".join(t.create_sql(dialect) for t in TABLES) + ";\n"
+    return ";\n\n".join([t.create_sql(dialect) for t in TABLES]
+                          + [v.create_sql(dialect) for v in VIEWS]) + ";\n"
 
 
 def markdown_tables() -> str:
@@ -187,6 +233,8 @@ def markdown_tables() -> str:
         for c in t.columns:
             out.append(f"| `{c.name}` | {c.sql_type} | {'no' if c.not_null else 'yes'} | {c.doc} |")
         out.append("")
+    for v in VIEWS:
+        out.append(f"### `{v.name}` (view)\n\n{v.doc}.\n")
     return "\n".join(out)
 
 

@@ -51,3 +51,4 @@ class RunRecord:
     timings: dict[str, Any] = field(default_factory=dict)
     decision: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)  # see pipeline.summary
+    extractor_origin: str | None = None  # 'setting' | 'param' | 'default' (see ddl.RUNS)

@@ -133,19 +133,19 @@ def resolve_extractor() -> dict[str, Any]:
 
     override = (_context().get("params") or {}).get(cfgmod.EXTRACTOR_PARAM)
     if override not in (None, "", {}):
-        value, origin = override, "DAG-run param"
+        value, origin = override, "param"  # a DAG-run override: never the active version
     else:
-        value, origin = cfgmod.extractor_setting(_variable), "Variable/env"
+        value, origin = cfgmod.extractor_setting(_variable), "setting"  # Variable / env
     if value is None:
-        origin = "production default"
+        origin = "default"
         log.warning("Variable %r is not set: using the production default preset %r",
                     cfgmod.EXTRACTOR_VARIABLE, DEFAULT_PRESET)
     try:
         spec = resolve_spec(value)
     except ConfigError as exc:
         raise _fail(f"extractor setting {value!r} does not resolve: {exc}") from exc
-    log.info("extractor %s (from %s)", spec.version, origin)
-    return {"spec": spec.model_dump(mode="json"), "version": spec.version}
+    log.info("extractor %s (from the %s)", spec.version, origin)
+    return {"spec": spec.model_dump(mode="json"), "version": spec.version, "origin": origin}
 
 
 def ensure_model(extractor: dict[str, Any]) -> dict[str, str | None]:
@@ -279,7 +279,7 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         model_id=spec.model_id, revision=spec.revision, prompt_version=spec.prompt_version,
         started_at=getattr(dag_run, "start_date", None) or _utc_now(), finished_at=_utc_now(),
         counts=summary["counts"], timings=summary["timings"], decision=outcome.decision,
-        summary=summary)
+        summary=summary, extractor_origin=extractor.get("origin"))
     warehouse = open_warehouse(cfg)
     try:
         t1 = time.perf_counter()

@@ -140,7 +140,7 @@ def run_row(run: RunRecord) -> Row:
         prompt_version=run.prompt_version, started_at=utc_naive(run.started_at),
         finished_at=utc_naive(run.finished_at), counts=to_json(run.counts, lenient=True),
         timings=to_json(run.timings, lenient=True), decision=run.decision,
-        summary=to_json(run.summary, lenient=True))
+        summary=to_json(run.summary, lenient=True), extractor_origin=run.extractor_origin)
     return tuple(values[c] for c in ddl.RUNS.column_names)
 
 
@@ -218,6 +218,10 @@ class Warehouse(abc.ABC):
                         nullable = ddl.Column(col.name, col.sql_type)  # cannot add NOT NULL to old rows
                         self._execute(f'ALTER TABLE "{table.name}" ADD COLUMN {nullable.render(self.dialect)}')
                         log.info("warehouse: added column %s.%s", table.name, col.name)
+            # views last, over the final columns (r.* keeps the tables' physical order, so a
+            # column added above only appends to the view and CREATE OR REPLACE accepts it)
+            for view in ddl.VIEWS:
+                self._execute(view.create_sql(self.dialect))
 
     def load(self, valid: Sequence[ExtractionResult], quarantined: Sequence[QuarantineRecord],
              run: RunRecord) -> dict[str, int]:
