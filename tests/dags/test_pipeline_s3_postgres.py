@@ -61,8 +61,8 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
     s3.create_bucket(Bucket="receipts-landing")
     part = f"incoming/dt={DAY}/"
     s3.put_object(Bucket="receipts-landing", Key=part, Body=b"")  # a console "folder"
-    s3.put_object(Bucket="receipts-landing", Key=part + "a.jpg",
-                  Body=synthetic_receipt(1, date="2026-02-27"))
+    s3.put_object(Bucket="receipts-landing", Key=part + "a.jpg",  # its id comes from a HEAD
+                  Body=synthetic_receipt(1, date="2026-02-27"), ChecksumAlgorithm="SHA256")
     s3.put_object(Bucket="receipts-landing", Key=part + "b.jpg",
                   Body=synthetic_receipt(2, date="2026-02-28"))
     s3.put_object(Bucket="receipts-landing", Key=part + "empty.jpg", Body=b"")
@@ -77,8 +77,9 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
     assert loaded == [f"s3://receipts-landing/{part}a.jpg", f"s3://receipts-landing/{part}b.jpg"]
     (source, reason), = pg.fetch("SELECT source, reason FROM quarantine")
     assert source.endswith("empty.jpg") and "empty file" in reason
-    (run_id, counts), = pg.fetch("SELECT run_id, counts FROM runs")
+    (run_id, counts, summary), = pg.fetch("SELECT run_id, counts, summary FROM runs")
     assert run_id == dag_run.run_id and json.loads(counts)["discovered"] == 3
+    assert json.loads(summary)["discovery"]["ids_from_checksum"] == 1  # a.jpg: a HEAD, no read
 
     # the same day again: nothing new is extracted, nothing is duplicated
     again = pipeline.run(DAY)

@@ -57,7 +57,7 @@ def test_discover_hashes_dedupes_skips_and_batches(tmp_path):
                                already_extracted=already, batch_size=2)
 
     assert found.counts() == {"listed": 7, "duplicates": 1, "already_extracted": 1, "new": 5,
-                              "batches": 3}
+                              "batches": 3, "ids_from_checksum": 0}
     assert [len(b) for b in found.batches] == [2, 2, 1]
     items = [r for b in found.batches for r in b]
     names = [r.uri.rsplit("/", 1)[-1] for r in items]
@@ -134,3 +134,46 @@ def test_config_rejects_bad_retention(value):
 
     with pytest.raises(ConfigError, match="receipts_staging_retention_days"):
         cfgmod.load_config({"receipts_staging_retention_days": value}.get)
+
+
+def test_s3_objects_with_a_stored_sha256_are_not_read_at_discovery(tmp_path):
+    """Uploads that carry a full-object SHA-256 (checked by S3 on upload) give their id from
+    one HEAD; the others, and multipart uploads, whose checksum is composite, are read and
+    hashed. GETs are counted with botocore's own event hooks on a real moto server."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="landing")
+        part = "in/dt=2026-03-01/"
+        bodies = {"a.jpg": b"receipt A" * 100, "b.jpg": b"receipt B" * 100, "c.jpg": b"receipt C" * 100}
+        s3.put_object(Bucket="landing", Key=part + "a.jpg", Body=bodies["a.jpg"], ChecksumAlgorithm="SHA256")
+        s3.put_object(Bucket="landing", Key=part + "b.jpg", Body=bodies["b.jpg"])  # boto3's default CRC32
+        upload = s3.create_multipart_upload(Bucket="landing", Key=part + "c.jpg", ChecksumAlgorithm="SHA256")
+        sent = s3.upload_part(Bucket="landing", Key=part + "c.jpg", UploadId=upload["UploadId"], PartNumber=1,
+                              Body=bodies["c.jpg"], ChecksumAlgorithm="SHA256")
+        s3.complete_multipart_upload(
+            Bucket="landing", Key=part + "c.jpg", UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": sent["ETag"],
+                                        "ChecksumSHA256": sent["ChecksumSHA256"]}]})
+        gets: list[str] = []
+        s3.meta.events.register("before-parameter-build.s3.GetObject",
+                                lambda params, **kw: gets.append(params["Key"]))
+
+        found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
+                                   already_extracted=lambda v, ids: set(), batch_size=10, s3_client=s3)
+
+        assert {r.uri.rsplit("/", 1)[-1]: r.receipt_id for r in found.batches[0]} == {
+            name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
+        assert sorted(gets) == [part + "b.jpg", part + "c.jpg"]  # a.jpg was not read
+        assert found.ids_from_checksum == 1
+        # what discovery trusted is what extract will read
+        assert discovery.s3_sha256(s3, "s3://landing/" + part + "a.jpg") == hashlib.sha256(bodies["a.jpg"]).hexdigest()
+        assert discovery.s3_sha256(s3, "s3://landing/" + part + "b.jpg") is None
+    finally:
+        server.stop()

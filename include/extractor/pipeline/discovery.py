@@ -12,10 +12,19 @@ receipt, and a receipt already in the warehouse for this extractor version (load
 quarantined) is not extracted again: re-running a day is a no-op, and a new extractor
 version re-extracts everything. Bytes are streamed through the hash and never kept:
 what travels on (XCom) is the URI, the id and the size.
+
+On S3, an object uploaded with a full-object SHA-256 checksum
+(``put_object(..., ChecksumAlgorithm="SHA256")``, ``aws s3 cp --checksum-algorithm
+SHA256``) is not read at discovery: S3 verified that checksum on upload, so a HEAD gives
+the id. Objects without one (or with a multipart "composite" checksum, which is not the
+hash of the bytes) are streamed through sha256 as before. Either way ``extract`` checks
+the bytes it reads against the id, so a wrong id can only quarantine, never mislabel.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import logging
@@ -52,6 +61,7 @@ class Discovery:
     duplicates: int  # objects whose bytes equal an earlier object's
     already_extracted: int  # ids this extractor version already loaded or quarantined
     partitions: list[str]
+    ids_from_checksum: int = 0  # S3 objects whose id came from their stored SHA-256 (not read)
 
     @property
     def new(self) -> int:
@@ -60,7 +70,7 @@ class Discovery:
     def counts(self) -> dict[str, int]:
         return {"listed": self.listed, "duplicates": self.duplicates,
                 "already_extracted": self.already_extracted, "new": self.new,
-                "batches": len(self.batches)}
+                "batches": len(self.batches), "ids_from_checksum": self.ids_from_checksum}
 
 
 def partition_days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
@@ -115,6 +125,13 @@ def list_local(root: str | Path, days: Sequence[dt.date]) -> Iterator[tuple[str,
 
 def list_s3(client: Any, root: str, days: Sequence[dt.date]) -> Iterator[tuple[str, int]]:
     """(s3:// URI, size) of each object in the S3 partitions (paginated, sorted by key)."""
+    for uri, size, _ in _list_s3_objects(client, root, days):
+        yield uri, size
+
+
+def _list_s3_objects(client: Any, root: str, days: Sequence[dt.date]
+                     ) -> Iterator[tuple[str, int, tuple[str, ...]]]:
+    """(URI, size, checksum algorithms S3 lists for it) of each object in the partitions."""
     bucket, prefix = split_s3_uri(root)
     paginator = client.get_paginator("list_objects_v2")
     for day in days:
@@ -125,7 +142,7 @@ def list_s3(client: Any, root: str, days: Sequence[dt.date]) -> Iterator[tuple[s
                 name = key[len(part):]
                 if not name or "/" in name or _is_marker(name):  # folder markers, nested dirs
                     continue
-                yield f"s3://{bucket}/{key}", int(obj["Size"])
+                yield f"s3://{bucket}/{key}", int(obj["Size"]), tuple(obj.get("ChecksumAlgorithm") or ())
 
 
 # ----------------------------------------------------------------------------- bytes
@@ -159,6 +176,23 @@ def sha256_of(uri: str, s3_client: Any = None) -> str:
     return digest.hexdigest()
 
 
+def s3_sha256(s3_client: Any, uri: str) -> str | None:
+    """The hex sha256 of an S3 object from its stored full-object checksum (one HEAD, no
+    GET), or None when it has none: no SHA-256 checksum, or a multipart composite one
+    (a hash of the parts' hashes, "<base64>-<parts>")."""
+    bucket, key = split_s3_uri(uri)
+    head = s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    value = head.get("ChecksumSHA256")
+    multipart = "-" in head.get("ETag", "")  # "<md5 of part md5s>-<parts>": S3 has no full-object SHA-256 for it
+    if not value or multipart or "-" in value or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return digest.hex() if len(digest) == 32 else None
+
+
 # ----------------------------------------------------------------------------- discover
 
 def discover(source: str, days: Sequence[dt.date], *, extractor_version: str,
@@ -168,28 +202,42 @@ def discover(source: str, days: Sequence[dt.date], *, extractor_version: str,
     by ``extractor_version``, and split the rest into batches of ``batch_size``."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    listing: Iterable[tuple[str, int]]
+    listing: Iterable[tuple[str, int, tuple[str, ...]]]
     if source.startswith("s3://"):
-        listing = list_s3(s3_client, source, days)
+        listing = _list_s3_objects(s3_client, source, days)
     else:
-        listing = list_local(source, days)
+        listing = ((uri, size, ()) for uri, size in list_local(source, days))
     objects = list(listing)
+
+    def receipt_id(obj: tuple[str, int, tuple[str, ...]]) -> tuple[str, bool]:
+        """(id, whether it came from S3's stored checksum)."""
+        uri, _, algorithms = obj
+        if "SHA256" in algorithms:
+            known = s3_sha256(s3_client, uri)
+            if known is not None:
+                return known, True
+        return sha256_of(uri, s3_client), False
+
     # Hashing is I/O bound (one GET per object on S3): a few threads, results in listing order.
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        ids = list(pool.map(lambda obj: sha256_of(obj[0], s3_client), objects))
+        hashed = list(pool.map(receipt_id, objects))
+    ids = [rid for rid, _ in hashed]
+    from_checksum = sum(used for _, used in hashed)
+    if from_checksum:
+        log.info("%d of %d ids taken from S3's SHA-256 checksums (no read)", from_checksum, len(objects))
     found: dict[str, DiscoveredReceipt] = {}
     listed = 0
-    for (uri, size), receipt_id in zip(objects, ids):
+    for (uri, size, _), rid in zip(objects, ids):
         listed += 1
-        if receipt_id in found:
-            log.info("%s has the same bytes as %s: one receipt", uri, found[receipt_id].uri)
+        if rid in found:
+            log.info("%s has the same bytes as %s: one receipt", uri, found[rid].uri)
             continue
-        found[receipt_id] = DiscoveredReceipt(receipt_id=receipt_id, uri=uri, size=size)
+        found[rid] = DiscoveredReceipt(receipt_id=rid, uri=uri, size=size)
     done = already_extracted(extractor_version, list(found)) if found else set()
     new = [r for r in found.values() if r.receipt_id not in done]
     batches = [new[i:i + batch_size] for i in range(0, len(new), batch_size)]
     discovery = Discovery(batches=batches, listed=listed, duplicates=listed - len(found),
                           already_extracted=len(done & set(found)),
-                          partitions=[partition_name(d) for d in days])
+                          partitions=[partition_name(d) for d in days], ids_from_checksum=from_checksum)
     log.info("discovered in %s %s: %s", source, discovery.partitions, discovery.counts())
     return discovery
