@@ -49,7 +49,7 @@ def run_record(version: str) -> RunRecord:
     return RunRecord(run_id="bench__2024-06-30", dag_id="receipts_daily", logical_date=LOGICAL,
                      partition_start=LOGICAL, partition_end=LOGICAL + dt.timedelta(days=1),
                      extractor_version=version, model_id="rapidocr", revision="3.10.0",
-                     prompt_version="parser-v2", started_at=start, decision="pass")
+                     prompt_version="parser-v3", started_at=start, decision="pass")
 
 
 def bench_load(url: str, outcome, version: str) -> dict:

@@ -16,7 +16,7 @@ import pytest
 from receipts_dag_helpers import synthetic_receipt
 
 DAY = dt.date(2026, 3, 1)
-OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v2"
+OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v3"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import os
 import time
 
 DAY = dt.date(2026, 3, 1)
-OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v2"
+OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v3"
 
 
 def test_two_receipts_land_in_the_warehouse(pipeline):

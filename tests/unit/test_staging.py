@@ -10,7 +10,7 @@ import pytest
 from extractor.pipeline.staging import prune_staging, read_staged, read_staged_many, write_staged
 from extractor.schema import ExtractionResult, LineItem, Receipt
 
-VERSION = "ocr:rapidocr@3.10.0:parser-v2"
+VERSION = "ocr:rapidocr@3.10.0:parser-v3"
 
 
 def ok_result(i: int, **fields) -> ExtractionResult:

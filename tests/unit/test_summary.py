@@ -10,7 +10,7 @@ from extractor.pipeline.summary import (ReconciliationError, field_fill_rates, f
 from extractor.pipeline.validation import ValidationOutcome
 from extractor.schema import ExtractionResult, Receipt
 
-V = "ocr:rapidocr@3.10.0:parser-v2"
+V = "ocr:rapidocr@3.10.0:parser-v3"
 
 
 def ok(i, **fields):

@@ -19,7 +19,7 @@ from extractor.pipeline.validation import Thresholds, decide, validate_results
 from extractor.schema import ExtractionResult, LineItem, Receipt, scalar_fields
 
 LOGICAL = dt.date(2024, 6, 30)
-VERSION = "ocr:rapidocr@3.10.0:parser-v2"
+VERSION = "ocr:rapidocr@3.10.0:parser-v3"
 
 
 def rid(name: str) -> str:

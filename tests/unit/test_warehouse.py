@@ -16,7 +16,7 @@ from extractor.pipeline.warehouse import convert_placeholders, open_warehouse
 from extractor.pipeline.warehouse_postgres import normalise_uri
 from extractor.schema import ExtractionResult, LineItem, Receipt, scalar_fields
 
-V1 = "ocr:rapidocr@3.10.0:parser-v2"
+V1 = "ocr:rapidocr@3.10.0:parser-v3"
 V2 = "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1"
 
 
@@ -49,7 +49,7 @@ def run(run_id: str = "scheduled__2024-03-02T00:00:00+00:00", version: str = V1)
                      partition_start=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
                      partition_end=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc),
                      extractor_version=version, model_id="rapidocr", revision="3.10.0",
-                     prompt_version="parser-v2", started_at=start,
+                     prompt_version="parser-v3", started_at=start,
                      finished_at=start + dt.timedelta(minutes=5),
                      counts={"discovered": 3}, timings={"extract_s": 1.5}, decision="pass")
 
@@ -107,7 +107,7 @@ class WarehouseContract:
                        "FROM receipts")[0]
         assert row[:5] == (Decimal("9999999999.9999"), Decimal("1.345"), dt.date(2024, 3, 1),
                            "09:15", "EUR")
-        assert row[5:9] == ("scheduled__2024-03-02T00:00:00+00:00", "rapidocr", "3.10.0", "parser-v2")
+        assert row[5:9] == ("scheduled__2024-03-02T00:00:00+00:00", "rapidocr", "3.10.0", "parser-v3")
         assert row[9] == dt.datetime(2024, 3, 1, 23, 0)  # the run's start, in UTC
         assert row[10] == 2
         assert row[11] == '{"total": 0.9}' and row[12] == '{"forward_s": 0.5}'

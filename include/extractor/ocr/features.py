@@ -34,7 +34,8 @@ _REG_TAIL = re.compile(r"[\s(\[]*(?:CO\.?\s*)?(?:REG\.?|RFG|NO\.?|ROC)?\s*[:.]?\
 _LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")
 _AFTER_SUFFIX = re.compile(r"^(.*\b(?:SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING|CO\.)\.?)(.*)$", re.IGNORECASE)
 _OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*", re.IGNORECASE)
-_STOP_TAIL = re.compile(r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|GST|SST|EMAIL|E-MAIL)\b.*$", re.IGNORECASE)
+_STOP_TAIL = re.compile(r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b.*$",
+                        re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
@@ -101,6 +102,7 @@ def line_features(page: Page, i: int) -> dict[str, float]:
         "postcode": float(bool(P.POSTCODE_RE.search(up))),
         "state": float(bool(_STATES.search(up))),
         "stop": float(bool(P.ADDRESS_STOP_RE.search(up))),
+        "contact": float(bool(P.CONTACT_RE.search(up))),
         "phone": float(bool(re.search(r"\d{2,3}-?\s?\d{3,4}\s?\d{3,4}", up)) and "TEL" in up),
         "starts_no": float(bool(re.match(r"\s*(NO|LOT|G|B|UNIT|\d)", up))),
         "ends_comma": float(text.rstrip().endswith(",")),
@@ -205,6 +207,7 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
                           "value_postcode_end": float(bool(re.search(r"\d{5}\W*(\w+\W*){0,4}$", value))),
                           "value_state": float(bool(_STATES.search(value.upper()))),
                           "value_stop": float(bool(P.ADDRESS_STOP_RE.search(value.upper()))),
+                          "value_contact": float(bool(P.CONTACT_RE.search(value))),
                           "value_len": min(len(value), 160) / 160})
                 out.append(Candidate(value=value, line=i, text=value, ocr_score=min(ln.score for ln in span),
                                      extra={"lines": list(range(i, j)), "features": f}))

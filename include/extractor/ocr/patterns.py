@@ -46,6 +46,8 @@ POSTCODE_RE = re.compile(r"(?<!\d)\d{5}(?!\d)")
 ADDRESS_STOP_RE = re.compile(
     r"\b(TEL|FAX|PHONE|H/P|HP|GST|SST|REG|INVOICE|RECEIPT|DATE|CASHIER|EMAIL|E-MAIL|WEBSITE|WWW|"
     r"TAX|BILL|TABLE|ORDER|COUNTER|SLIP)\b", re.IGNORECASE)
+# Contact lines that also end an address ("Mobile / Whatsapps : +6012-...", "HOTLINE 1300...").
+CONTACT_RE = re.compile(r"\b(MOBILE|WHATSAPPS?|HOTLINE)\b", re.IGNORECASE)
 REGISTRATION_RE = re.compile(r"^\(?\s*(?:CO\.?\s*(?:REG|RFG|NO)|COMPANY\s*(?:REG|NO)|ROC|REG)?[^A-Z]*"
                              r"\d{4,}[- ]?[A-Z]\)?\s*$|\b\d{5,}-[A-Z]\b", re.IGNORECASE)
 

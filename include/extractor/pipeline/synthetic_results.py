@@ -94,7 +94,7 @@ def break_receipt(r: Receipt, how: str, logical_date: dt.date) -> Receipt:
 
 def make_results(n: int, *, seed: int = 0, bad_share: float = 0.05, failed_share: float = 0.02,
                  logical_date: dt.date = dt.date(2024, 6, 30),
-                 extractor_version: str = "ocr:rapidocr@3.10.0:parser-v2"
+                 extractor_version: str = "ocr:rapidocr@3.10.0:parser-v3"
                  ) -> tuple[list[ExtractionResult], dict[str, str]]:
     """``n`` results and ``{receipt_id: breakage}`` for the broken ones ('extract' = failed)."""
     rng = random.Random(seed)
