@@ -20,17 +20,6 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
 def postgres_db():
     psycopg = pytest.importorskip("psycopg")
     name = f"receipts_dagtest_{uuid.uuid4().hex[:10]}"

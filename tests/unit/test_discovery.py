@@ -73,30 +73,32 @@ def test_missing_partition_is_an_empty_day(tmp_path):
     assert found.batches == [] and found.counts()["listed"] == 0
 
 
-def test_s3_listing_through_a_real_s3_api(tmp_path):
+@pytest.fixture
+def s3(s3_endpoint):
+    """A client of the moto S3 server (tests/conftest.py) with an empty bucket "landing"."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="landing")
-        for key, body in [("in/dt=2026-03-01/", b""), ("in/dt=2026-03-01/a.jpg", b"A"),
-                          ("in/dt=2026-03-01/b.jpg", b"B"), ("in/dt=2026-03-01/_SUCCESS", b""),
-                          ("in/dt=2026-03-01/nested/c.jpg", b"C"), ("in/dt=2026-03-02/d.jpg", b"D")]:
-            s3.put_object(Bucket="landing", Key=key, Body=body)
-        found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
-                                   already_extracted=lambda v, ids: set(), batch_size=10,
-                                   s3_client=s3)
-        assert [(r.uri, r.size) for r in found.batches[0]] == [
-            ("s3://landing/in/dt=2026-03-01/a.jpg", 1), ("s3://landing/in/dt=2026-03-01/b.jpg", 1)]
-        assert found.batches[0][0].receipt_id == hashlib.sha256(b"A").hexdigest()
-        assert discovery.read_bytes("s3://landing/in/dt=2026-03-01/b.jpg", s3) == b"B"
-    finally:
-        server.stop()
+    client.create_bucket(Bucket="landing")
+    yield client
+    for obj in client.list_objects_v2(Bucket="landing").get("Contents", []):
+        client.delete_object(Bucket="landing", Key=obj["Key"])
+    client.delete_bucket(Bucket="landing")
+
+
+def test_s3_listing_through_a_real_s3_api(s3):
+    for key, body in [("in/dt=2026-03-01/", b""), ("in/dt=2026-03-01/a.jpg", b"A"),
+                      ("in/dt=2026-03-01/b.jpg", b"B"), ("in/dt=2026-03-01/_SUCCESS", b""),
+                      ("in/dt=2026-03-01/nested/c.jpg", b"C"), ("in/dt=2026-03-02/d.jpg", b"D")]:
+        s3.put_object(Bucket="landing", Key=key, Body=body)
+    found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
+                               already_extracted=lambda v, ids: set(), batch_size=10,
+                               s3_client=s3)
+    assert [(r.uri, r.size) for r in found.batches[0]] == [
+        ("s3://landing/in/dt=2026-03-01/a.jpg", 1), ("s3://landing/in/dt=2026-03-01/b.jpg", 1)]
+    assert found.batches[0][0].receipt_id == hashlib.sha256(b"A").hexdigest()
+    assert discovery.read_bytes("s3://landing/in/dt=2026-03-01/b.jpg", s3) == b"B"
 
 
 def test_config_variables_win_over_env_and_defaults(tmp_path, monkeypatch):
@@ -136,44 +138,32 @@ def test_config_rejects_bad_retention(value):
         cfgmod.load_config({"receipts_staging_retention_days": value}.get)
 
 
-def test_s3_objects_with_a_stored_sha256_are_not_read_at_discovery(tmp_path):
+def test_s3_objects_with_a_stored_sha256_are_not_read_at_discovery(s3):
     """Uploads that carry a full-object SHA-256 (checked by S3 on upload) give their id from
     one HEAD; the others, and multipart uploads, whose checksum is composite, are read and
     hashed. GETs are counted with botocore's own event hooks on a real moto server."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+    part = "in/dt=2026-03-01/"
+    bodies = {"a.jpg": b"receipt A" * 100, "b.jpg": b"receipt B" * 100, "c.jpg": b"receipt C" * 100}
+    s3.put_object(Bucket="landing", Key=part + "a.jpg", Body=bodies["a.jpg"], ChecksumAlgorithm="SHA256")
+    s3.put_object(Bucket="landing", Key=part + "b.jpg", Body=bodies["b.jpg"])  # boto3's default CRC32
+    upload = s3.create_multipart_upload(Bucket="landing", Key=part + "c.jpg", ChecksumAlgorithm="SHA256")
+    sent = s3.upload_part(Bucket="landing", Key=part + "c.jpg", UploadId=upload["UploadId"], PartNumber=1,
+                          Body=bodies["c.jpg"], ChecksumAlgorithm="SHA256")
+    s3.complete_multipart_upload(
+        Bucket="landing", Key=part + "c.jpg", UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": sent["ETag"],
+                                    "ChecksumSHA256": sent["ChecksumSHA256"]}]})
+    gets: list[str] = []
+    s3.meta.events.register("before-parameter-build.s3.GetObject",
+                            lambda params, **kw: gets.append(params["Key"]))
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="landing")
-        part = "in/dt=2026-03-01/"
-        bodies = {"a.jpg": b"receipt A" * 100, "b.jpg": b"receipt B" * 100, "c.jpg": b"receipt C" * 100}
-        s3.put_object(Bucket="landing", Key=part + "a.jpg", Body=bodies["a.jpg"], ChecksumAlgorithm="SHA256")
-        s3.put_object(Bucket="landing", Key=part + "b.jpg", Body=bodies["b.jpg"])  # boto3's default CRC32
-        upload = s3.create_multipart_upload(Bucket="landing", Key=part + "c.jpg", ChecksumAlgorithm="SHA256")
-        sent = s3.upload_part(Bucket="landing", Key=part + "c.jpg", UploadId=upload["UploadId"], PartNumber=1,
-                              Body=bodies["c.jpg"], ChecksumAlgorithm="SHA256")
-        s3.complete_multipart_upload(
-            Bucket="landing", Key=part + "c.jpg", UploadId=upload["UploadId"],
-            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": sent["ETag"],
-                                        "ChecksumSHA256": sent["ChecksumSHA256"]}]})
-        gets: list[str] = []
-        s3.meta.events.register("before-parameter-build.s3.GetObject",
-                                lambda params, **kw: gets.append(params["Key"]))
+    found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
+                               already_extracted=lambda v, ids: set(), batch_size=10, s3_client=s3)
 
-        found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
-                                   already_extracted=lambda v, ids: set(), batch_size=10, s3_client=s3)
-
-        assert {r.uri.rsplit("/", 1)[-1]: r.receipt_id for r in found.batches[0]} == {
-            name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
-        assert sorted(gets) == [part + "b.jpg", part + "c.jpg"]  # a.jpg was not read
-        assert found.ids_from_checksum == 1
-        # what discovery trusted is what extract will read
-        assert discovery.s3_sha256(s3, "s3://landing/" + part + "a.jpg") == hashlib.sha256(bodies["a.jpg"]).hexdigest()
-        assert discovery.s3_sha256(s3, "s3://landing/" + part + "b.jpg") is None
-    finally:
-        server.stop()
+    assert {r.uri.rsplit("/", 1)[-1]: r.receipt_id for r in found.batches[0]} == {
+        name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
+    assert sorted(gets) == [part + "b.jpg", part + "c.jpg"]  # a.jpg was not read
+    assert found.ids_from_checksum == 1
+    # what discovery trusted is what extract will read
+    assert discovery.s3_sha256(s3, "s3://landing/" + part + "a.jpg") == hashlib.sha256(bodies["a.jpg"]).hexdigest()
+    assert discovery.s3_sha256(s3, "s3://landing/" + part + "b.jpg") is None

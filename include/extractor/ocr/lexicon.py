@@ -53,10 +53,10 @@ SUFFIX_SPLIT = ("SELANGOR", "KUALA", "LUMPUR", "MALAYSIA", "PAHANG", "KEDAH", "M
 _LOOKALIKE_TO_LETTER = str.maketrans({"0": "O", "1": "I", "5": "S", "8": "B", "6": "G", "2": "Z"})
 _LOOKALIKE_TO_L = str.maketrans({"1": "L", "0": "O", "5": "S", "8": "B", "6": "G"})
 _GLUED_SUFFIX = re.compile(r"(?<=[A-Za-z])(SDN\.?\s?BHD|SDN|BHD)\b", re.IGNORECASE)
-_SDNBHD = re.compile(r"\bSDN\.?BHD\b", re.IGNORECASE)
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
-# "SON BHD", "SIN BHD", "SDN 3HD", "SDN DHD": the legal suffix misread (never a real pair of words)
-_SDN_BHD_MISREAD = re.compile(r"\b(?:S[DO0IU]?[NHM]|SDN)\s?\.?\s?(?:[B3D8]H[DU]|BHD)\b", re.IGNORECASE)
+# "SDNBHD", "SDN.BHD", and the misreads "SON BHD", "SIN BHD", "SDN 3HD", "SDN DHD" (never a
+# real pair of words): all written "SDN BHD"; a correct "Sdn Bhd" keeps its case
+_SDN_BHD = re.compile(r"\b(?:S[DO0IU]?[NHM]|SDN)\s?\.?\s?(?:[B3D8]H[DU]|BHD)\b", re.IGNORECASE)
 # "99 SPEED MART 5/B": S/B (Sdn Bhd) with S read as 5 or B as 8, at the end of a store name
 _SB_MISREAD = re.compile(r"(?<=[A-Za-z])\s+(?:5/B|S/8|5/8|5B|S8)$")
 # An unknown piece left by splitting a glued word must not be a word ending ("KITCHEN|ETTE")
@@ -154,8 +154,7 @@ def correct_text(text: str | None, *, store_name: bool = False) -> str | None:
     text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
     text = re.sub(r"(?<!\d)(\d{5})(?=[A-Za-z]{2,})", r"\1 ", text)  # "53200KUALA" -> "53200 KUALA"
     text = _GLUED_SUFFIX.sub(r" \1", text)
-    text = _SDNBHD.sub("SDN BHD", text)
-    text = _SDN_BHD_MISREAD.sub(lambda m: m.group(0) if m.group(0).upper() in ("SDN BHD", "SDNBHD") else "SDN BHD", text)
+    text = _SDN_BHD.sub(lambda m: m.group(0) if m.group(0).upper() == "SDN BHD" else "SDN BHD", text)
     # a bracket glued to a word gets its space, as the labels write it: "ENTERPRISE (SETIA ALAM) SDN"
     text = re.sub(r"(?<=[A-Za-z0-9])\(", " (", text)
     text = re.sub(r"\)(?=[A-Za-z0-9])", ") ", text)

@@ -123,15 +123,9 @@ def list_local(root: str | Path, days: Sequence[dt.date]) -> Iterator[tuple[str,
                 yield str(path.absolute()), path.stat().st_size
 
 
-def list_s3(client: Any, root: str, days: Sequence[dt.date]) -> Iterator[tuple[str, int]]:
-    """(s3:// URI, size) of each object in the S3 partitions (paginated, sorted by key)."""
-    for uri, size, _ in _list_s3_objects(client, root, days):
-        yield uri, size
-
-
-def _list_s3_objects(client: Any, root: str, days: Sequence[dt.date]
-                     ) -> Iterator[tuple[str, int, tuple[str, ...]]]:
-    """(URI, size, checksum algorithms S3 lists for it) of each object in the partitions."""
+def list_s3(client: Any, root: str, days: Sequence[dt.date]) -> Iterator[tuple[str, int, tuple[str, ...]]]:
+    """(s3:// URI, size, checksum algorithms S3 lists for it) of each object in the S3
+    partitions (paginated, sorted by key)."""
     bucket, prefix = split_s3_uri(root)
     paginator = client.get_paginator("list_objects_v2")
     for day in days:
@@ -204,7 +198,7 @@ def discover(source: str, days: Sequence[dt.date], *, extractor_version: str,
         raise ValueError("batch_size must be >= 1")
     listing: Iterable[tuple[str, int, tuple[str, ...]]]
     if source.startswith("s3://"):
-        listing = _list_s3_objects(s3_client, source, days)
+        listing = list_s3(s3_client, source, days)
     else:
         listing = ((uri, size, ()) for uri, size in list_local(source, days))
     objects = list(listing)
