@@ -33,7 +33,7 @@ import transformers  # noqa: E402
 from extractor.backends.hf import HFBackend  # noqa: E402
 from extractor.images import ReceiptInput  # noqa: E402
 from extractor.spec import resolve_spec  # noqa: E402
-from extractor.tiny_models import build_tiny_model  # noqa: E402
+from extractor.testing.tiny_models import build_tiny_model  # noqa: E402
 from gpu_throughput import build_model  # noqa: E402
 
 

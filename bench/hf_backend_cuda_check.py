@@ -5,7 +5,7 @@ installed, hence the sys.path line; pydantic and bitsandbytes travel as wheels):
 
     python3 bench/hf_backend_cuda_check.py     # writes $OUT/hf_cuda_check.json
 
-Checks, on the tiny random models of ``extractor.tiny_models``: the spec's dtype and
+Checks, on the tiny random models of ``extractor.testing.tiny_models``: the spec's dtype and
 device are used, engine "auto" picks the static Mllama engine on CUDA, batched output
 equals one-at-a-time output, and bitsandbytes 8-bit / 4-bit quantise the language model
 only (vision tower, projector and lm_head stay ``nn.Linear``). Results: docs/models.md.
@@ -15,7 +15,7 @@ sys.path.insert(0, "include")
 import numpy as np
 import torch, transformers
 from PIL import Image
-from extractor.tiny_models import build_tiny_model
+from extractor.testing.tiny_models import build_tiny_model
 from extractor.spec import resolve_spec
 from extractor.backends.hf import HFBackend
 from extractor.images import ReceiptInput

@@ -1,8 +1,8 @@
 """Pipeline overhead: how much of a receipts_daily run is NOT extraction.
 
-Puts N receipts (rendered by ``extractor.synthetic``) into one partition and runs the real
+Puts N receipts (rendered by ``extractor.testing.synthetic``) into one partition and runs the real
 ``receipts_daily`` DAG once with ``dag.test()`` (SQLite metadata, DuckDB warehouse) on a
-fast backend: the tiny random-weight Mllama from ``extractor.tiny_models`` through the
+fast backend: the tiny random-weight Mllama from ``extractor.testing.tiny_models`` through the
 real HF backend (real processor, real ``generate``, ``max_new_tokens`` small). Extraction
 time is what the backend spends inside ``Backend.extract`` (decode + forward +
 postprocess), summed over the mapped extract tasks; everything else in the run's wall
@@ -11,7 +11,7 @@ start-up, validation, load, reconcile, report) is overhead.
 
 The tiny model's output is gibberish, so every receipt is quarantined before the
 expectation suite runs; to cover that cost too, the script then validates and loads
-N synthetic *valid* staged results (``extractor.pipeline.synthetic_results``) with the
+N synthetic *valid* staged results (``extractor.testing.synthetic_results``) with the
 same code the DAG calls, and reports the overhead share including it.
 
     .venv/bin/python bench/pipeline_overhead.py --receipts 1000
@@ -61,7 +61,7 @@ def configure(work: Path, spec: dict) -> None:
 
 
 def write_receipts(folder: Path, n: int, seed0: int) -> float:
-    from extractor.synthetic import render_receipt
+    from extractor.testing.synthetic import render_receipt
 
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -97,8 +97,8 @@ def run_day(dag, day: dt.date) -> dict:
 def validate_and_load_valid(n: int) -> dict:
     """The suite + load on N valid staged results: the part the gibberish run skips."""
     from extractor.pipeline.records import RunRecord
-    from extractor.pipeline.synthetic_results import make_results
-    from extractor.pipeline.validation import validate_results
+    from extractor.testing.synthetic_results import make_results
+    from extractor.pipeline.quality.validation import validate_results
     from extractor.pipeline.warehouse import open_warehouse
 
     results, _ = make_results(n, seed=7, bad_share=0.0, failed_share=0.0, logical_date=DAY0)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pipeline-overhead-"))
     try:
-        from extractor.tiny_models import build_tiny_model
+        from extractor.testing.tiny_models import build_tiny_model
 
         model_dir = build_tiny_model("mllama", work / "tiny-mllama")
         spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": "bench",

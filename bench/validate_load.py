@@ -3,7 +3,7 @@
     .venv/bin/python bench/validate_load.py [--n 10000] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
                                             [--out bench/results/validate_load.json]
 
-Generates realistic staged results (extractor.pipeline.synthetic_results: varied stores,
+Generates realistic staged results (extractor.testing.synthetic_results: varied stores,
 currencies, line items; 5% broken one known way each, 2% extraction failures), writes
 them as a staged JSONL file, then times, in one fresh process:
   read      read_staged() of the JSONL file
@@ -30,9 +30,9 @@ import uuid
 from pathlib import Path
 
 from extractor.pipeline.records import RunRecord
-from extractor.pipeline.staging import read_staged, write_staged
-from extractor.pipeline.synthetic_results import make_results
-from extractor.pipeline.validation import validate_results
+from extractor.pipeline.sources.staging import read_staged, write_staged
+from extractor.testing.synthetic_results import make_results
+from extractor.pipeline.quality.validation import validate_results
 from extractor.pipeline.warehouse import open_warehouse
 
 LOGICAL = dt.date(2024, 6, 30)

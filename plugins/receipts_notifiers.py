@@ -1,6 +1,6 @@
 """Alert notifiers for the receipts pipeline, built from Airflow connections when they exist.
 
-Each notifier is a callable ``(message, details) -> None`` as ``extractor.pipeline.alerts.
+Each notifier is a callable ``(message, details) -> None`` as ``extractor.pipeline.quality.alerts.
 send_alert`` expects; the log line and the ``alerts`` row are always written by
 ``send_alert`` itself, these only add people's channels:
 

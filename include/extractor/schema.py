@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from extractor import normalize
+import extractor.normalize as normalize
 
 MONEY_FIELDS = ("subtotal", "tax_amount", "tip", "discount", "total")
 

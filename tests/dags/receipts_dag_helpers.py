@@ -63,7 +63,7 @@ class Pipeline:
 
 def synthetic_receipt(seed: int, **overrides) -> bytes:
     """A rendered receipt the OCR reader reads well (fields known), dated by the caller."""
-    from extractor.synthetic import render_receipt
+    from extractor.testing.synthetic import render_receipt
 
     data, _truth = render_receipt(seed, **overrides)
     return data

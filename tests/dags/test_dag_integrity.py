@@ -70,7 +70,7 @@ def test_scheduled_and_backfill_runs_read_the_partition_of_their_logical_date(re
     from airflow.models.backfill import _get_info_list
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from extractor.pipeline.discovery import partition_days
+    from extractor.pipeline.sources.discovery import partition_days
 
     utc = dt.timezone.utc
     serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(receipts_dag))
@@ -86,7 +86,7 @@ def test_a_manual_run_reads_the_last_complete_day(receipts_dag, hour):
 
     from airflow.serialization.encoders import coerce_to_core_timetable
 
-    from extractor.pipeline.discovery import partition_days
+    from extractor.pipeline.sources.discovery import partition_days
 
     run_after = dt.datetime(2026, 3, 2, hour, tzinfo=dt.timezone.utc)
     interval = coerce_to_core_timetable(receipts_dag.timetable).infer_manual_data_interval(

@@ -1,6 +1,6 @@
 """The HF backend through the real DAG, and switching extractors.
 
-A tiny random-weight Mllama is built offline by the test (``extractor.tiny_models``) and
+A tiny random-weight Mllama is built offline by the test (``extractor.testing.tiny_models``) and
 made available through ``ensure_model`` from a local folder. Its output is gibberish, so
 every receipt is quarantined as unparseable: the honest result, with the raw output kept.
 The DAG-run param picks it over the Variable (what a backfill with another model does);
@@ -21,7 +21,7 @@ OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v3"
 
 @pytest.fixture(scope="module")
 def tiny_mllama(tmp_path_factory):
-    from extractor.tiny_models import build_tiny_model
+    from extractor.testing.tiny_models import build_tiny_model
 
     return build_tiny_model("mllama", tmp_path_factory.mktemp("models") / "tiny-mllama")
 

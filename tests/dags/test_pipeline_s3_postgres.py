@@ -77,7 +77,7 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
     assert pg.fetch("SELECT count(*) FROM quarantine") == [(1,)]
 
     # a model whose weights live under an S3 prefix, fetched once into the model cache
-    from extractor.tiny_models import build_tiny_model
+    from extractor.testing.tiny_models import build_tiny_model
 
     model_dir = build_tiny_model("mllama", pipeline.root / "built" / "tiny-mllama")
     s3.create_bucket(Bucket="models")

@@ -390,7 +390,7 @@ def test_connections_are_the_ids_the_code_uses(services):
 
 
 def test_init_files_match_the_dag_and_the_code(extract_task):
-    from extractor.pipeline.validation import Thresholds
+    from extractor.pipeline.quality.expectations import Thresholds
     from extractor.spec import resolve_spec
 
     variables = json.loads((REPO / "deploy" / "variables.json").read_text())

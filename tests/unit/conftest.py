@@ -16,7 +16,7 @@ def _few_torch_threads() -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory) -> dict:
     """{"mllama": Path, "llava": Path}: random-weight models saved like Hub snapshots."""
-    from extractor.tiny_models import KINDS, build_tiny_model
+    from extractor.testing.tiny_models import KINDS, build_tiny_model
 
     _few_torch_threads()
     root = tmp_path_factory.mktemp("tiny-models")

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from extractor.pipeline.alerts import send_alert
+from extractor.pipeline.quality.alerts import send_alert
 from extractor.pipeline.warehouse import open_warehouse
 
 
@@ -23,7 +23,7 @@ def test_alert_is_logged_recorded_and_notified(wh, caplog):
     def slack(message, details):
         received.append(("slack", message, details))
 
-    caplog.set_level(logging.WARNING, logger="extractor.pipeline.alerts")
+    caplog.set_level(logging.WARNING, logger="extractor.pipeline.quality.alerts")
     send_alert(wh, run_id="scheduled__2024-06-30", level="warning",
                message="quarantine rate 31% > 20%", details={"quarantine_rate": 0.31},
                notifiers=[slack])

@@ -9,7 +9,7 @@ import hashlib
 import pytest
 
 from extractor.pipeline import config as cfgmod
-from extractor.pipeline import discovery
+from extractor.pipeline.sources import discovery
 
 UTC = dt.timezone.utc
 

@@ -72,7 +72,7 @@ MODELING = textwrap.dedent('''
 def legacy_dir(tmp_path_factory):
     import torch
 
-    from extractor.tiny_models import _train_tokenizer
+    from extractor.testing.tiny_models import _train_tokenizer
 
     folder = tmp_path_factory.mktemp("llamavision-1b")
     source = tmp_path_factory.mktemp("src") / "modeling_tinyvision.py"  # save_pretrained copies it

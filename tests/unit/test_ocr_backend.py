@@ -19,7 +19,7 @@ from extractor.backends.ocr import OCRBackend
 from extractor.evaluation import field_match, similarity
 from extractor.images import ReceiptInput
 from extractor.spec import resolve_spec
-from extractor.synthetic import render_receipt
+from extractor.testing.synthetic import render_receipt
 
 SAMPLES = Path(extractor.__file__).parent / "samples" / "receipts"
 

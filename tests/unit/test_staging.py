@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from extractor.pipeline.staging import prune_staging, read_staged, read_staged_many, write_staged
+from extractor.pipeline.sources.staging import prune_staging, read_staged, read_staged_many, write_staged
 from extractor.schema import ExtractionResult, LineItem, Receipt
 
 VERSION = "ocr:rapidocr@3.10.0:parser-v3"
@@ -106,7 +106,7 @@ def test_fractional_tax_rate_survives_the_round_trip(tmp_path):
 
 
 def test_synthetic_batch_round_trips_exactly(tmp_path):
-    from extractor.pipeline.synthetic_results import make_results
+    from extractor.testing.synthetic_results import make_results
 
     results, _ = make_results(300, seed=5, bad_share=0, failed_share=0.05)
     write_staged(results, tmp_path / "b.jsonl")
@@ -148,7 +148,7 @@ def test_prune_with_retention_off_or_no_folder_keeps_everything(tmp_path):
 
 def test_prune_reports_a_folder_it_cannot_remove_and_goes_on(tmp_path, monkeypatch):
     # Running as root, permissions cannot make rmtree fail here, so its failure is simulated.
-    import extractor.pipeline.staging as staging
+    import extractor.pipeline.sources.staging as staging
 
     now = time.time()
     for name in ("a-old", "b-old"):

@@ -7,7 +7,7 @@ from PIL import Image
 
 from extractor.images import decode_image
 from extractor.schema import Receipt
-from extractor.synthetic import render_receipt
+from extractor.testing.synthetic import render_receipt
 
 
 def test_same_seed_same_bytes_and_truth():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from extractor.tiny_models import KINDS, build_tiny_model
+from extractor.testing.tiny_models import KINDS, build_tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -13,9 +13,10 @@ from decimal import Decimal
 import pytest
 
 from extractor.errors import ConfigError
-from extractor.pipeline.expectations import build_checks
-from extractor.pipeline.synthetic_results import BREAKAGES, make_results
-from extractor.pipeline.validation import Thresholds, decide, validate_results
+from extractor.pipeline.quality.expectations import build_checks
+from extractor.testing.synthetic_results import BREAKAGES, make_results
+from extractor.pipeline.quality.expectations import Thresholds
+from extractor.pipeline.quality.validation import decide, validate_results
 from extractor.schema import ExtractionResult, LineItem, Receipt, scalar_fields
 
 LOGICAL = dt.date(2024, 6, 30)
@@ -209,9 +210,9 @@ def test_synthetic_batch_quarantines_exactly_the_broken_receipts():
 def test_docs_show_the_current_suite():
     from pathlib import Path
 
-    from extractor.pipeline.expectations import markdown_suite
+    from extractor.pipeline.quality.expectations import markdown_suite
     doc = (Path(__file__).parents[2] / "docs" / "validation.md").read_text(encoding="utf-8")
-    assert markdown_suite() in doc, "regenerate: python -m extractor.pipeline.expectations"
+    assert markdown_suite() in doc, "regenerate: python -m extractor.pipeline.quality.expectations"
 
 
 def test_importing_the_pipeline_library_stays_light():
@@ -219,10 +220,10 @@ def test_importing_the_pipeline_library_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys; import extractor.pipeline.validation, extractor.pipeline.warehouse, "
-            "extractor.pipeline.alerts, extractor.pipeline.staging, extractor.pipeline.summary, "
-            "extractor.pipeline.expectations, extractor.pipeline.warehouse_duckdb, "
-            "extractor.pipeline.warehouse_postgres; "
+    code = ("import sys; import extractor.pipeline.quality.validation, extractor.pipeline.warehouse, "
+            "extractor.pipeline.quality.alerts, extractor.pipeline.sources.staging, extractor.pipeline.quality.summary, "
+            "extractor.pipeline.quality.expectations, extractor.pipeline.warehouse.duckdb_backend, "
+            "extractor.pipeline.warehouse.postgres_backend; "
             "print([m for m in ('great_expectations', 'duckdb', 'psycopg', 'pandas') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,10 +10,11 @@ from decimal import Decimal
 
 import pytest
 
-from extractor.pipeline import ddl
+import extractor.pipeline.warehouse.ddl as ddl
 from extractor.pipeline.records import QuarantineRecord, RunRecord
-from extractor.pipeline.warehouse import convert_placeholders, open_warehouse
-from extractor.pipeline.warehouse_postgres import normalise_uri
+from extractor.pipeline.warehouse import open_warehouse
+from extractor.pipeline.warehouse.base import convert_placeholders
+from extractor.pipeline.warehouse.postgres_backend import normalise_uri
 from extractor.schema import ExtractionResult, LineItem, Receipt, scalar_fields
 
 V1 = "ocr:rapidocr@3.10.0:parser-v3"
@@ -278,7 +279,7 @@ def test_postgres_uri_normalisation():
 def test_docs_show_the_current_generated_tables():
     from pathlib import Path
     doc = (Path(__file__).parents[2] / "docs" / "warehouse.md").read_text(encoding="utf-8")
-    assert ddl.markdown_tables() in doc, "regenerate: python -m extractor.pipeline.ddl markdown"
+    assert ddl.markdown_tables() in doc, "regenerate: python -m extractor.pipeline.warehouse.ddl markdown"
 
 
 def _hold_duckdb_file(path, seconds):

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from extractor.pipeline import config as cfgmod
-from extractor.pipeline import discovery
+from extractor.pipeline.sources import discovery
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
     """Read a task's receipts, run the backend one model batch at a time (so only one
     batch of decoded images is in memory), stage one JSONL line per receipt."""
     from extractor.backends import load_backend
-    from extractor.pipeline.staging import write_staged
+    from extractor.pipeline.sources.staging import write_staged
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
     client = s3_client(cfg) if any(b["uri"].startswith("s3://") for b in batch) else None
@@ -241,11 +241,12 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
                       notifiers: Sequence[Notifier] = ()) -> dict[str, Any]:
     """Validate every staged result, load receipts + quarantine + run lineage in ONE
     transaction, alert on "alert"/"fail", and fail the run on "fail" (after recording)."""
-    from extractor.pipeline import summary as summaries
-    from extractor.pipeline.alerts import send_alert
+    from extractor.pipeline.quality import summary as summaries
+    from extractor.pipeline.quality.alerts import send_alert
     from extractor.pipeline.records import RunRecord
-    from extractor.pipeline.staging import read_staged
-    from extractor.pipeline.validation import Thresholds, validate_results
+    from extractor.pipeline.sources.staging import read_staged
+    from extractor.pipeline.quality.expectations import Thresholds
+    from extractor.pipeline.quality.validation import validate_results
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
     # a lazy XCom sequence (one entry per mapped extract), empty when extract was skipped
@@ -356,7 +357,7 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
 def prune_staging() -> dict[str, Any]:
     """Delete this DAG's staging run folders older than the retention (the current run's
     folder always stays). Runs after ``report``, so only a run that finished prunes."""
-    from extractor.pipeline.staging import prune_staging as prune
+    from extractor.pipeline.sources.staging import prune_staging as prune
 
     ctx, cfg = _context(), load_config()
     dag_dir = cfg.staging_dir / _safe(ctx["dag"].dag_id)
@@ -381,7 +382,7 @@ def alert_callbacks(cfg: cfgmod.PipelineConfig) -> list[Notifier]:
 
 def on_run_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) -> None:
     """DAG-level failure callback: an alert row, a log line and the configured notifiers."""
-    from extractor.pipeline.alerts import send_alert
+    from extractor.pipeline.quality.alerts import send_alert
 
     dag_run = context.get("dag_run")
     run_id = getattr(dag_run, "run_id", None) or context.get("run_id") or "unknown"

@@ -14,15 +14,17 @@ expectation. Severity "error" quarantines the failing rows, "warn" only counts t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import types
 import typing
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+from extractor.errors import ConfigError
 from extractor.normalize import ISO_4217
-from extractor.pipeline.ddl import NUMERIC_LIMIT
+from extractor.pipeline.warehouse.ddl import NUMERIC_LIMIT
 from extractor.schema import MONEY_FIELDS, ExtractionResult, Receipt, scalar_fields
 
 HH_MM = r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -30,6 +32,65 @@ SHA256_HEX = r"^[0-9a-f]{64}$"
 CARD_LAST4 = r"^[0-9]{4}$"
 PHONE = r"^\+?[0-9][0-9 ().\-/]{4,24}$"
 FORMAT_CHECKED = {"time", "currency", "card_last4"}  # a format check bounds them already
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Suite settings and the quarantine-rate limits that decide pass / alert / fail."""
+
+    max_quarantine_rate_alert: float = 0.2   # rate above this -> "alert"
+    max_quarantine_rate_fail: float = 0.5    # rate above this -> "fail"
+    min_rows: int = 0                        # fewer results than this -> "fail"
+    date_window_days: int = 3650             # oldest acceptable date, back from logical date
+    future_grace_days: int = 1               # dates up to logical date + this pass
+    total_tolerance: Decimal = Decimal("0.05")
+    line_items_tolerance: Decimal = Decimal("0.05")
+    required_fields: tuple[str, ...] = ("store_name", "date", "total")
+    max_amount: Decimal = Decimal("100000")  # sanity maximum for every money field
+    max_tax_rate: Decimal = Decimal("30")
+    max_text_length: int = 300
+    allowed_currencies: tuple[str, ...] | None = None  # None: any ISO 4217 code
+    severity: Mapping[str, str] = field(default_factory=dict)  # check name -> error/warn/off
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "Thresholds":
+        """Build from JSON-ish config (an Airflow Variable); unknown keys are an error."""
+        values = dict(values or {})
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"unknown validation thresholds: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            default = names[key].default
+            if isinstance(default, Decimal):
+                value = Decimal(str(value))
+            elif key in ("required_fields", "allowed_currencies") and value is not None:
+                value = tuple(value)
+            elif key == "severity":
+                value = dict(value)
+            elif isinstance(default, float):
+                value = float(value)
+            elif isinstance(default, int):
+                value = int(value)
+            kwargs[key] = value
+        t = cls(**kwargs)
+        if not 0 <= t.max_quarantine_rate_alert <= t.max_quarantine_rate_fail <= 1:
+            raise ConfigError("need 0 <= max_quarantine_rate_alert <= max_quarantine_rate_fail <= 1")
+        try:  # unknown required fields / check names / severities: fail at config time
+            build_checks(t, dt.date(2000, 1, 1))
+        except ValueError as exc:
+            raise ConfigError(f"invalid validation thresholds: {exc}") from exc
+        return t
+
+    @classmethod
+    def coerce(cls, value: "Thresholds | Mapping[str, Any] | None") -> "Thresholds":
+        return value if isinstance(value, cls) else cls.from_dict(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple)
+                    else dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -216,7 +277,6 @@ def cross_field_flags(result: ExtractionResult, thresholds: Any) -> dict[str, bo
 def markdown_suite(thresholds: Any = None, logical_date: dt.date = dt.date(2024, 6, 30)) -> str:
     """The suite as a Markdown table (docs/validation.md embeds it; default thresholds)."""
     if thresholds is None:
-        from extractor.pipeline.validation import Thresholds
         thresholds = Thresholds()
     rows = ["| check | GX expectation | column | severity | rule |", "| --- | --- | --- | --- | --- |"]
     for c in build_checks(thresholds, logical_date):

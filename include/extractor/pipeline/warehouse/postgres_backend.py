@@ -11,8 +11,8 @@ import contextlib
 from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from extractor.pipeline import ddl
-from extractor.pipeline.warehouse import Row, Warehouse, convert_placeholders
+import extractor.pipeline.warehouse.ddl as ddl
+from extractor.pipeline.warehouse.base import Row, Warehouse, convert_placeholders
 
 # Any constant works; it only has to be the same in every process that creates the schema.
 _SCHEMA_LOCK_ID = 0x5EC1_2024

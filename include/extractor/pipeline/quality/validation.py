@@ -13,17 +13,16 @@ cost is paid once per process and is reported in ``stats["timings"]``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
-from extractor.errors import ConfigError, ExtractorError
-from extractor.pipeline.expectations import Check, build_checks, cross_field_flags
+from extractor.errors import ExtractorError
+from extractor.pipeline.quality.expectations import Check, Thresholds, build_checks, cross_field_flags
 from extractor.pipeline.records import Decision, QuarantineRecord
 from extractor.schema import ExtractionResult, Receipt, scalar_fields
 
@@ -33,65 +32,6 @@ log = logging.getLogger(__name__)
 SUITE_NAME = "receipts"
 RESULTS_SUBDIR = "_validation_results"  # under data_docs_dir
 DOCS_INDEX_LIMIT = 60  # runs listed on the Data Docs index page
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Suite settings and the quarantine-rate limits that decide pass / alert / fail."""
-
-    max_quarantine_rate_alert: float = 0.2   # rate above this -> "alert"
-    max_quarantine_rate_fail: float = 0.5    # rate above this -> "fail"
-    min_rows: int = 0                        # fewer results than this -> "fail"
-    date_window_days: int = 3650             # oldest acceptable date, back from logical date
-    future_grace_days: int = 1               # dates up to logical date + this pass
-    total_tolerance: Decimal = Decimal("0.05")
-    line_items_tolerance: Decimal = Decimal("0.05")
-    required_fields: tuple[str, ...] = ("store_name", "date", "total")
-    max_amount: Decimal = Decimal("100000")  # sanity maximum for every money field
-    max_tax_rate: Decimal = Decimal("30")
-    max_text_length: int = 300
-    allowed_currencies: tuple[str, ...] | None = None  # None: any ISO 4217 code
-    severity: Mapping[str, str] = field(default_factory=dict)  # check name -> error/warn/off
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "Thresholds":
-        """Build from JSON-ish config (an Airflow Variable); unknown keys are an error."""
-        values = dict(values or {})
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(names)
-        if unknown:
-            raise ConfigError(f"unknown validation thresholds: {sorted(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            default = names[key].default
-            if isinstance(default, Decimal):
-                value = Decimal(str(value))
-            elif key in ("required_fields", "allowed_currencies") and value is not None:
-                value = tuple(value)
-            elif key == "severity":
-                value = dict(value)
-            elif isinstance(default, float):
-                value = float(value)
-            elif isinstance(default, int):
-                value = int(value)
-            kwargs[key] = value
-        t = cls(**kwargs)
-        if not 0 <= t.max_quarantine_rate_alert <= t.max_quarantine_rate_fail <= 1:
-            raise ConfigError("need 0 <= max_quarantine_rate_alert <= max_quarantine_rate_fail <= 1")
-        try:  # unknown required fields / check names / severities: fail at config time
-            build_checks(t, dt.date(2000, 1, 1))
-        except ValueError as exc:
-            raise ConfigError(f"invalid validation thresholds: {exc}") from exc
-        return t
-
-    @classmethod
-    def coerce(cls, value: "Thresholds | Mapping[str, Any] | None") -> "Thresholds":
-        return value if isinstance(value, cls) else cls.from_dict(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: (str(v) if isinstance(v, Decimal) else list(v) if isinstance(v, tuple)
-                    else dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
 
 
 @dataclass

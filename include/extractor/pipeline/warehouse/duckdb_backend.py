@@ -14,8 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from extractor.pipeline import ddl
-from extractor.pipeline.warehouse import Row, Warehouse, convert_placeholders
+import extractor.pipeline.warehouse.ddl as ddl
+from extractor.pipeline.warehouse.base import Row, Warehouse, convert_placeholders
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The warehouse behind one interface: DuckDB (embedded default) or PostgreSQL.
+"""The ``Warehouse`` interface both dialects implement, and the row building they share.
 
-``open_warehouse(url)`` picks the implementation from the URL. Every write is keyed by
+Every write is keyed by
 (receipt_id, extractor_version) and happens in ONE transaction: the keys being loaded
 are deleted from ``receipts``, ``receipt_line_items`` and ``quarantine`` and their new
 rows inserted in bulk, and the run's row in ``runs`` is replaced. So
@@ -11,8 +11,6 @@ rows inserted in bulk, and the run's row in ``runs`` is replaced. So
   receipt that now validates leaves quarantine, one that now fails leaves receipts;
 * rows of other extractor versions are never touched, so switching the model back is a
   rollback, not a reload.
-
-Drivers (duckdb, psycopg) are imported by the implementation that needs them.
 """
 
 from __future__ import annotations
@@ -26,29 +24,15 @@ import uuid
 from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
-from extractor.pipeline import ddl
+import extractor.pipeline.warehouse.ddl as ddl
 from extractor.pipeline.records import QuarantineRecord, RunRecord
 from extractor.schema import ExtractionResult, LineItem, scalar_fields
 
-__all__ = ["Warehouse", "RunRecord", "QuarantineRecord", "open_warehouse"]
+__all__ = ["Warehouse", "Row", "RunRecord", "QuarantineRecord", "convert_placeholders"]
 
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
-
-
-def open_warehouse(url: str, **options: Any) -> "Warehouse":
-    """``duckdb:///relative/path.duckdb``, ``duckdb:////abs/path.duckdb``, ``duckdb:///:memory:``
-    or a ``postgresql://user@host:port/db`` URI (``postgres://`` and ``postgresql+driver://``
-    are accepted too, as Airflow connections render them)."""
-    if url.startswith("duckdb://"):
-        from extractor.pipeline.warehouse_duckdb import DuckDBWarehouse
-        return DuckDBWarehouse(url[len("duckdb:///"):] if url.startswith("duckdb:///") else
-                               url[len("duckdb://"):], **options)
-    if re.match(r"postgres(ql)?(\+\w+)?://", url):
-        from extractor.pipeline.warehouse_postgres import PostgresWarehouse
-        return PostgresWarehouse(url, **options)
-    raise ValueError(f"unsupported warehouse URL {url!r}: use duckdb:///path or postgresql://...")
 
 
 # ----------------------------------------------------------------------------- values

@@ -6,7 +6,7 @@ those of ``receipt_line_items``; add a field to the schema and the next
 bookkeeping columns are declared here. One definition serves both dialects: only the
 JSON type differs (DuckDB ``JSON``, PostgreSQL ``JSONB``).
 
-Print the DDL with ``python -m extractor.pipeline.ddl [duckdb|postgres]``.
+Print the DDL with ``python -m extractor.pipeline.warehouse.ddl [duckdb|postgres]``.
 """
 
 from __future__ import annotations
