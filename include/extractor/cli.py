@@ -1,4 +1,4 @@
-"""Command line: ``python -m extractor {extract,batch,compare,eval,presets}``.
+"""Command line: ``python -m extractor {extract,batch,compare,eval,serve,presets}``.
 
 ``--model`` takes what the Airflow Variable takes: a preset name (``ocr``,
 ``llama-3.2-11b-vision-instruct`` ...), or a JSON spec (``'{"preset": "ocr", "batch_size": 4}'``).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from extractor.serving.app import serve
+
+    serve(model=args.model, model_dir=args.model_dir, cache_dir=args.cache_dir, host=args.host,
+          port=args.port, on_other_model=args.on_other_model, max_wait_ms=args.max_wait_ms)
+    return 0
+
+
 def _s(value: object) -> str:
     return "" if value is None else str(value)
 
@@ -203,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="the resident extraction service (one per GPU): load once, serve HTTP")
+    p.add_argument("--model", default=os.environ.get("RECEIPT_SERVICE_MODEL") or None,
+                   help="preset or JSON spec to load at start (default: $RECEIPT_SERVICE_MODEL; "
+                        "none: the first request's)")
+    p.add_argument("--model-dir", help="load the model from this local folder")
+    p.add_argument("--cache-dir", help="model cache (default: $RECEIPT_MODEL_CACHE or ./var/models)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--on-other-model", choices=("reload", "refuse"), default="reload",
+                   help="a request for another spec: switch models (default) or answer 409")
+    p.add_argument("--max-wait-ms", type=float, default=50,
+                   help="how long a part-filled batch waits for receipts of other requests")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

@@ -20,6 +20,8 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
 | GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
+| resident extraction service (env only: one per GPU worker) | | ``RECEIPT_EXTRACTION_SERVICE_URL`` | none: extract loads the model in the task |
+| its request timeout, seconds | ``receipts_extraction_service_timeout_s`` | ``RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S`` | 600 |
 
 Relative paths are resolved against the working directory when the task runs; a
 production deployment sets absolute paths on shared storage (the staging folder and the
@@ -69,6 +71,8 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    extraction_service_url: str | None = None  # the GPU worker's resident service; None: in-process
+    extraction_service_timeout_s: float = 600.0  # one request (a model batch, queueing and reloads included)
 
     @property
     def source_is_s3(self) -> bool:
@@ -143,7 +147,21 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        extraction_service_url=os.environ.get("RECEIPT_EXTRACTION_SERVICE_URL", "").strip() or None,
+        extraction_service_timeout_s=_positive_float(_setting(
+            get_variable, "receipts_extraction_service_timeout_s", "RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S", 600),
+            "receipts_extraction_service_timeout_s"),
     )
+
+
+def _positive_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number of seconds: {value!r}") from exc
+    if number <= 0:
+        raise ConfigError(f"{name} must be > 0")
+    return number
 
 
 def _absolute_duckdb_url(url: str) -> str:

@@ -150,3 +150,8 @@ def prune_staging(dag_dir: str | os.PathLike, *, older_than_days: int, keep: Ite
         else:
             out["removed"].append(folder.name)
     return out
+
+
+def staged_json(result: ExtractionResult) -> str:
+    """One result as its staged JSONL line (also the extraction service's wire format)."""
+    return _staged_line(result)
