@@ -190,8 +190,7 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
     client = s3_client(cfg) if any(b["uri"].startswith("s3://") for b in batch) else None
     t_start = time.perf_counter()
-    backend = _extraction_backend(spec, model["model_dir"], cfg)  # in this process, or the service
-    model_load_s = time.perf_counter() - t_start
+    backend, model_load_s = _extraction_backend(spec, model["model_dir"], cfg)  # here, or the service
     results, read_s, extract_s = [], 0.0, 0.0
     for i in range(0, len(batch), spec.batch_size):
         t0 = time.perf_counter()
@@ -200,8 +199,8 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
         extracted = iter(backend.extract([x for x in inputs if x is not None]))
         results.extend(r if r is not None else next(extracted) for r in chunk_results)
         read_s, extract_s = read_s + t1 - t0, extract_s + time.perf_counter() - t1
-    waited = getattr(backend, "model_load_s", 0.0)  # a (re)load inside the service
-    model_load_s, extract_s = model_load_s + waited, extract_s - waited
+    reloads = getattr(backend, "request_load_s", 0.0)  # the service (re)loaded a model mid-task
+    model_load_s, extract_s = model_load_s + reloads, extract_s - reloads
     ti = ctx["ti"]
     path = cfg.staging_dir / _safe(ctx["dag"].dag_id) / _safe(ctx["run_id"]) / f"batch-{ti.map_index:05d}.jsonl"
     staged = write_staged(results, path)
@@ -214,19 +213,22 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
 
 
 def _extraction_backend(spec, model_dir: str | None, cfg: cfgmod.PipelineConfig):
-    """The model for this task: loaded here (once per process; the embedded default), or
-    the GPU worker's resident extraction service when ``RECEIPT_EXTRACTION_SERVICE_URL`` is set."""
+    """The model for this task and the seconds spent loading it: loaded here (once per
+    process; the embedded default), or the GPU worker's resident extraction service when
+    ``RECEIPT_EXTRACTION_SERVICE_URL`` is set (only a load the task waited for counts)."""
     if not cfg.extraction_service_url:
         from extractor.backends import load_backend
 
-        return load_backend(spec, model_dir)
+        t0 = time.perf_counter()
+        return load_backend(spec, model_dir), time.perf_counter() - t0
     from extractor.serving.client import ServiceBackend, ServiceModelMismatchError
 
     try:
-        return ServiceBackend.connect(cfg.extraction_service_url, spec, model_dir,
-                                      timeout_s=cfg.extraction_service_timeout_s)
+        backend = ServiceBackend.connect(cfg.extraction_service_url, spec, model_dir,
+                                         timeout_s=cfg.extraction_service_timeout_s)
     except ServiceModelMismatchError as exc:  # retrying cannot change the service's model
         raise _fail(str(exc)) from exc
+    return backend, backend.startup_load_s
 
 
 def _read_chunk(items: Sequence[dict[str, Any]], version: str, client: Any):

@@ -41,7 +41,8 @@ class ServiceBackend:
         self.spec = spec
         self.model_dir = model_dir
         self.timeout_s = timeout_s
-        self.model_load_s = 0.0  # waited for the service to (re)load a model, summed
+        self.startup_load_s = 0.0  # waited at connect while the service was loading a model
+        self.request_load_s = 0.0  # (re)loads the service did while serving this task's requests
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S))
 
     @property
@@ -52,9 +53,7 @@ class ServiceBackend:
     def connect(cls, url: str, spec: ExtractorSpec, model_dir: str | None, *,
                 timeout_s: float) -> "ServiceBackend":
         backend = cls(url, spec, model_dir, timeout_s=timeout_s)
-        t0 = time.perf_counter()
         health = backend.wait_ready()
-        backend.model_load_s += time.perf_counter() - t0
         if health.get("on_other_model") == "refuse" and health.get("spec") not in (None, spec.model_dump(mode="json")):
             raise ServiceModelMismatchError(
                 f"the extraction service at {backend.url} runs {health.get('extractor_version')} and "
@@ -70,7 +69,9 @@ class ServiceBackend:
 
     def wait_ready(self) -> dict:
         """The health document once the service is not loading any more (bounded by the
-        request timeout); a failed start-up load is reported, not waited on."""
+        request timeout); the time spent waiting for a load is ``startup_load_s``. A failed
+        start-up load is reported, not waited on."""
+        t0 = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
         while True:
             health = self.health()
@@ -84,6 +85,11 @@ class ServiceBackend:
                 raise ServiceUnavailableError(f"extraction service at {self.url} still loading "
                                               f"after {self.timeout_s:.0f} s; the task will be retried")
             time.sleep(HEALTH_POLL_S)
+            self.startup_load_s = time.perf_counter() - t0
+
+    @property
+    def model_load_s(self) -> float:
+        return self.startup_load_s + self.request_load_s
 
     def extract(self, inputs: Sequence[ReceiptInput]) -> list[ExtractionResult]:
         if not inputs:
@@ -91,7 +97,7 @@ class ServiceBackend:
         body = {"spec": self.spec.model_dump(mode="json"), "model_dir": self.model_dir,
                 "receipts": encode_inputs(inputs)}
         payload = self._call("POST", "/extract", json=body).json()
-        self.model_load_s += float(payload.get("model_load_s") or 0.0)
+        self.request_load_s += float(payload.get("model_load_s") or 0.0)
         return results_from_wire(payload["results"], inputs)
 
     def close(self) -> None:
