@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -452,12 +453,69 @@ def test_per_device_gpu_workers_pin_one_gpu_each(services):
         env = environment(service)
         devices.append(int(env.pop("CUDA_VISIBLE_DEVICES")))
         assert env.pop("AIRFLOW__CELERY__WORKER_CONCURRENCY") == "1"
+        own_service = env.pop("RECEIPT_EXTRACTION_SERVICE_URL")  # checked in the test below
         base_env = environment(base)
         base_env.pop("AIRFLOW__CELERY__WORKER_CONCURRENCY")
+        base_env.pop("RECEIPT_EXTRACTION_SERVICE_URL")
         assert env == base_env, name
-        same = ("image", "command", "volumes", "deploy", "depends_on", "healthcheck")
+        same = ("image", "command", "volumes", "deploy", "healthcheck")
         assert {k: service.get(k) for k in same} == {k: base.get(k) for k in same}, name
+        depends = {k: v for k, v in service["depends_on"].items() if k != urlsplit(own_service).hostname}
+        base_depends = {k: v for k, v in base["depends_on"].items() if not k.startswith("extraction-service")}
+        assert depends == base_depends, name
     assert sorted(devices) == list(range(len(devices))), devices
+
+
+def _gpu_workers(services) -> dict[str, dict]:
+    return {n: s for n, s in services.items() if n.startswith("airflow-worker-gpu")}
+
+
+def test_each_gpu_worker_has_its_own_resident_extraction_service(services):
+    """Beside every GPU worker (the default one and one per GPU in the gpu-per-device
+    profile) runs one extraction service: the worker's RECEIPT_EXTRACTION_SERVICE_URL names
+    it, the worker waits for it to start, it has the same profile and GPU, mounts the model
+    cache the worker's tasks resolve, restarts on failure, checks /health on the port it
+    serves, and its command is one the real `python -m extractor serve` parser accepts."""
+    from extractor.cli import build_parser
+
+    workers = _gpu_workers(services)
+    served = {}
+    for name, worker in workers.items():
+        url = urlsplit(environment(worker)["RECEIPT_EXTRACTION_SERVICE_URL"])
+        target = url.hostname
+        assert target in services and target not in served.values(), f"{name}: {target}"
+        served[name] = target
+        service = services[target]
+        assert worker["depends_on"][target]["condition"] in ("service_started", "service_healthy")
+        assert service.get("profiles") == worker.get("profiles"), target
+        worker_env, env = environment(worker), environment(service)
+        assert env.get("CUDA_VISIBLE_DEVICES") == worker_env.get("CUDA_VISIBLE_DEVICES"), target
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert service["image"] == worker["image"] and service["build"]["target"] == "gpu"
+        cache = worker_env["RECEIPT_MODEL_CACHE"]
+        assert env["RECEIPT_MODEL_CACHE"] == cache
+        assert volume_at(service, cache) == volume_at(worker, cache) == "model-cache"
+        assert str(service["restart"]) in ("always", "unless-stopped")
+        args = command_args(service)
+        assert args[:4] == ["python", "-m", "extractor", "serve"], args
+        parsed = build_parser().parse_args(args[3:])
+        assert (parsed.host, parsed.port) == ("0.0.0.0", url.port or 80), target
+        assert volume_at(service, parsed.cache_dir) == "model-cache"
+        check = " ".join(service["healthcheck"]["test"])
+        assert f"localhost:{parsed.port}/health" in check, check
+    assert len(served) >= 3, served  # the default worker and two per-device ones
+
+
+def test_the_service_url_is_what_the_config_module_reads(services, monkeypatch):
+    from extractor.pipeline import config
+
+    env = environment(services["airflow-worker-gpu"])
+    monkeypatch.setenv("RECEIPT_EXTRACTION_SERVICE_URL", env["RECEIPT_EXTRACTION_SERVICE_URL"])
+    cfg = config.load_config(lambda _key: None, warehouse_conn_exists=True)
+    assert cfg.extraction_service_url == "http://extraction-service:8000"
+    assert "RECEIPT_EXTRACTION_SERVICE_URL" not in environment(services["airflow-worker"]), \
+        "CPU workers run no extract task"
 
 
 def _compose_cli() -> list[str] | None:

@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import airflow_cluster as ac  # noqa: E402
-from test_celery_distributed import PhaseTimer, _run_init, _services_reachable  # noqa: E402
+import airflow_cluster as ac
+from test_celery_distributed import PhaseTimer, _run_init, _services_reachable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -146,7 +146,7 @@ def test_extract_tasks_share_one_resident_model_and_survive_its_kill(tmp_path, w
 
     spec = {**SPEC, "source": str(build_tiny_model("mllama", tmp_path / "models" / "tiny-mllama"))}
     version = ExtractorSpec(**spec).version
-    expected = [_partition(tmp_path, DAYS[0], range(0, 6)), _partition(tmp_path, DAYS[1], range(6, 12))]
+    expected = [_partition(tmp_path, DAYS[0], range(6)), _partition(tmp_path, DAYS[1], range(6, 12))]
     warehouse_conn = {"conn_type": "postgres", "host": ac.PG_HOST, "port": ac.PG_PORT,
                       "login": ac.PG_USER, "schema": warehouse_db}
     port = ac.free_port()

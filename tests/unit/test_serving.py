@@ -17,15 +17,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from extractor.images import ReceiptInput
 from extractor.spec import ExtractorSpec
 from extractor.testing.synthetic import render_receipt
 
 
 def _spec(model_dir, **overrides) -> ExtractorSpec:
-    data = dict(backend="hf", model_id="tiny/mllama", revision="test", source=str(model_dir),
-                dtype="float32", batch_size=4, max_new_tokens=6, device_map=None)
+    data = {"backend": "hf", "model_id": "tiny/mllama", "revision": "test", "source": str(model_dir),
+            "dtype": "float32", "batch_size": 4, "max_new_tokens": 6, "device_map": None}
     return ExtractorSpec(**{**data, **overrides})
 
 
@@ -39,7 +38,6 @@ class LiveService:
 
     def __init__(self, *, on_other_model="reload", max_wait_s=0.05):
         import uvicorn
-
         from extractor.serving.app import create_app
         from extractor.serving.batcher import Batcher, ResidentModel
 
@@ -115,7 +113,7 @@ def test_results_match_the_in_process_backend_and_the_model_loads_once(model_dir
     assert first[1].status == "failed" and first[1].reason.startswith("bad image")
     assert health["loads"] == 1 and health["extractor_version"] == spec.version
     assert client.model_load_s > 0  # this client's first request waited for the load
-    strip = lambda r: {**r.model_dump(), "timings": None}  # noqa: E731
+    strip = lambda r: {**r.model_dump(), "timings": None}
     assert [strip(r) for r in second] == [strip(r) for r in first[:2]]
     local = backend_class("hf")(spec, model_dir=model_dir).extract(inputs)
     assert [strip(r) for r in first] == [strip(r) for r in local]

@@ -1,8 +1,10 @@
 """Backend registry and the per-process model cache.
 
-A worker process loads a model once and keeps it for every batch it is given
+A process loads a model once and keeps it for every batch it is given
 (``load_backend`` is memoised by extractor version and model directory); heavy
-modules are only imported when their backend is asked for.
+modules are only imported when their backend is asked for. Airflow 3 forks a fresh
+process per task instance, so in a task the memo lasts one task: production keeps the
+model in the resident extraction service (``extractor.serving``) instead.
 """
 
 from __future__ import annotations

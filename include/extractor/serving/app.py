@@ -21,13 +21,18 @@ with Airflow. The batcher is framework-free (``batcher.py``) and tested on its o
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from extractor.images import ReceiptInput
 from extractor.schema import ExtractionResult
 from extractor.serving.batcher import RELOAD, Batcher, ResidentModel
-from extractor.serving.protocol import (ExtractRequest, ServiceModelMismatchError, decode_item,
-                                        result_to_wire)
+from extractor.serving.protocol import (
+    ExtractRequest,
+    ServiceModelMismatchError,
+    decode_item,
+    result_to_wire,
+)
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from extractor.images import ReceiptInput
 from extractor.schema import ExtractionResult
@@ -132,7 +133,7 @@ class Batcher:
         self._preload: Callable[[], Any] | None = None
         self._thread = threading.Thread(target=self._run, name="extraction-batcher", daemon=True)
 
-    def start(self, preload: Callable[[], Any] | None = None) -> "Batcher":
+    def start(self, preload: Callable[[], Any] | None = None) -> Batcher:
         """Start the thread; ``preload`` (loading the service's start-up model) runs first on it."""
         self._preload = preload
         self._thread.start()

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from extractor.images import ReceiptInput
 from extractor.schema import ExtractionResult
-from extractor.serving.protocol import (ServiceError, ServiceModelMismatchError,
-                                        ServiceUnavailableError, encode_inputs, results_from_wire)
+from extractor.serving.protocol import (
+    ServiceError,
+    ServiceModelMismatchError,
+    ServiceUnavailableError,
+    encode_inputs,
+    results_from_wire,
+)
 from extractor.spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -51,7 +56,7 @@ class ServiceBackend:
 
     @classmethod
     def connect(cls, url: str, spec: ExtractorSpec, model_dir: str | None, *,
-                timeout_s: float) -> "ServiceBackend":
+                timeout_s: float) -> ServiceBackend:
         backend = cls(url, spec, model_dir, timeout_s=timeout_s)
         health = backend.wait_ready()
         if health.get("on_other_model") == "refuse" and health.get("spec") not in (None, spec.model_dump(mode="json")):

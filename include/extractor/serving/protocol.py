@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -51,7 +52,7 @@ class ReceiptItem(BaseModel):
     uri: str | None = Field(None, description="a local path (or file:// URI) on a volume the service mounts")
 
     @model_validator(mode="after")
-    def _one_payload(self) -> "ReceiptItem":
+    def _one_payload(self) -> ReceiptItem:
         if (self.data_b64 is None) == (self.uri is None):
             raise ValueError("give exactly one of data_b64 and uri")
         return self
@@ -75,7 +76,7 @@ def decode_item(item: ReceiptItem) -> bytes:
             return base64.b64decode(item.data_b64, validate=True)
         except binascii.Error as exc:
             raise ValueError(f"bad base64 payload: {exc}") from None
-    path = Path(item.uri[len("file://"):] if item.uri.startswith("file://") else item.uri)
+    path = Path(item.uri.removeprefix("file://"))
     if not path.is_absolute():
         raise ValueError(f"uri {item.uri!r} is not a local absolute path the service can read")
     try:
