@@ -235,3 +235,27 @@ def test_cli_has_a_serve_command():
 
     args = build_parser().parse_args(["serve", "--model", "ocr", "--port", "8123", "--on-other-model", "refuse"])
     assert (args.model, args.port, args.on_other_model, args.host) == ("ocr", 8123, "refuse", "127.0.0.1")
+
+
+def test_the_extract_task_fails_without_retry_on_a_refused_model_and_loads_in_process_without_a_url(
+        model_dir, monkeypatch):
+    """tasks._extraction_backend: the client branch when the URL is set (a refused model is an
+    AirflowFailException: retrying cannot change the service's model), the task's own
+    process otherwise (the embedded default)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from extractor.pipeline import config, tasks
+    from extractor.serving.client import ServiceBackend
+
+    first, other = _spec(model_dir), _spec(model_dir, max_new_tokens=3)
+    monkeypatch.delenv("RECEIPT_EXTRACTION_SERVICE_URL", raising=False)
+    local, load_s = tasks._extraction_backend(first, model_dir, config.load_config(lambda _k: None))
+    assert not isinstance(local, ServiceBackend) and load_s >= 0
+    with LiveService(on_other_model="refuse") as service:
+        _client(service.url, first, model_dir).extract(_inputs(1))
+        monkeypatch.setenv("RECEIPT_EXTRACTION_SERVICE_URL", service.url)
+        cfg = config.load_config(lambda _k: None)
+        backend, load_s = tasks._extraction_backend(first, model_dir, cfg)
+        assert isinstance(backend, ServiceBackend) and load_s == 0.0
+        with pytest.raises(AirflowFailException, match="does not switch models"):
+            tasks._extraction_backend(other, model_dir, cfg)
