@@ -243,7 +243,6 @@ def test_the_extract_task_fails_without_retry_on_a_refused_model_and_loads_in_pr
     AirflowFailException: retrying cannot change the service's model), the task's own
     process otherwise (the embedded default)."""
     from airflow.sdk.exceptions import AirflowFailException
-
     from extractor.pipeline import config, tasks
     from extractor.serving.client import ServiceBackend
 
