@@ -158,7 +158,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from extractor.serving.app import serve
 
     serve(model=args.model, model_dir=args.model_dir, cache_dir=args.cache_dir, host=args.host,
-          port=args.port, on_other_model=args.on_other_model, max_wait_ms=args.max_wait_ms)
+          port=args.port, on_other_model=args.on_other_model, max_wait_ms=args.max_wait_ms,
+          warmup=not args.no_warmup)
     return 0
 
 
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a request for another spec: switch models (default) or answer 409")
     p.add_argument("--max-wait-ms", type=float, default=50,
                    help="how long a part-filled batch waits for receipts of other requests")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the start-up batch of sample receipts (hf models warm their engine with it)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("presets", help="list the model presets")

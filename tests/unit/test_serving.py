@@ -258,3 +258,32 @@ def test_the_extract_task_fails_without_retry_on_a_refused_model_and_loads_in_pr
         assert isinstance(backend, ServiceBackend) and load_s == 0.0
         with pytest.raises(AirflowFailException, match="does not switch models"):
             tasks._extraction_backend(other, model_dir, cfg)
+
+
+def test_start_up_loads_the_model_and_warms_it_with_a_full_batch_of_samples(model_dir):
+    import json
+
+    from extractor.serving.app import _preloader
+    from extractor.serving.batcher import ResidentModel
+
+    resident = ResidentModel()
+    spec = _spec(model_dir, batch_size=3)
+    sizes: list[int] = []
+    from extractor.backends.hf import HFBackend
+
+    original = HFBackend._forward
+
+    def recording(self, images):
+        sizes.append(len(images))
+        return original(self, images)
+
+    HFBackend._forward = recording
+    try:
+        _preloader(resident, json.dumps(spec.model_dump(mode="json")), model_dir, None, True)()
+    finally:
+        HFBackend._forward = original
+        from extractor.backends import unload_all
+
+        unload_all()
+    assert (resident.status, resident.loads, resident.spec) == ("ready", 1, spec)
+    assert sizes == [3], "one batch of the spec's size"

@@ -109,13 +109,15 @@ def _read_items(request: ExtractRequest, version: str):
 
 def serve(*, model: str | None, model_dir: str | None = None, cache_dir: str | None = None,
           host: str = "127.0.0.1", port: int = 8000, on_other_model: str = RELOAD,
-          max_wait_ms: float = 50, log_level: str = "info") -> None:
-    """Run the service until SIGTERM/SIGINT; with ``model``, load it right away."""
+          max_wait_ms: float = 50, log_level: str = "info", warmup: bool = True) -> None:
+    """Run the service until SIGTERM/SIGINT; with ``model``, load it right away (and, for
+    an ``hf`` model with ``warmup``, run one batch of the bundled samples through it so the
+    engine's compilation and graph capture happen before the first task, not in it)."""
     import uvicorn
 
     resident = ResidentModel(on_other_model=on_other_model)
     batcher = Batcher(resident, max_wait_s=max_wait_ms / 1000)
-    batcher.start(preload=_preloader(resident, model, model_dir, cache_dir) if model else None)
+    batcher.start(preload=_preloader(resident, model, model_dir, cache_dir, warmup) if model else None)
     try:
         uvicorn.run(create_app(batcher), host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=30)
@@ -124,7 +126,7 @@ def serve(*, model: str | None, model_dir: str | None = None, cache_dir: str | N
 
 
 def _preloader(resident: ResidentModel, model: str, model_dir: str | None,
-               cache_dir: str | None) -> Callable[[], Any]:
+               cache_dir: str | None, warmup: bool) -> Callable[[], Any]:
     from extractor.spec import resolve_spec
 
     spec = resolve_spec(model)
@@ -137,6 +139,32 @@ def _preloader(resident: ResidentModel, model: str, model_dir: str | None,
             resident.status = "loading"
             found = ensure_model(spec, cache_dir, token=os.environ.get("HF_TOKEN") or None)
             path = str(found) if found is not None else None
-        return resident.get(spec, path)
+        backend, _ = resident.get(spec, path)
+        if warmup and spec.backend == "hf":
+            resident.status = "loading"  # health stays 503 until the engine is warm
+            try:
+                warm_up(backend, spec.batch_size)
+            finally:
+                resident.status = "ready"
 
     return preload
+
+
+def warm_up(backend: Any, batch_size: int) -> float:
+    """One full batch of the bundled sample receipts through ``backend``; its seconds."""
+    from importlib.resources import files
+
+    folder = files("extractor") / "samples" / "receipts"
+    samples = sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")),
+                     key=lambda p: p.name) if folder.is_dir() else []
+    if not samples:
+        log.warning("no bundled sample receipts: the first request warms the engine up")
+        return 0.0
+    data = [p.read_bytes() for p in samples]
+    inputs = [ReceiptInput.from_bytes(data[i % len(data)], f"warm-up:{samples[i % len(data)].name}")
+              for i in range(batch_size)]
+    t0 = time.perf_counter()
+    backend.extract(inputs)
+    elapsed = time.perf_counter() - t0
+    log.info("warmed up with a batch of %d sample receipts in %.1f s", batch_size, elapsed)
+    return elapsed
