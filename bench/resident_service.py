@@ -5,7 +5,8 @@ Airflow 3 forks one per task instance) with ``--receipts`` receipts read from di
 one model batch (``--batch``) at a time:
 
   way ``service``  the task is a client (``extractor.serving.client.ServiceBackend``) of one
-                   ``python -m extractor serve`` process that loaded the model once;
+                   ``python -m extractor serve`` process that loaded the model once (and
+                   ran its start-up warm-up batch before turning ready);
                    ``--concurrency`` tasks run at a time (a GPU worker's Celery slots)
   way ``in-task``  the task imports torch, loads the model (``load_backend``) and warms
                    the engine itself, then extracts: today's behaviour
