@@ -68,25 +68,15 @@ def load_config() -> cfgmod.PipelineConfig:
 
 
 def warehouse_url(cfg: cfgmod.PipelineConfig) -> str:
-    """The env/Variable URL, or one built from the ``receipts_warehouse`` connection."""
+    """The env/Variable URL, or the ``receipts_warehouse`` connection's own URI (its extra
+    rides along as the query: libpq options such as ``sslmode`` reach the server, the
+    Postgres dialect drops the Airflow-only keys)."""
     if cfg.warehouse_url:
         return cfg.warehouse_url
     conn = _connection(cfgmod.WAREHOUSE_CONN_ID)
     if conn is None:
         raise _fail(f"connection {cfgmod.WAREHOUSE_CONN_ID!r} disappeared")
-    from urllib.parse import quote, urlencode
-
-    auth = quote(conn.login or "", safe="")
-    if conn.password:
-        auth += ":" + quote(conn.password, safe="")
-    host = f"{conn.host or 'localhost'}:{conn.port or 5432}"
-    extra = conn.extra_dejson if conn.extra else {}
-    # libpq options an Airflow postgres connection carries in its extra (TLS, timeouts)
-    options = {k: v for k, v in extra.items()
-               if k in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout",
-                        "application_name", "options")}
-    query = ("?" + urlencode(options)) if options else ""
-    return f"postgresql://{auth + '@' if auth else ''}{host}/{conn.schema or 'postgres'}{query}"
+    return conn.get_uri()
 
 
 def open_warehouse(cfg: cfgmod.PipelineConfig):
