@@ -151,6 +151,9 @@ def group_lines(placed: Sequence[PlacedBox], min_overlap: float = 0.5) -> list[L
     return lines
 
 
+MIN_BOX_SCORE = 0.3  # boxes the recogniser is less sure of are mostly stains and logos
+
+
 def rebuild_lines(boxes: Sequence[OcrBox], min_score: float = 0.0) -> list[Line]:
     """OCR boxes -> de-skewed text lines, dropping boxes below ``min_score``."""
     kept = [b for b in boxes if b.score >= min_score and b.text.strip()]

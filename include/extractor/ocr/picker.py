@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from extractor.ocr import features as F
+from extractor.ocr import features
 from extractor.ocr.layout import Line
 from extractor.ocr.parser import Candidate
 
@@ -95,12 +95,12 @@ class LinePicker:
 
     def pick(self, lines: Sequence[Line], dates: Sequence[Candidate],
              totals: Sequence[Candidate]) -> dict[str, tuple[Candidate | None, float]]:
-        page = F.Page.of(lines)
-        company, p_company = best(self.scorers["store_name"], F.company_candidates(page))
+        page = features.Page.of(lines)
+        company, p_company = best(self.scorers["store_name"], features.company_candidates(page))
         company_lines = company.extra["lines"] if company is not None else []
-        address, p_address = best(self.scorers["store_address"], F.address_candidates(page, company_lines))
-        F.date_features(page, dates)
-        F.total_features(page, totals)
+        address, p_address = best(self.scorers["store_address"], features.address_candidates(page, company_lines))
+        features.date_features(page, dates)
+        features.total_features(page, totals)
         return {"store_name": (company, p_company), "store_address": (address, p_address),
                 "date": best(self.scorers["date"], dates), "total": best(self.scorers["total"], totals)}
 

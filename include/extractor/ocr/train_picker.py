@@ -24,14 +24,12 @@ import numpy as np
 
 from extractor.evaluation import FIELDS as LABEL_KEYS
 from extractor.evaluation import EvalReport, normalize_text, similarity
-from extractor.ocr import features as F
+from extractor.ocr import features
 from extractor.ocr.engine import OcrBox
-from extractor.ocr.layout import Line, rebuild_lines
+from extractor.ocr.layout import MIN_BOX_SCORE, Line, rebuild_lines
 from extractor.ocr.lexicon import correct_text
 from extractor.ocr.parser import date_candidates, parse_receipt, total_candidates
 from extractor.ocr.picker import FIELDS, LinePicker, Scorer
-
-MIN_BOX_SCORE = 0.3  # the backend's filter (extractor.backends.ocr.MIN_BOX_SCORE)
 
 
 @dataclass
@@ -82,22 +80,22 @@ def field_sets(ex: Example, company_lines: list[int] | None = None):
     """{field: (feature dicts, positive mask)} for one receipt."""
     if not ex.lines:
         return {}
-    page = F.Page.of(ex.lines)
+    page = features.Page.of(ex.lines)
     out = {}
-    comp = F.company_candidates(page)
+    comp = features.company_candidates(page)
     comp_pos = _text_targets(comp, ex.label.get("company") or "", store_name=True)
     out["store_name"] = ([c.extra["features"] for c in comp], comp_pos)
     if company_lines is None:
         company_lines = comp[int(np.argmax(comp_pos))].extra["lines"] if comp_pos.any() else []
-    addr = F.address_candidates(page, company_lines)
+    addr = features.address_candidates(page, company_lines)
     out["store_address"] = ([c.extra["features"] for c in addr], _text_targets(addr, ex.label.get("address") or ""))
     dates = date_candidates(ex.lines)
-    F.date_features(page, dates)
+    features.date_features(page, dates)
     want = ex.label.get("date_iso")
     out["date"] = ([c.extra["features"] for c in dates],
                    np.array([c.value.isoformat() == want for c in dates], dtype=bool))
     totals = total_candidates(ex.lines)
-    F.total_features(page, totals)
+    features.total_features(page, totals)
     want_total = ex.label.get("total_decimal")
     out["total"] = ([c.extra["features"] for c in totals],
                     np.array([want_total not in (None, "") and str(c.value) == str(want_total)
