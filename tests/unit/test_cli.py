@@ -27,7 +27,8 @@ def test_batch_writes_jsonl_csv_and_summary(tmp_path):
     shutil.copy(SAMPLE, inp / "good.jpg")
     (inp / "broken.jpg").write_bytes(b"not a jpeg")
     # exit 1: a receipt failed (the outputs are still written)
-    assert main(["batch", "--input-dir", str(inp), "--output-dir", str(tmp_path / "out"), "--model", "ocr"]) == 1
+    out = str(tmp_path / "out")
+    assert main(["batch", "--input-dir", str(inp), "--output-dir", out, "--model", "ocr"]) == 1
     lines = [json.loads(line) for line in (tmp_path / "out" / "receipts.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in lines) == ["failed", "ok"]
     assert "not an image" in next(r["reason"] for r in lines if r["status"] == "failed")

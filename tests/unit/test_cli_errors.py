@@ -40,10 +40,12 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
      "error: extractor spec is not valid JSON"),
     (["extract", str(SAMPLES / "X51006466062.jpg"), "--model", '{"preset": "ocr", "colour": "red"}'],
      "error: invalid extractor spec: 1 validation error for ExtractorSpec colour Extra inputs"),
-    (["batch", "--input-dir", "nowhere", "--output-dir", "out"], "error: --input-dir nowhere: no such folder"),
+    (["batch", "--input-dir", "nowhere", "--output-dir", "out"],
+     "error: --input-dir nowhere: no such folder"),
     (["eval", "--dataset", "nowhere", "--output-dir", "out"], "error: dataset nowhere: no such folder"),
     (["extract", "x.jpg", "--colour"], "error: unrecognized arguments: --colour (see --help)"),
-    (["--config", "absent.yaml", "presets"], "error: configuration file absent.yaml (--config) does not exist"),
+    (["--config", "absent.yaml", "presets"],
+     "error: configuration file absent.yaml (--config) does not exist"),
 ])
 def test_usage_and_configuration_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     line = one_line_error(run_cli(*args, cwd=tmp_path))

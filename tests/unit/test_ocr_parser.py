@@ -21,7 +21,8 @@ def lines_from_text(text: str, width: int = 480):
         for i, run in enumerate(runs):
             w = 12 * len(run)
             x = width - w if (i == len(runs) - 1 and len(runs) > 1) else 10 + 200 * i
-            out.append(OcrBox(points=((x, y), (x + w, y), (x + w, y + 22), (x, y + 22)), text=run, score=0.98))
+            out.append(OcrBox(points=((x, y), (x + w, y), (x + w, y + 22), (x, y + 22)), text=run,
+                              score=0.98))
     return rebuild_lines(out)
 
 

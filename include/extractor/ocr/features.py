@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
+from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from statistics import median
-from typing import Sequence
 
 from extractor.ocr import patterns
 from extractor.ocr.layout import Line
@@ -33,9 +33,10 @@ _REG_TAIL = re.compile(r"[\s(\[]*(?:CO\.?\s*)?(?:REG\.?|RFG|NO\.?|ROC)?\s*[:.]?\
                        r"[A-Z]{0,3}\d{4,}[\s\-‐·.]?[A-Z]?\s*\)?.*$", re.IGNORECASE)
 _LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")
 _AFTER_SUFFIX = re.compile(r"^(.*\b(?:SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING|CO\.)\.?)(.*)$", re.IGNORECASE)
-_OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*", re.IGNORECASE)
-_STOP_TAIL = re.compile(r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b.*$",
-                        re.IGNORECASE)
+_OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*",
+                       re.IGNORECASE)
+_STOP_TAIL = re.compile(
+    r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b.*$", re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
@@ -57,7 +58,7 @@ class Page:
     line_height: float
 
     @classmethod
-    def of(cls, lines: Sequence[Line]) -> "Page":
+    def of(cls, lines: Sequence[Line]) -> Page:
         return cls(lines=lines, x0=min(ln.x0 for ln in lines), x1=max(ln.x1 for ln in lines),
                    y0=min(ln.y0 for ln in lines), y1=max(ln.y1 for ln in lines),
                    line_height=median(ln.height for ln in lines) or 1.0)
@@ -134,7 +135,7 @@ def company_candidates(page: Page) -> list[Candidate]:
             cut = _REG_TAIL.sub("", span[-1].text).strip()
             if cut and cut != span[-1].text.strip() and _letters(cut) >= 2:
                 variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0, 0.0))
-            for value, trimmed, _ in list(variants):
+            for value, _trimmed, _ in list(variants):
                 tail = _AFTER_SUFFIX.match(value)  # "YONG CEN ENTERPRISE POSTED", "... SDN BHD (1"
                 if tail and tail.group(2).strip() and len(tail.group(2).strip()) <= 12:
                     variants.append((tail.group(1).strip(), 1.0, 0.0))
@@ -216,12 +217,15 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 # --- total ---------------------------------------------------------------------------
 _KW = {
-    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T", "kw_round": r"ROUND",
+    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T",
+    "kw_round": r"ROUND",
     "kw_rounded": r"ROUNDED|ROUNDING\s*TOTAL|TOTAL\s*ROUND", "kw_adj": r"ADJ",
-    "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE", "kw_excl": r"EXCL|EXCLUSIVE|BEFORE",
+    "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE",
+    "kw_excl": r"EXCL|EXCLUSIVE|BEFORE",
     "kw_gst": r"GST|SST|TAX|VAT", "kw_cash": r"CASH|TUNAI", "kw_change": r"CHANGE|BAKI|BALANCE",
     "kw_tender": r"TENDER|PAID|PAYMENT|VISA|MASTER|CARD|CREDIT|DEBIT", "kw_qty": r"QTY|QUANTITY|ITEM|PCS",
-    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT", "kw_due": r"DUE|PAYABLE|TO BE PAID|TO PAY",
+    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT",
+    "kw_due": r"DUE|PAYABLE|TO BE PAID|TO PAY",
     "kw_rm": r"\bRM|MYR", "kw_price": r"PRICE|@|\bX\b",
 }
 _KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _KW.items()}
@@ -261,11 +265,13 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
         prev = page.lines[c.line - 1].text if c.line > 0 else ""
         amounts_here = patterns.amounts_in(own)
         rank = values.index(c.value)
-        f = {"bias": 1.0, "y": (ln.y0 - page.y0) / page.height, "from_bottom": min(n_lines - 1 - c.line, 30) / 30,
+        f = {"bias": 1.0, "y": (ln.y0 - page.y0) / page.height,
+             "from_bottom": min(n_lines - 1 - c.line, 30) / 30,
              "height": ln.height / page.line_height, "right": (ln.x1 - page.x0) / page.width,
              "rank0": float(rank == 0), "rank1": float(rank == 1), "rank2": float(rank == 2),
              "log_value": math.log1p(float(abs(c.value))) / 8, "zero": float(c.value == 0),
-             "count": min(counts[c.value], 5) / 5, "last_in_line": float(c.extra["position_in_line"] == len(amounts_here) - 1),
+             "count": min(counts[c.value], 5) / 5,
+             "last_in_line": float(c.extra["position_in_line"] == len(amounts_here) - 1),
              "n_in_line": min(len(amounts_here), 4) / 4, "own_label": float(c.extra["own_label"]),
              "cash_minus_change": float(c.value in paid_minus_change),
              "round5": float(int(c.value * 100) % 5 == 0), "score": c.ocr_score,
@@ -273,7 +279,8 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "last_total_line": float(bool(total_lines) and c.line == max(total_lines)),
              "first_total_line": float(bool(total_lines) and c.line == min(total_lines)),
              "no_letters": float(_letters(own) <= 2),
-             "rounds_other": float(c.value in rounds_other), "has_rounded_twin": float(c.value in has_rounded_twin)}
+             "rounds_other": float(c.value in rounds_other),
+             "has_rounded_twin": float(c.value in has_rounded_twin)}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
         c.extra["features"] = f
@@ -294,7 +301,8 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
              "count": min(counts[c.value], 4) / 4, "kw_date": float("DATE" in own or "TARIKH" in own),
              "prev_date": float("DATE" in prev), "has_time": float(bool(patterns.TIME_RE.search(own))),
              "kw_due": float(bool(re.search(r"DUE|EXP|VALID|PRINT", own))),
-             "iso": float(bool(re.match(r"\d{4}", c.text))), "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
+             "iso": float(bool(re.match(r"\d{4}", c.text))),
+             "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
              "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
              "compact": float(bool(c.extra.get("compact"))), "score": c.ocr_score}
         c.extra["features"] = f

@@ -8,9 +8,10 @@ rule; which candidate wins is decided by the learned line picker
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any
 
 from extractor import normalize
 from extractor.errors import NormalizationError
@@ -220,6 +221,8 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
     out.values["phone"] = find_phone(lines)
     out.values["receipt_number"] = find_receipt_number(lines)
     out.values["subtotal"] = find_labelled_amount(lines, patterns.SUBTOTAL_RE)
-    out.values["tax_amount"] = find_labelled_amount(lines, patterns.TAX_RE, patterns.re.compile(r"REG|NO\b|ID\b|SUMMARY", patterns.re.I))
+    out.values["tax_amount"] = find_labelled_amount(lines, patterns.TAX_RE,
+                                                    patterns.re.compile(r"REG|NO\b|ID\b|SUMMARY",
+                                                                        patterns.re.I))
     out.values["currency"] = find_currency(lines)
     return out
