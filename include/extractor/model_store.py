@@ -114,14 +114,20 @@ def model_path_override() -> Path | None:
     return path
 
 
+def needs_pinning(spec: ExtractorSpec) -> bool:
+    """Weights from the Hub at a branch or tag (not a commit), with no LLAMA_MODEL_PATH."""
+    return (spec.backend != "ocr" and (spec.source or "hf").strip() == "hf"
+            and not COMMIT_SHA.fullmatch(spec.revision or "main")
+            and not os.environ.get(MODEL_PATH_ENV, "").strip())
+
+
 def pin_revision(spec: ExtractorSpec, *, token: str | None = None, hub_api: Any = None) -> ExtractorSpec:
     """``spec`` with its Hub revision (a branch or tag; None means "main") replaced by the
     commit sha it points to now. Specs already on a sha, weights from S3 or a folder, and
     the OCR reader come back unchanged, as does everything while ``LLAMA_MODEL_PATH`` is set."""
-    revision = spec.revision or "main"
-    if (spec.backend == "ocr" or (spec.source or "hf").strip() != "hf" or COMMIT_SHA.fullmatch(revision)
-            or os.environ.get(MODEL_PATH_ENV, "").strip()):
+    if not needs_pinning(spec):
         return spec
+    revision = spec.revision or "main"
     if hub_api is None:
         from huggingface_hub import HfApi
 

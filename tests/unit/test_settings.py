@@ -30,12 +30,12 @@ def test_the_json_variable_drives_every_setting(tmp_path):
         "model": {"preset": "ocr", "batch_size": 4}, "source": "s3://bucket/incoming",
         "model_cache": str(tmp_path / "models"), "staging_dir": str(tmp_path / "staging"),
         "staging_retention_days": 7, "data_docs_dir": "off", "thresholds": {"min_rows": 1},
-        "alert_callbacks": "a.b:c", "batches_per_task": 2, "warehouse_url": "duckdb:///:memory:"})}
+        "alert_callbacks": ["a.b:c", "d.e:f"], "batches_per_task": 2, "warehouse_url": "duckdb:///:memory:"})}
     cfg = config.load_config(variables.get)
     assert (cfg.source, cfg.model_cache_dir, cfg.staging_dir) == (
         "s3://bucket/incoming", tmp_path / "models", tmp_path / "staging")
     assert (cfg.staging_retention_days, cfg.data_docs_dir, cfg.thresholds) == (7, None, {"min_rows": 1})
-    assert (cfg.alert_callbacks, cfg.batches_per_task, cfg.warehouse_url) == (("a.b:c",), 2,
+    assert (cfg.alert_callbacks, cfg.batches_per_task, cfg.warehouse_url) == (("a.b:c", "d.e:f"), 2,
                                                                               "duckdb:///:memory:")
     assert resolve_spec(config.extractor_setting(variables.get)).batch_size == 4
 

@@ -148,10 +148,16 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
                                    "var/staging")),
         data_docs_dir=None if str(data_docs).lower() in ("none", "off") else _path(data_docs),
         thresholds=_json_setting(thresholds, "thresholds") if thresholds else {},
-        alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
+        alert_callbacks=_names(callbacks),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
     )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list (JSON Variable, YAML) or comma-separated text (environment) of names."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def _absolute_duckdb_url(url: str) -> str:

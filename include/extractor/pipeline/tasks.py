@@ -142,9 +142,10 @@ def resolve_extractor() -> dict[str, Any]:
         spec = resolve_spec(value)
     except ConfigError as exc:
         raise _fail(f"extractor setting {value!r} does not resolve: {exc}") from exc
-    from extractor.model_store import pin_revision
+    from extractor.model_store import needs_pinning, pin_revision
 
-    spec = pin_revision(spec, token=_hub_token())  # a branch -> its commit, so the version names it
+    if needs_pinning(spec):  # a Hub branch -> its commit, so the version names the snapshot
+        spec = pin_revision(spec, token=_hub_token())
     log.info("extractor %s (from the %s)", spec.version, origin)
     return {"spec": spec.model_dump(mode="json"), "version": spec.version, "origin": origin}
 
