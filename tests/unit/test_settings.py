@@ -115,3 +115,17 @@ def test_deploy_files_hold_one_variable_with_a_pinned_model():
     assert set(value) <= set(settings.KEYS)
     spec = resolve_spec(value["model"])
     assert len(spec.revision) == 40 and spec.revision == PRESETS[DEFAULT_PRESET]["revision"]
+
+
+def test_every_pipeline_setting_is_a_key_of_the_file_and_the_variable():
+    """A setting read in pipeline/config.py (``_setting(get, "receipts_x", "RECEIPT_X", ...)``)
+    must be listed in ``settings.KEYS``, or receipts.yaml would refuse it as a typo."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(config))
+    read = {settings.key_of(node.args[1].value) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_setting"
+            and isinstance(node.args[1], ast.Constant)}
+    assert read and read <= set(settings.KEYS), read - set(settings.KEYS)
+    assert all(settings.env_name(key) == "RECEIPT_" + key.upper() for key in read)
