@@ -370,6 +370,7 @@ def test_receipt_env_names_exist_in_the_code(services):
 
 def test_connections_are_the_ids_the_code_uses(services):
     from airflow.models.connection import Connection
+
     from extractor.pipeline import config
 
     known = code_connection_ids()

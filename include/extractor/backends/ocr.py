@@ -24,6 +24,7 @@ from extractor.ocr.parser import parse_receipt
 from extractor.schema import Receipt
 from extractor.spec import ExtractorSpec
 
+
 @dataclass
 class OcrPage:
     """What the forward step produced for one image."""
