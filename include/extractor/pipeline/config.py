@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from extractor.errors import ConfigError
-from extractor.settings import CONFIG_VARIABLE, Settings, from_variables, key_of
+from extractor.settings import Settings, from_variables, key_of
 
 VariableGetter = Callable[[str], Any]  # returns None when the Variable is not set
 
-EXTRACTOR_VARIABLE = CONFIG_VARIABLE  # its "model" key (the old Variable: receipt_extractor)
+EXTRACTOR_VARIABLE = "receipt_extractor"  # deprecated: now the "model" key of CONFIG_VARIABLE
 EXTRACTOR_PARAM = "extractor"
 WAREHOUSE_CONN_ID = "receipts_warehouse"
 HF_CONN_ID = "huggingface_default"
@@ -108,7 +108,7 @@ def _path(value: str | os.PathLike) -> Path:
 def extractor_setting(get_variable: VariableGetter) -> Any:
     """The raw ``model`` setting (JSON Variable, old Variable, RECEIPT_MODEL or the old
     RECEIPT_EXTRACTOR), None when none is set."""
-    return _setting(get_variable, "receipt_extractor", "RECEIPT_MODEL", None)
+    return _setting(get_variable, EXTRACTOR_VARIABLE, "RECEIPT_MODEL", None)
 
 
 def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = False) -> PipelineConfig:

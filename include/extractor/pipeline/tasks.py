@@ -127,6 +127,7 @@ def resolve_extractor() -> dict[str, Any]:
     ``receipt_extractor``) > env RECEIPT_MODEL > the production default preset. A Hub branch
     is resolved to its commit; the returned spec is pinned for the whole run (XCom)."""
     from extractor.errors import ConfigError
+    from extractor.settings import CONFIG_VARIABLE
     from extractor.spec import DEFAULT_PRESET, resolve_spec
 
     override = (_context().get("params") or {}).get(config.EXTRACTOR_PARAM)
@@ -137,7 +138,7 @@ def resolve_extractor() -> dict[str, Any]:
     if value is None:
         origin = "default"
         log.warning("no model is configured (key 'model' of the Variable %r, or RECEIPT_MODEL): "
-                    "using the production default preset %r", config.EXTRACTOR_VARIABLE, DEFAULT_PRESET)
+                    "using the production default preset %r", CONFIG_VARIABLE, DEFAULT_PRESET)
     try:
         spec = resolve_spec(value)
     except ConfigError as exc:
