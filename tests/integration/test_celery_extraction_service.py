@@ -163,10 +163,11 @@ def test_extract_tasks_share_one_resident_model_and_survive_its_kill(tmp_path, w
         "RECEIPT_TASK_RETRY_DELAY_S": "5",
         "RECEIPT_EXTRACTION_SERVICE_URL": f"http://127.0.0.1:{port}",
         "RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S": "120",
-        "AIRFLOW_VAR_RECEIPT_EXTRACTOR": json.dumps(spec),
-        # random weights: every receipt is quarantined as unparseable, which must not fail the run
-        "AIRFLOW_VAR_RECEIPTS_THRESHOLDS": json.dumps({"max_quarantine_rate_alert": 1.0,
-                                                       "max_quarantine_rate_fail": 1.0}),
+        # The one configuration Variable (an environment Variable wins over the metastore's,
+        # which airflow-init fills from deploy/variables.json). Random weights: every receipt
+        # is quarantined as unparseable, which must not fail the run.
+        "AIRFLOW_VAR_RECEIPTS_CONFIG": json.dumps({"model": spec, "thresholds": {
+            "max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}}),
         "AIRFLOW_CONN_RECEIPTS_WAREHOUSE": json.dumps(warehouse_conn),
     })
     phases = PhaseTimer()

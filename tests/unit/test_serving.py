@@ -121,12 +121,14 @@ def test_results_match_the_in_process_backend_and_the_model_loads_once(model_dir
 
 def test_concurrent_requests_share_batches_and_big_ones_are_split(model_dir):
     spec = _spec(model_dir, batch_size=4)
-    with LiveService(max_wait_s=1.0) as service:
+    # a generous wait: on a busy 2-core machine the three requests may arrive a second apart
+    with LiveService(max_wait_s=3.0) as service:
         _client(service.url, spec, model_dir).extract(_inputs(1, start=50))  # load first
         sizes = service.record_batches()
+        clients = [_client(service.url, spec, model_dir) for _ in range(3)]
+        singles = [_inputs(1, start=i) for i in range(3)]
         with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(_client(service.url, spec, model_dir).extract, _inputs(1, start=i))
-                       for i in range(3)]
+            futures = [pool.submit(client.extract, one) for client, one in zip(clients, singles)]
             results = [f.result() for f in futures]
         assert sizes == [3], "three one-receipt requests within the wait form one batch"
         big = _inputs(6, start=10)

@@ -132,14 +132,18 @@ def _preloader(resident: ResidentModel, model: str, model_dir: str | None,
     spec = resolve_spec(model)
 
     def preload():
+        from extractor.model_store import ensure_model, pin_revision
+
+        resident.status = "loading"
+        token = os.environ.get("HF_TOKEN") or None
+        # a Hub branch -> its commit, as resolve_extractor pins the tasks' spec: the same spec,
+        # so the first task finds its model resident instead of triggering a reload
+        pinned = pin_revision(spec, token=token)
         path = model_dir
         if path is None:  # the store fetches once into the shared cache (None for ocr)
-            from extractor.model_store import ensure_model
-
-            resident.status = "loading"
-            found = ensure_model(spec, cache_dir, token=os.environ.get("HF_TOKEN") or None)
+            found = ensure_model(pinned, cache_dir, token=token)
             path = str(found) if found is not None else None
-        backend, _ = resident.get(spec, path)
+        backend, _ = resident.get(pinned, path)
         if warmup and spec.backend == "hf":
             resident.status = "loading"  # health stays 503 until the engine is warm
             try:
