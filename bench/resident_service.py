@@ -92,7 +92,7 @@ def role_build(args) -> None:
     size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
     receipts = work / "receipts"
     receipts.mkdir(parents=True, exist_ok=True)
-    for i, sample in enumerate(sorted(SAMPLES.glob("*.jpg"))):
+    for sample in sorted(SAMPLES.glob("*.jpg")):
         (receipts / sample.name).write_bytes(sample.read_bytes())
     print(json.dumps({"build_s": round(time.perf_counter() - t0, 1), "checkpoint_gb": round(size / 1e9, 2)}))
 
@@ -142,7 +142,8 @@ def role_task(args) -> None:
     print("TASK " + json.dumps({
         "way": args.way, "model_load_s": round(model_load_s, 3), "extract_s": round(extract_s, 3),
         "warmup_s": round(max(0.0, batch_s[0] - steady), 3) if args.way == "in-task" else 0.0,
-        "startup_s": round(startup_s, 3), "batch_s": [round(b, 3) for b in batch_s], "receipts": sum(statuses.values()),
+        "startup_s": round(startup_s, 3), "batch_s": [round(b, 3) for b in batch_s],
+        "receipts": sum(statuses.values()),
         "statuses": statuses, "task_s": round(time.perf_counter() - t_start, 3)}), flush=True)
 
 
@@ -188,7 +189,8 @@ def run_series(args, rec: Recorder, way: str, url: str | None, concurrency: int,
         line = next((x for x in out.splitlines() if x.startswith("TASK ")), None)
         if proc.returncode != 0 or line is None:
             raise RuntimeError(f"{way} task failed (rc={proc.returncode}):\n{out[-3000:]}")
-        row = {**json.loads(line[5:]), "concurrency": concurrency, "process_s": round(time.perf_counter() - begun, 3)}
+        row = {**json.loads(line[5:]), "concurrency": concurrency,
+               "process_s": round(time.perf_counter() - begun, 3)}
         longest = max(longest, row["process_s"])
         done.append(row)
         rec.add("tasks", row)
@@ -206,7 +208,8 @@ def way_service(args, rec: Recorder, deadline: float) -> None:
     port = 8000 + os.getpid() % 1000
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    service = subprocess.Popen(_child(args, "service", "--port", str(port), "--max-wait-ms", str(args.max_wait_ms)))
+    service = subprocess.Popen(_child(args, "service", "--port", str(port),
+                                      "--max-wait-ms", str(args.max_wait_ms)))
     try:
         while True:
             try:
@@ -224,17 +227,20 @@ def way_service(args, rec: Recorder, deadline: float) -> None:
                 start_s = 0.0
             series = run_series(args, rec, "service", url, concurrency, deadline)
             stats, health = _get(url + "/stats"), _get(url + "/health")
-            full = [s for n, s in zip(stats["batch_sizes"], stats["batch_seconds"]) if n == args.batch]
+            full = [s for n, s in zip(stats["batch_sizes"], stats["batch_seconds"], strict=True)
+                    if n == args.batch]
             steady = statistics.median(full[1:] or full)
             rec.add("ways", {**series, "service_start_to_ready_s": round(start_s, 2),
                              "service_loads": health["loads"], "service_last_load_s": health["last_load_s"],
                              "receipts_per_s_with_service_start": round(
                                  series["receipts"] / (series["wall_s"] + start_s), 3),
                              "loading_share_with_service_start": round(
-                                 (start_s + series["loading_share"] * series["wall_s"]) / (start_s + series["wall_s"]), 4),
+                                 (start_s + series["loading_share"] * series["wall_s"])
+                                 / (start_s + series["wall_s"]), 4),
                              "steady_batch_s": round(steady, 3),
                              "steady_receipts_per_s": round(args.batch / steady, 3),
-                             "share_of_steady_state": round(series["receipts_per_s"] * steady / args.batch, 4),
+                             "share_of_steady_state": round(
+                                 series["receipts_per_s"] * steady / args.batch, 4),
                              "service_batch_sizes": stats["batch_sizes"]})
     finally:
         service.terminate()
@@ -277,7 +283,8 @@ def main() -> None:
             print(f"ERROR in way {way}: {exc}", flush=True)
     rec.path.write_text(json.dumps(rec.data, indent=1))
     for row in rec.data["ways"]:
-        print(f"{row['way']:>8} x{row['concurrency']} tasks={row['tasks']} {row['receipts_per_s']:.2f} receipts/s "
+        print(f"{row['way']:>8} x{row['concurrency']} tasks={row['tasks']} "
+              f"{row['receipts_per_s']:.2f} receipts/s "
               f"({100 * row['share_of_steady_state']:.0f} % of steady {row['steady_receipts_per_s']:.2f}), "
               f"loading {100 * row['loading_share']:.0f} % of the time")
 
@@ -287,7 +294,8 @@ def run_way(args, rec: Recorder, way: str, deadline: float) -> None:
         way_service(args, rec, deadline)
         return
     series = run_series(args, rec, "in-task", None, 1, deadline)
-    steady = statistics.median(b for r in rec.data["tasks"] if r["way"] == "in-task" for b in r["batch_s"][1:])
+    steady = statistics.median(b for r in rec.data["tasks"] if r["way"] == "in-task"
+                               for b in r["batch_s"][1:])
     rec.add("ways", {**series, "steady_batch_s": round(steady, 3),
                      "steady_receipts_per_s": round(args.batch / steady, 3),
                      "share_of_steady_state": round(series["receipts_per_s"] * steady / args.batch, 4)})

@@ -36,7 +36,8 @@ from receipts_notifiers import build_notifiers, on_run_failure
     params={"extractor": Param(None, type=["null", "string", "object"],
                                description="preset name or JSON spec; overrides the Variable")},
     default_args={"retries": int(os.environ.get("RECEIPT_TASK_RETRIES", "2")),
-                  "retry_delay": dt.timedelta(seconds=int(os.environ.get("RECEIPT_TASK_RETRY_DELAY_S", "120")))},
+                  "retry_delay": dt.timedelta(
+                      seconds=int(os.environ.get("RECEIPT_TASK_RETRY_DELAY_S", "120")))},
     on_failure_callback=on_run_failure,
 )
 def receipts_daily():

@@ -204,7 +204,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from extractor.serving.app import serve
 
-    serve(model=args.model, model_dir=args.model_dir, cache_dir=args.cache_dir, host=args.host,
+    cache_dir = args.cache_dir or _settings(args).get("model_cache")
+    serve(model=args.model, model_dir=args.model_dir, cache_dir=cache_dir, host=args.host,
           port=args.port, on_other_model=args.on_other_model, max_wait_ms=args.max_wait_ms,
           warmup=not args.no_warmup)
     return 0
@@ -276,12 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_eval)
 
+    _add_serve_parser(sub)
+
+    p = sub.add_parser("presets", help="list the model presets and the revision each is pinned to")
+    p.set_defaults(func=cmd_presets)
+    for command in sub.choices.values():  # --debug after the command works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks")
+    return parser
+
+
+def _add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="the resident extraction service (one per GPU): load once, serve HTTP")
     p.add_argument("--model", default=os.environ.get("RECEIPT_SERVICE_MODEL") or None,
                    help="preset or JSON spec to load at start (default: $RECEIPT_SERVICE_MODEL; "
                         "none: the first request's)")
     p.add_argument("--model-dir", help="load the model from this local folder")
-    p.add_argument("--cache-dir", help="model cache (default: $RECEIPT_MODEL_CACHE or ./var/models)")
+    p.add_argument("--cache-dir", help="model cache (default: the configuration's model_cache, "
+                                       "else $RECEIPT_MODEL_CACHE, else ./var/models)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--on-other-model", choices=("reload", "refuse"), default="reload",
@@ -291,13 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the start-up batch of sample receipts (hf models warm their engine with it)")
     p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("presets", help="list the model presets and the revision each is pinned to")
-    p.set_defaults(func=cmd_presets)
-    for command in sub.choices.values():  # --debug after the command works too
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show tracebacks")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from extractor.images import ReceiptInput
 from extractor.spec import ExtractorSpec
 from extractor.testing.synthetic import render_receipt
@@ -38,6 +39,7 @@ class LiveService:
 
     def __init__(self, *, on_other_model="reload", max_wait_s=0.05):
         import uvicorn
+
         from extractor.serving.app import create_app
         from extractor.serving.batcher import Batcher, ResidentModel
 
@@ -113,7 +115,10 @@ def test_results_match_the_in_process_backend_and_the_model_loads_once(model_dir
     assert first[1].status == "failed" and first[1].reason.startswith("bad image")
     assert health["loads"] == 1 and health["extractor_version"] == spec.version
     assert client.model_load_s > 0  # this client's first request waited for the load
-    strip = lambda r: {**r.model_dump(), "timings": None}
+
+    def strip(result):
+        return {**result.model_dump(), "timings": None}
+
     assert [strip(r) for r in second] == [strip(r) for r in first[:2]]
     local = backend_class("hf")(spec, model_dir=model_dir).extract(inputs)
     assert [strip(r) for r in first] == [strip(r) for r in local]
@@ -128,7 +133,7 @@ def test_concurrent_requests_share_batches_and_big_ones_are_split(model_dir):
         clients = [_client(service.url, spec, model_dir) for _ in range(3)]
         singles = [_inputs(1, start=i) for i in range(3)]
         with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(client.extract, one) for client, one in zip(clients, singles)]
+            futures = [pool.submit(client.extract, one) for client, one in zip(clients, singles, strict=True)]
             results = [f.result() for f in futures]
         assert sizes == [3], "three one-receipt requests within the wait form one batch"
         big = _inputs(6, start=10)
@@ -235,7 +240,8 @@ def test_unreadable_uri_items_come_back_as_failed_results(model_dir, tmp_path):
 def test_cli_has_a_serve_command():
     from extractor.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "--model", "ocr", "--port", "8123", "--on-other-model", "refuse"])
+    args = build_parser().parse_args(["serve", "--model", "ocr", "--port", "8123",
+                                      "--on-other-model", "refuse"])
     assert (args.model, args.port, args.on_other_model, args.host) == ("ocr", 8123, "refuse", "127.0.0.1")
 
 
@@ -245,6 +251,7 @@ def test_the_extract_task_fails_without_retry_on_a_refused_model_and_loads_in_pr
     AirflowFailException: retrying cannot change the service's model), the task's own
     process otherwise (the embedded default)."""
     from airflow.sdk.exceptions import AirflowFailException
+
     from extractor.pipeline import config, tasks
     from extractor.serving.client import ServiceBackend
 

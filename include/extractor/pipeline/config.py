@@ -22,7 +22,7 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | ``batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
-| resident extraction service (env only: each GPU worker has its own) | ``RECEIPT_EXTRACTION_SERVICE_URL`` | none: extract loads the model in the task |
+| extraction service (env only, per GPU worker) | ``RECEIPT_EXTRACTION_SERVICE_URL`` | none: in-task |
 | one request to it, seconds (env only) | ``RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S`` | 600 |
 
 The Variables of the previous release (``receipt_extractor``, ``receipts_source`` ...) are
@@ -157,7 +157,8 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         staging_retention_days=retention,
         extraction_service_url=os.environ.get("RECEIPT_EXTRACTION_SERVICE_URL", "").strip() or None,
         extraction_service_timeout_s=_positive_float(
-            os.environ.get("RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S") or 600, "RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S"),
+            os.environ.get("RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S") or 600,
+            "RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S"),
     )
 
 

@@ -213,7 +213,7 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
             "task_s": round(time.perf_counter() - t_start, 4)}
 
 
-def _extraction_backend(spec, model_dir: str | None, cfg: cfgmod.PipelineConfig):
+def _extraction_backend(spec, model_dir: str | None, cfg: config.PipelineConfig):
     """The model for this task and the seconds spent loading it: loaded here (once per
     process; the embedded default), or the GPU worker's resident extraction service when
     ``RECEIPT_EXTRACTION_SERVICE_URL`` is set (only a load the task waited for counts)."""

@@ -55,7 +55,8 @@ class ResidentModel:
             raise ServiceModelMismatchError(
                 f"the extraction service runs {self.spec.version} and does not switch models "
                 f"(--on-other-model refuse); the task asks for {spec.version}"
-                + ("" if spec.version != self.spec.version else f" with other settings ({_diff(self.spec, spec)})")
+                + ("" if spec.version != self.spec.version
+                   else f" with other settings ({_diff(self.spec, spec)})")
                 + ": restart the service with the new --model, or set the Variable back")
 
     def get(self, spec: ExtractorSpec, model_dir: str | None) -> tuple[Any, float]:
@@ -215,7 +216,7 @@ class Batcher:
         self.stats.busy_s += elapsed
         self.stats.batch_sizes.append(len(batch))
         self.stats.batch_seconds.append(round(elapsed, 4))
-        for (job, i), result in zip(batch, results):
+        for (job, i), result in zip(batch, results, strict=True):
             job.results[i] = result
             job.remaining -= 1
             if job.remaining == 0 and not job.future.done():

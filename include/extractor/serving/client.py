@@ -48,7 +48,8 @@ class ServiceBackend:
         self.timeout_s = timeout_s
         self.startup_load_s = 0.0  # waited at connect while the service was loading a model
         self.request_load_s = 0.0  # (re)loads the service did while serving this task's requests
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S))
+        self._http = httpx.Client(base_url=self.url,
+                                  timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S))
 
     @property
     def version(self) -> str:
@@ -59,7 +60,8 @@ class ServiceBackend:
                 timeout_s: float) -> ServiceBackend:
         backend = cls(url, spec, model_dir, timeout_s=timeout_s)
         health = backend.wait_ready()
-        if health.get("on_other_model") == "refuse" and health.get("spec") not in (None, spec.model_dump(mode="json")):
+        resident = health.get("spec")
+        if health.get("on_other_model") == "refuse" and resident not in (None, spec.model_dump(mode="json")):
             raise ServiceModelMismatchError(
                 f"the extraction service at {backend.url} runs {health.get('extractor_version')} and "
                 f"does not switch models; this run's extractor is {spec.version}: restart the service "

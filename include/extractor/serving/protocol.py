@@ -104,7 +104,8 @@ def results_from_wire(lines: Sequence[str], inputs: Sequence[ReceiptInput]) -> l
     sent = [x.receipt_id for x in inputs]
     got = [r.receipt_id for r in results]
     if got != sent:
+        first = next((i for i, (a, b) in enumerate(zip(sent, got, strict=False)) if a != b),
+                     min(len(sent), len(got)))
         raise ServiceError(f"extraction service broke the contract: sent {len(sent)} receipts, got "
-                           f"{len(got)} results, first mismatch at "
-                           f"{next((i for i, (a, b) in enumerate(zip(sent, got)) if a != b), min(len(sent), len(got)))}")
+                           f"{len(got)} results, first mismatch at position {first}")
     return results
