@@ -19,6 +19,9 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
+| claim time to live, hours | ``receipts_claim_ttl_hours`` | ``RECEIPT_CLAIM_TTL_HOURS`` | 12 |
+| DuckDB lock wait, seconds | ``receipts_warehouse_lock_timeout_s`` | ``RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S`` | 60 |
+| DuckDB snapshot for readers | ``receipts_warehouse_snapshot`` | ``RECEIPT_WAREHOUSE_SNAPSHOT`` | ``<warehouse>.snapshot.duckdb`` (``off``: none) |
 | GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 
 Relative paths are resolved against the working directory when the task runs; a
@@ -69,6 +72,9 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    claim_ttl_hours: float = 12.0  # a run's claim on a receipt in flight expires after this
+    warehouse_lock_timeout_s: float = 60.0  # DuckDB: how long a task waits for the file lock
+    warehouse_snapshot: str | None = "auto"  # DuckDB copy for readers after each load; None: off
 
     @property
     def source_is_s3(self) -> bool:
@@ -125,6 +131,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         raise ConfigError(f"receipts_staging_retention_days must be a whole number of days: {retention!r}") from exc
     if retention < 0:
         raise ConfigError("receipts_staging_retention_days must be >= 0 (0 keeps staged files forever)")
+    concurrency = _concurrency_settings(get_variable)
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -143,7 +150,30 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        **concurrency,
     )
+
+
+def _concurrency_settings(get_variable: VariableGetter) -> dict[str, Any]:
+    """Claims of receipts in flight, the DuckDB lock wait and the readers' snapshot."""
+    out: dict[str, Any] = {}
+    for name, variable, env, default in (
+            ("claim_ttl_hours", "receipts_claim_ttl_hours", "RECEIPT_CLAIM_TTL_HOURS", 12.0),
+            ("warehouse_lock_timeout_s", "receipts_warehouse_lock_timeout_s",
+             "RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S", 60.0)):
+        raw = _setting(get_variable, variable, env, default)
+        try:
+            out[name] = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{variable} must be a number: {raw!r}") from exc
+        if out[name] <= 0:
+            raise ConfigError(f"{variable} must be > 0")
+    snapshot = str(_setting(get_variable, "receipts_warehouse_snapshot", "RECEIPT_WAREHOUSE_SNAPSHOT", ""))
+    if snapshot.lower() in ("off", "none"):
+        out["warehouse_snapshot"] = None
+    else:  # "auto": <warehouse>.snapshot.duckdb beside the warehouse file
+        out["warehouse_snapshot"] = str(_path(snapshot)) if snapshot and snapshot != "auto" else "auto"
+    return out
 
 
 def _absolute_duckdb_url(url: str) -> str:
