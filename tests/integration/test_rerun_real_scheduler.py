@@ -25,13 +25,12 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import airflow_cluster as ac  # noqa: E402
+import airflow_cluster as ac
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

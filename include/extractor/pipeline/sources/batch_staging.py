@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from extractor.pipeline.sources.staging import read_staged, write_staged
 from extractor.schema import ExtractionResult

@@ -25,7 +25,8 @@ concurrent claims of one id serialise on its primary key.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 Receipt = TypeVar("Receipt")
 Claim = Callable[[list[str]], set[str]]  # ids -> the ids this run now holds
