@@ -16,6 +16,9 @@ PostgreSQL database and a PostgreSQL warehouse (both dropped afterwards).
    locks ``receipt_line_items``, which A's load must write), run B starts while A holds
    its claims. B extracts nothing (``claimed_by_other_run``), succeeds; A finishes once
    the lock goes. Each receipt was extracted once and loaded once.
+3. The task process of a running ``extract`` is killed with SIGKILL after its first model
+   batch was staged; the cleared run's new try extracts only the model batches that were
+   not staged.
 """
 
 from __future__ import annotations
@@ -243,3 +246,49 @@ def test_two_overlapping_runs_of_one_day_extract_each_receipt_once(deployment):
                               "extracted_by_b": len(extracted["overlap_b"]),
                               "claimed_by_other_run_in_b": summary_b["discovery"]["claimed_by_other_run"],
                               "rows": len(rows)})
+
+
+def test_an_extract_task_killed_with_sigkill_resumes_from_its_staged_model_batches(deployment):
+    """The task process of a running ``extract`` (3 receipts = 3 model batches of 1) is
+    killed with SIGKILL once its first model batch is staged; the run fails, an operator
+    clears it, and the new try extracts only what was not staged."""
+    import signal
+
+    d = deployment
+    day = dt.date(2026, 3, 5)
+    for i, seed in enumerate((301, 302, 303)):
+        d.put(day, f"k{i}.jpg", seed)
+    chunks = d.root / "staging" / "receipts_daily" / "killed" / "chunks"
+    d.cluster.airflow("variables", "set", "receipts_batches_per_task", "3")
+    try:
+        d.cluster.api("POST", "/api/v2/dags/receipts_daily/dagRuns", {
+            "dag_run_id": "killed", "logical_date": _midnight(day),
+            "data_interval_start": _midnight(day),
+            "data_interval_end": _midnight(day + dt.timedelta(days=1))})
+        d.cluster.wait_for("a staged model batch", lambda: list(chunks.glob("*.jsonl")),
+                           RUN_TIMEOUT_S, interval=0.1)
+        ((pid,),) = d.cluster.metadata("SELECT pid FROM task_instance WHERE run_id = 'killed' "
+                                       "AND task_id = 'extract' AND state = 'running'")
+        os.kill(pid, signal.SIGKILL)
+        staged_at_kill = len(list(chunks.glob("*.jsonl")))
+        assert 1 <= staged_at_kill < 3
+        assert d.wait_runs_done(["killed"], "the killed run") == ["failed"]
+
+        d.cluster.api("POST", "/api/v2/dags/receipts_daily/dagRuns/killed/clear", {"dry_run": False})
+        d.cluster.wait_for("the cleared run to start", lambda: d.cluster.metadata(
+            "SELECT 1 FROM task_instance WHERE run_id = 'killed' AND task_id = 'extract' "
+            "AND try_number = 2"), RUN_TIMEOUT_S)
+        assert d.wait_runs_done(["killed"], "the cleared run") == ["success"], d.failure_report(["killed"])
+    finally:
+        d.cluster.airflow("variables", "delete", "receipts_batches_per_task")
+
+    ((value,),) = d.cluster.metadata("SELECT value FROM xcom WHERE run_id = 'killed' "
+                                     "AND task_id = 'extract' AND key = 'return_value'")
+    staged = json.loads(value) if isinstance(value, str) else value
+    assert (staged["resumed"], staged["extracted"]) == (staged_at_kill, 3 - staged_at_kill)
+    rows = d.warehouse("SELECT receipt_id, run_id FROM receipts WHERE source LIKE %s "
+                       "UNION ALL SELECT receipt_id, run_id FROM quarantine WHERE source LIKE %s",
+                       (f"%dt={day}%", f"%dt={day}%"))
+    assert len(rows) == len({r[0] for r in rows}) == 3 and {r[1] for r in rows} == {"killed"}
+    print("task sigkill figure:", {"task_batch": 3, "model_batch": 1, "staged_at_kill": staged_at_kill,
+                                   "re_extracted": staged["extracted"], "rows": len(rows)})
