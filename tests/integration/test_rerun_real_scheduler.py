@@ -132,7 +132,7 @@ def deployment(tmp_path_factory):
         with cluster:
             cluster.airflow("db", "migrate")
             cluster.airflow("pools", "import", str(REPO / "deploy" / "pools.json"))
-            cluster.airflow("variables", "set", "receipt_extractor", json.dumps(EXTRACTOR))
+            cluster.airflow("variables", "set", "receipts_config", json.dumps({"model": EXTRACTOR}))
             cluster.start("api-server", "api-server", "--port", str(cluster.api_port), "--workers", "1")
             cluster.start("scheduler", "scheduler")
             cluster.start("dag-processor", "dag-processor")
@@ -259,7 +259,8 @@ def test_an_extract_task_killed_with_sigkill_resumes_from_its_staged_model_batch
     for i, seed in enumerate((301, 302, 303)):
         d.put(day, f"k{i}.jpg", seed)
     chunks = d.root / "staging" / "receipts_daily" / "killed" / "chunks"
-    d.cluster.airflow("variables", "set", "receipts_batches_per_task", "3")
+    d.cluster.airflow("variables", "set", "receipts_config",
+                      json.dumps({"model": EXTRACTOR, "batches_per_task": 3}))
     try:
         d.cluster.api("POST", "/api/v2/dags/receipts_daily/dagRuns", {
             "dag_run_id": "killed", "logical_date": _midnight(day),
@@ -280,7 +281,7 @@ def test_an_extract_task_killed_with_sigkill_resumes_from_its_staged_model_batch
             "AND try_number = 2"), RUN_TIMEOUT_S)
         assert d.wait_runs_done(["killed"], "the cleared run") == ["success"], d.failure_report(["killed"])
     finally:
-        d.cluster.airflow("variables", "delete", "receipts_batches_per_task")
+        d.cluster.airflow("variables", "set", "receipts_config", json.dumps({"model": EXTRACTOR}))
 
     ((value,),) = d.cluster.metadata("SELECT value FROM xcom WHERE run_id = 'killed' "
                                      "AND task_id = 'extract' AND key = 'return_value'")

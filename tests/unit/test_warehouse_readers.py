@@ -5,6 +5,7 @@ lock is per process, so a reader in this process would not show it)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -72,8 +73,8 @@ def test_a_task_turns_the_busy_warehouse_into_one_airflow_error_line(loaded, cap
     from airflow.sdk.exceptions import AirflowException
     from extractor.pipeline import config, tasks
 
-    cfg = config.load_config({"receipts_warehouse_url": f"duckdb:///{loaded}",
-                              "receipts_warehouse_lock_timeout_s": "1"}.get)
+    settings = {"warehouse_url": f"duckdb:///{loaded}", "warehouse_lock_timeout_s": 1}
+    cfg = config.load_config({"receipts_config": json.dumps(settings)}.get)
     reader, _ = _reader(loaded, 30)
     try:
         with pytest.raises(AirflowException) as info:
@@ -127,11 +128,11 @@ def test_concurrency_settings_come_from_variables_or_environment(monkeypatch, tm
     cfg = config.load_config({}.get)
     assert (cfg.claim_ttl_hours, cfg.warehouse_lock_timeout_s, cfg.warehouse_snapshot) == (12.0, 60.0, "auto")
     monkeypatch.setenv("RECEIPT_WAREHOUSE_SNAPSHOT", "off")
-    cfg = config.load_config({"receipts_claim_ttl_hours": "0.5",
-                              "receipts_warehouse_lock_timeout_s": 5}.get)
+    cfg = config.load_config({"receipts_config": {"claim_ttl_hours": 0.5,
+                                                  "warehouse_lock_timeout_s": 5}}.get)
     assert (cfg.claim_ttl_hours, cfg.warehouse_lock_timeout_s, cfg.warehouse_snapshot) == (0.5, 5.0, None)
-    cfg = config.load_config({"receipts_warehouse_snapshot": str(tmp_path / "copy.duckdb")}.get)
+    cfg = config.load_config({"receipts_config": {"warehouse_snapshot": str(tmp_path / "copy.duckdb")}}.get)
     assert cfg.warehouse_snapshot == str(tmp_path / "copy.duckdb")
     for bad_value in ("0", "-1", "soon"):
-        with pytest.raises(ConfigError, match="receipts_claim_ttl_hours"):
-            config.load_config({"receipts_claim_ttl_hours": bad_value}.get)
+        with pytest.raises(ConfigError, match="claim_ttl_hours"):
+            config.load_config({"receipts_config": {"claim_ttl_hours": bad_value}}.get)

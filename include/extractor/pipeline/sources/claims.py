@@ -11,7 +11,7 @@ version) in the warehouse table ``extraction_claims``, inserted in one transacti
 ``ON CONFLICT DO NOTHING``. A receipt claimed by another run is left to that run and
 counted (``claimed_by_other_run``); the load deletes the claims of what it wrote in the
 same transaction; a failed run's callback deletes its claims; a claim older than its
-time to live (``receipts_claim_ttl_hours``, a run killed before any callback) may be
+time to live (``claim_ttl_hours`` in ``receipts_config``, a run killed before any callback) may be
 taken over. A retry or a clear of the same run keeps its own claims.
 
 Why claims and not a lock per partition: a lock would have to be held from discovery to
