@@ -69,6 +69,10 @@ def receipts_daily():
     def report(summary: dict, reconciliation: dict) -> dict:
         return tasks.report(summary, reconciliation)
 
+    @task(trigger_rule="all_done")  # also after a failed run: that is one the charts must show
+    def quality_report() -> dict:  # quality over time, beside the Data Docs
+        return tasks.refresh_quality_report()
+
     @task
     def prune_staging() -> dict:  # staged files of runs older than the retention
         return tasks.prune_staging()
@@ -78,7 +82,7 @@ def receipts_daily():
     staged = extract.partial(extractor=extractor, model=ensure_model(extractor)).expand(
         batch=batches)
     summary = validate_and_load(staged, extractor, batches["counts"], batches)
-    report(summary, reconcile(batches, extractor, summary)) >> prune_staging()
+    report(summary, reconcile(batches, extractor, summary)) >> [prune_staging(), quality_report()]
 
 
 receipts_daily()

@@ -1,6 +1,7 @@
 """The quality report over time, on a real DuckDB warehouse filled the way the pipeline
-fills it (synthetic results -> GX validation -> run summary -> one-transaction load): six
-days of one extractor version, then a switch to a worse one for four days."""
+fills it (``extractor.testing.quality_history``: synthetic results -> GX validation -> run
+summary -> one-transaction load): six days of one extractor version, then a switch to a
+worse one for four days."""
 
 from __future__ import annotations
 
@@ -12,52 +13,20 @@ import pytest
 
 from extractor.pipeline.quality.history import load_history, reason_category
 from extractor.pipeline.quality.report import CHARTS, write_report
-from extractor.pipeline.quality.summary import summarize_run
-from extractor.pipeline.quality.validation import validate_results
-from extractor.pipeline.records import RunRecord
 from extractor.pipeline.warehouse import open_warehouse
-from extractor.testing.synthetic_results import make_results
+from extractor.testing.quality_history import NEW, OLD, fill_history
 
-OLD = "ocr:rapidocr@3.10.0:parser-v3"
-NEW = "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:prompt-v2"
 FIRST = dt.date(2026, 3, 1)
 SWITCH = dt.date(2026, 3, 7)  # NEW runs from this day on
 LAST = dt.date(2026, 3, 10)
 PER_DAY = 40
 
 
-def _load_day(warehouse, day: dt.date, version: str, bad_share: float, failed_share: float) -> None:
-    results, _ = make_results(PER_DAY, seed=day.toordinal(), bad_share=bad_share,
-                              failed_share=failed_share, logical_date=day, extractor_version=version)
-    if version == NEW:  # the new model never reads the phone
-        for r in results:
-            if r.receipt is not None:
-                r.receipt = r.receipt.model_copy(update={"phone": None})
-    run_id = f"scheduled__{day}T00:00:00+00:00"
-    outcome = validate_results(results, thresholds={"max_quarantine_rate_fail": 1.0},
-                               logical_date=day, run_id=run_id)
-    started = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(1), tzinfo=dt.timezone.utc)
-    summary = summarize_run(results, outcome, discovered=len(results),
-                            timings={"extract_s": PER_DAY / (2.0 if version == OLD else 8.0)})
-    warehouse.load(outcome.valid, outcome.quarantined, RunRecord(
-        run_id=run_id, dag_id="receipts_daily", logical_date=day, partition_start=day,
-        partition_end=day + dt.timedelta(days=1), extractor_version=version, model_id=None,
-        revision=None, prompt_version=None, started_at=started,
-        finished_at=started + dt.timedelta(minutes=5), counts=summary["counts"],
-        timings=summary["timings"], decision=outcome.decision, summary=summary))
-
-
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     wh = open_warehouse(f"duckdb:///{tmp_path_factory.mktemp('wh') / 'warehouse.duckdb'}")
     wh.ensure_schema()
-    day = FIRST
-    while day <= LAST:
-        if day < SWITCH:
-            _load_day(wh, day, OLD, bad_share=0.05, failed_share=0.02)
-        else:
-            _load_day(wh, day, NEW, bad_share=0.25, failed_share=0.10)
-        day += dt.timedelta(days=1)
+    fill_history(wh, FIRST, SWITCH, LAST, receipts=PER_DAY)
     yield wh
     wh.close()
 

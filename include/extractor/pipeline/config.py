@@ -16,6 +16,7 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | staging folder | ``receipts_staging_dir`` | ``RECEIPT_STAGING_DIR`` | ``var/staging`` |
 | staging retention, days (0 = keep) | ``receipts_staging_retention_days`` | ``RECEIPT_STAGING_RETENTION_DAYS`` | 30 |
 | Data Docs folder | ``receipts_data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
+| quality report window, days | ``receipts_quality_report_days`` | ``RECEIPT_QUALITY_REPORT_DAYS`` | 30 |
 | thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
@@ -69,6 +70,7 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    quality_report_days: int = 30  # days of partitions the quality report shows
 
     @property
     def source_is_s3(self) -> bool:
@@ -125,6 +127,9 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         raise ConfigError(f"receipts_staging_retention_days must be a whole number of days: {retention!r}") from exc
     if retention < 0:
         raise ConfigError("receipts_staging_retention_days must be >= 0 (0 keeps staged files forever)")
+    report_days = _setting(get_variable, "receipts_quality_report_days", "RECEIPT_QUALITY_REPORT_DAYS", 30)
+    if not str(report_days).isdigit() or int(report_days) < 1:
+        raise ConfigError(f"receipts_quality_report_days must be a whole number >= 1: {report_days!r}")
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -143,6 +148,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        quality_report_days=int(report_days),
     )
 
 

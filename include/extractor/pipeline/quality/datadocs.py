@@ -57,6 +57,26 @@ def run_page_name(run_id: str) -> str:
     return f"{readable}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}.html"
 
 
+def docs_file(docs_dir: str | os.PathLike, path: str) -> Path | None:
+    """The file a request path names inside the Data Docs folder, or None.
+
+    ``runs/<page>.html`` and ``report/...`` are files; ``runs/<Airflow run id>`` (what the
+    Airflow UI's run tab asks for) is mapped to that run's page. Nothing outside the
+    folder is ever returned (``..``, absolute paths and links out are refused)."""
+    root = Path(docs_dir).resolve()
+    path = path.strip("/") or INDEX_NAME
+    candidates = [root / path]
+    if path.startswith(RUNS_SUBDIR + "/"):
+        candidates.append(root / RUNS_SUBDIR / run_page_name(path[len(RUNS_SUBDIR) + 1:]))
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if resolved.is_relative_to(root) and resolved.is_file():
+            return resolved
+        if resolved.is_relative_to(root) and (resolved / INDEX_NAME).is_file():
+            return resolved / INDEX_NAME
+    return None
+
+
 def docs_record(stats: Mapping[str, Any], quarantined: Sequence[QuarantineRecord],
                 extractor_versions: Iterable[str]) -> dict[str, Any]:
     """What a run's page shows, JSON-safe (kept beside the page for the index)."""

@@ -102,6 +102,13 @@ def load_history(warehouse: Any, *, days: int, end: dt.date) -> History:
                    confidences=_confidences(warehouse, set(run_day)), first_day=first_day)
 
 
+def latest_day(warehouse: Any) -> dt.date | None:
+    """The newest partition day in ``runs`` (None for an empty warehouse)."""
+    [(when,)] = warehouse.fetch(
+        'SELECT MAX(COALESCE("partition_start", "logical_date", "started_at")) FROM "runs"')
+    return _day(when)
+
+
 def _runs(warehouse: Any, start: dt.date, end: dt.date) -> dict[str, tuple]:
     rows = warehouse.fetch(
         'SELECT "run_id", COALESCE("partition_start", "logical_date", "started_at"), '

@@ -56,11 +56,17 @@ def write_report(warehouse: Any, output_dir: str | os.PathLike, *, days: int = 3
                        ("fill_rate", _fill_rate), ("confidence", _confidence),
                        ("throughput", _throughput)):
         charts[name] = str(_save(draw(history), out / f"{name}.png"))
-    (out / "report.json").write_text(json.dumps(numbers, indent=1, sort_keys=True), encoding="utf-8")
+    _write_text(out / "report.json", json.dumps(numbers, indent=1, sort_keys=True))
     page = out / "index.html"
-    page.write_text(render_page(history, numbers, data_docs_link), encoding="utf-8")
+    _write_text(page, render_page(history, numbers, data_docs_link))
     return {"page": str(page), "charts": charts, "runs": numbers["runs"],
             "versions": history.versions, "start": str(history.start), "end": str(history.end)}
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def report_numbers(history: History) -> dict[str, Any]:
@@ -100,7 +106,10 @@ def _figure(title: str, width: float = 9.0, height: float = 3.6):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, format="png", dpi=DPI)
+    """Write then rename: a page being read (or a second run redrawing) never sees half a PNG."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=DPI)
+    os.replace(tmp, path)
     return path
 
 
