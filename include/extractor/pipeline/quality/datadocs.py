@@ -189,7 +189,7 @@ def _checks_table(checks: Sequence[Mapping[str, Any]], validated: int) -> str:
         return head + "<p>No receipt reached validation in this run.</p>"
     out = [head, '<table id="checks-table"><tr><th>rule</th><th>check</th><th>column</th>'
                  '<th>severity</th><th class="num">failing receipts</th></tr>']
-    for ch in checks:
+    for ch in sorted(checks, key=lambda ch: bool(ch["success"])):  # failing checks first
         failed = ' class="failed"' if not ch["success"] else ""
         out.append(f"<tr{failed}><td>{_e(ch.get('description') or ch['expectation'])}</td>"
                    f"<td><code>{_e(ch['check'])}</code></td><td><code>{_e(ch['column'])}</code></td>"

@@ -127,7 +127,9 @@ def _version_switches(ax, history: History) -> None:
 
 
 def _time_axes(ax, history: History, ylabel: str) -> None:
-    ax.set_xlim(history.start - dt.timedelta(days=0.5), history.end + dt.timedelta(days=0.5))
+    half_day = dt.timedelta(hours=12)  # room for the first and last bars (date + 0.5 d is the date)
+    ax.set_xlim(dt.datetime.combine(history.start, dt.time()) - half_day,
+                dt.datetime.combine(history.end, dt.time()) + half_day)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
