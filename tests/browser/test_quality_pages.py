@@ -40,7 +40,7 @@ def pages(tmp_path_factory):
     warehouse.ensure_schema()
     try:
         fill_history(warehouse, FIRST, SWITCH, LAST, receipts=30, data_docs_dir=str(docs))
-        write_report(warehouse, docs / "report", days=10, end=LAST, data_docs_link="../index.html")
+        write_report(warehouse, docs / "report", days=7, end=LAST, data_docs_link="../index.html")
         last_run = f"scheduled__{LAST}T00:00:00+00:00"
         quarantined = warehouse.fetch("SELECT source, stage FROM quarantine WHERE run_id = ?", (last_run,))
     finally:
@@ -84,7 +84,7 @@ def _screenshot(driver, name: str) -> None:
     from PIL import Image
 
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(max(height, 600), 4000))
+    driver.set_window_size(1280, min(max(height + 160, 600), 4000))  # + the window's own chrome
     path = Path(target) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(path))

@@ -97,12 +97,25 @@ def report_numbers(history: History) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- charts
 
-def _figure(title: str, width: float = 9.0, height: float = 3.6):
+def _figure(title: str, width: float = 9.0, height: float = 3.6, *, panels: bool = False):
+    """A figure; ``panels`` (a grid of small charts) are laid out by hand, which is twice
+    as fast as the constrained layout at 16 panels, with the legend below them."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=None if panels else "constrained")
     fig.suptitle(title, fontsize=12)
     return fig
+
+
+def _panels(fig, count: int, cols: int):
+    rows = max(1, -(-count // cols))
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    inch = 1 / fig.get_figheight()
+    fig.subplots_adjust(left=0.06, right=0.98, top=1 - 0.55 * inch, bottom=0.75 * inch,
+                        hspace=0.45, wspace=0.12)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return axes
 
 
 def _save(fig, path: Path) -> Path:
@@ -130,9 +143,14 @@ def _time_axes(ax, history: History, ylabel: str) -> None:
     half_day = dt.timedelta(hours=12)  # room for the first and last bars (date + 0.5 d is the date)
     ax.set_xlim(dt.datetime.combine(history.start, dt.time()) - half_day,
                 dt.datetime.combine(history.end, dt.time()) + half_day)
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.tick_params(axis="x", labelsize=8)
     _version_switches(ax, history)
 
 
@@ -140,8 +158,8 @@ def _legend(fig, ax) -> None:
     """One legend below the plot (it never hides data), a column per version up to three."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, fontsize=8, loc="outside lower center",
-                   ncol=min(3, len(handles)))
+        fig.legend(handles, labels, fontsize=8, ncol=min(3, len(handles)),
+                   loc="outside lower center" if fig.get_layout_engine() else "lower center")
 
 
 def _empty(ax, text: str) -> None:
@@ -181,11 +199,10 @@ def _quarantine_rate(history: History):
     for cell in history.cells.values():
         totals.update(cell.reasons)
     panels = ["all reasons"] + [r for r, _ in totals.most_common(MAX_REASONS)]
-    cols = 3
-    rows = -(-len(panels) // cols)
-    fig = _figure(CHARTS["quarantine_rate"], width=11, height=2.3 * rows + 0.6)
+    fig = _figure(CHARTS["quarantine_rate"], width=11, height=2.3 * -(-len(panels) // 3) + 1.2,
+                  panels=True)
     colours = _colours(history)
-    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    axes = _panels(fig, len(panels), 3)
     for ax, reason in zip(axes, panels):
         for version in history.versions:
             series = [(d, c) for d, c in history.series(version) if c.receipts]
@@ -197,8 +214,6 @@ def _quarantine_rate(history: History):
         _time_axes(ax, history, "")
         ax.yaxis.set_major_formatter(_percent())
         ax.tick_params(labelsize=7)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
     _legend(fig, axes[0])
     if not history.versions:
         _empty(axes[0], "no runs in this window")
@@ -213,11 +228,10 @@ def _percent():
 
 def _fill_rate(history: History):
     fields = sorted({f for c in history.cells.values() for f in c.fill_rates})
-    cols = 4
-    rows = max(1, -(-len(fields) // cols))
-    fig = _figure(CHARTS["fill_rate"], width=11, height=1.9 * rows + 0.6)
+    fig = _figure(CHARTS["fill_rate"], width=11, height=1.9 * max(1, -(-len(fields) // 4)) + 1.2,
+                  panels=True)
     colours = _colours(history)
-    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    axes = _panels(fig, max(1, len(fields)), 4)
     for ax, name in zip(axes, fields):
         for version in history.versions:
             series = [(d, c.fill_rates[name]) for d, c in history.series(version) if name in c.fill_rates]
@@ -228,10 +242,7 @@ def _fill_rate(history: History):
         _time_axes(ax, history, "")
         ax.yaxis.set_major_formatter(_percent())
         ax.tick_params(labelsize=7)
-    for ax in axes[len(fields):]:
-        ax.set_visible(False)
     if not fields:
-        axes[0].set_visible(True)
         _empty(axes[0], "no extracted receipts in this window")
     _legend(fig, axes[0])
     return fig
