@@ -128,3 +128,16 @@ def test_the_plugin_serves_the_pages_to_the_airflow_ui(bad_run):
     assert client.get("/runs/no-such-run").status_code == 404
     assert client.get("/../../../etc/passwd").status_code == 404
     assert client.get("/%2e%2e/%2e%2e/etc/passwd").status_code == 404
+
+
+def test_the_api_server_mounts_the_plugin(airflow_db):
+    """Airflow's own plugin loading and api-server app: the pages are mounted at
+    /receipts-quality behind Airflow's auth, and the UI gets the nav entry and run tab."""
+    from airflow import plugins_manager
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    info = {p["name"]: p for p in plugins_manager.get_plugin_info()}["receipts_quality_docs"]
+    assert {v["destination"] for v in info["external_views"]} == {"nav", "dag_run"}
+    client = TestClient(create_app("core"))
+    assert client.get("/receipts-quality/").status_code in (401, 403)  # not for anonymous users
