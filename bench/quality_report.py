@@ -47,7 +47,6 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     import matplotlib.figure  # noqa: F401  (what a fresh task process imports)
-
     from extractor.pipeline.quality.report import write_report
     t1 = time.perf_counter()
     result = write_report(warehouse, work / "report", days=args.days, end=END)

@@ -7,6 +7,8 @@ the extractor (DAG-run param `extractor` > Variable `receipt_extractor`), makes 
 available, discovers receipts that extractor version has not seen, extracts them (mapped
 tasks, pool `gpu`), validates (Great Expectations), loads, reconciles and reports, then
 prunes staged files of runs older than the retention (`receipts_staging_retention_days`).
+Each run's Data Docs page and the quality report over time are in the Data Docs folder,
+linked from the run's **Data Docs** tab and the **Receipt quality** menu (docs/quality.md).
 
 **Idempotent.** A receipt's id is the sha256 of its bytes; rows are keyed by (receipt
 id, extractor version) and written in one transaction; a run only extracts what the

@@ -16,6 +16,7 @@ compose file sets ``RECEIPT_DATA_DOCS_DIR`` for every service).
 from __future__ import annotations
 
 import os
+from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
@@ -29,11 +30,10 @@ def data_docs_dir() -> str:
 
 def create_app(docs_dir: str | None = None):
     """The FastAPI app: ``GET /{path}`` returns a file of the Data Docs folder."""
-    from fastapi import Depends, FastAPI, HTTPException
-    from fastapi.responses import FileResponse
-
     from airflow.api_fastapi.core_api.security import requires_access_dag
     from extractor.pipeline.quality.datadocs import docs_file
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import FileResponse
 
     guard = requires_access_dag("GET", param_dag_id=DAG_ID)
     app = FastAPI(title="receipts Data Docs", dependencies=[Depends(guard)])
@@ -51,8 +51,8 @@ def create_app(docs_dir: str | None = None):
 
 class ReceiptsQualityDocsPlugin(AirflowPlugin):
     name = "receipts_quality_docs"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "receipts Data Docs"}]
-    external_views = [
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "receipts Data Docs"}]
+    external_views: ClassVar[list[dict[str, Any]]] = [
         {"name": "Receipt quality", "href": f"{URL_PREFIX}/", "destination": "nav",
          "category": "browse", "url_route": "receipt-quality"},
         {"name": "Data Docs", "href": f"{URL_PREFIX}/runs/{{RUN_ID}}", "destination": "dag_run",

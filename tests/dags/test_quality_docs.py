@@ -11,7 +11,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
 from receipts_dag_helpers import SAMPLES, synthetic_receipt
 
 pytestmark = pytest.mark.slow  # one real dag.test run (OCR on six images) shared by the tests
@@ -59,7 +58,7 @@ def test_the_run_page_lists_every_receipt_that_did_not_load(bad_run):
     quarantined = pipeline.fetch("SELECT receipt_id, source, stage, reason FROM quarantine")
     assert sorted(s for _, _, s, _ in quarantined) == ["extract"] * 3 + ["validate"]
     page = (docs / "runs" / run_page_name(dag_run.run_id)).read_text(encoding="utf-8")
-    rows = re.findall(r'<tr class="quarantine-row">(.*?)</tr>', page, re.S)
+    rows = re.findall(r'<tr class="quarantine-row">(.*?)</tr>', page, re.DOTALL)
     assert len(rows) == len(quarantined) == 4
     for receipt_id, source, stage, reason in quarantined:
         [row] = [r for r in rows if receipt_id[:12] in r]
@@ -94,9 +93,8 @@ def test_the_quality_report_is_refreshed_and_linked(bad_run):
 def test_the_asset_event_names_the_pages(bad_run):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
-    from sqlalchemy import select
-
     from extractor.pipeline.quality.datadocs import run_page_name
+    from sqlalchemy import select
 
     _, dag_run, docs = bad_run
     with create_session() as session:
@@ -110,9 +108,8 @@ def test_the_asset_event_names_the_pages(bad_run):
 def test_the_plugin_serves_the_pages_to_the_airflow_ui(bad_run):
     """The FastAPI app the api-server mounts at /receipts-quality; Airflow's auth check is
     real (an anonymous request is refused) and swapped out for the reads that follow."""
-    from fastapi.testclient import TestClient
-
     import receipts_quality_docs as plugin
+    from fastapi.testclient import TestClient
 
     _, dag_run, docs = bad_run
     app = plugin.create_app(str(docs))
@@ -120,7 +117,7 @@ def test_the_plugin_serves_the_pages_to_the_airflow_ui(bad_run):
     app.dependency_overrides[app.state.guard] = lambda: None
     client = TestClient(app)
     # what the run's "Data Docs" tab asks for: the UI URL-encodes the run id
-    href = [v for v in plugin.ReceiptsQualityDocsPlugin.external_views if v["destination"] == "dag_run"][0]["href"]
+    href = next(v for v in plugin.ReceiptsQualityDocsPlugin.external_views if v["destination"] == "dag_run")["href"]
     response = client.get(href.replace(plugin.URL_PREFIX, "").replace("{RUN_ID}", quote(dag_run.run_id, safe="")))
     assert response.status_code == 200 and 'class="quarantine-row"' in response.text
     assert "receipts Data Docs" in client.get("/").text

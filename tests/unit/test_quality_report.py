@@ -10,7 +10,6 @@ import json
 import re
 
 import pytest
-
 from extractor.pipeline.quality.history import load_history, reason_category
 from extractor.pipeline.quality.report import CHARTS, write_report
 from extractor.pipeline.warehouse import open_warehouse

@@ -35,7 +35,7 @@ def load_day(warehouse: Any, day: dt.date, version: str, *, receipts: int = 40,
     run_id = f"scheduled__{day}T00:00:00+00:00"
     outcome = validate_results(results, thresholds={"max_quarantine_rate_fail": 1.0},
                                logical_date=day, run_id=run_id, data_docs_dir=data_docs_dir)
-    started = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(1), tzinfo=dt.timezone.utc)
+    started = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(1), tzinfo=dt.UTC)
     summary = summarize_run(results, outcome, discovered=len(results),
                             timings={"extract_s": receipts / SPEED.get(version, 1.0)})
     warehouse.load(outcome.valid, outcome.quarantined, RunRecord(

@@ -23,8 +23,9 @@ import html
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from extractor.pipeline.records import QuarantineRecord
 
@@ -155,15 +156,15 @@ def render_run_page(record: Mapping[str, Any]) -> str:
     body = [
         f'<p><a href="../{INDEX_NAME}">&larr; all runs</a></p>',
         f"<h1>Run <code>{_e(record['run_id'])}</code> {_badge(record['decision'])}</h1>",
-        f'<p class="muted">partition {_e(record["logical_date"])} &middot; extractor '
-        f'{", ".join(f"<code>{_e(v)}</code>" for v in record["extractor_versions"]) or "none"}'
-        f" &middot; {_e(record['decision_reason'])}</p>",
+        (f'<p class="muted">partition {_e(record["logical_date"])} &middot; extractor '
+         f'{", ".join(f"<code>{_e(v)}</code>" for v in record["extractor_versions"]) or "none"}'
+         f" &middot; {_e(record['decision_reason'])}</p>"),
         '<div class="cards">' + "".join(f'<div class="card"><b>{_e(v)}</b>{_e(k)}</div>'
                                          for k, v in cards) + "</div>",
         _quarantine_table(record["quarantined"]),
         _checks_table(record["checks"], c["validated"]),
-        "<h2>Thresholds</h2><details><summary>settings this run was judged by</summary>"
-        f"<pre>{_e(json.dumps(record.get('thresholds', {}), indent=1, sort_keys=True))}</pre></details>",
+        ("<h2>Thresholds</h2><details><summary>settings this run was judged by</summary>"
+         f"<pre>{_e(json.dumps(record.get('thresholds', {}), indent=1, sort_keys=True))}</pre></details>"),
     ]
     return _document(f"receipts run {record['run_id']}", "\n".join(body))
 
@@ -172,8 +173,8 @@ def _quarantine_table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = f'<h2 id="quarantine">Receipts not loaded ({len(rows)})</h2>'
     if not rows:
         return head + "<p>Every receipt of this run was loaded.</p>"
-    out = [head, '<table id="quarantine-table"><tr><th>#</th><th>source</th><th>stage</th>'
-                 "<th>reason</th><th>receipt id</th></tr>"]
+    out = [head, ('<table id="quarantine-table"><tr><th>#</th><th>source</th><th>stage</th>'
+                  "<th>reason</th><th>receipt id</th></tr>")]
     for i, q in enumerate(rows, 1):
         name = str(q["source"]).rsplit("/", 1)[-1]
         out.append(f'<tr class="quarantine-row"><td class="num">{i}</td>'
@@ -187,8 +188,8 @@ def _checks_table(checks: Sequence[Mapping[str, Any]], validated: int) -> str:
     head = f"<h2>Checks ({validated} receipts validated)</h2>"
     if not checks:
         return head + "<p>No receipt reached validation in this run.</p>"
-    out = [head, '<table id="checks-table"><tr><th>rule</th><th>check</th><th>column</th>'
-                 '<th>severity</th><th class="num">failing receipts</th></tr>']
+    out = [head, ('<table id="checks-table"><tr><th>rule</th><th>check</th><th>column</th>'
+                  '<th>severity</th><th class="num">failing receipts</th></tr>')]
     for ch in sorted(checks, key=lambda ch: bool(ch["success"])):  # failing checks first
         failed = ' class="failed"' if not ch["success"] else ""
         out.append(f"<tr{failed}><td>{_e(ch.get('description') or ch['expectation'])}</td>"
@@ -203,9 +204,9 @@ def render_index(records: Sequence[Mapping[str, Any]], *, has_report: bool = Fal
             f'<p class="muted">{len(records)} runs, newest first.'
             + (f' Quality over time: <a href="{REPORT_SUBDIR}/{INDEX_NAME}">the quality report</a>.'
                if has_report else "") + "</p>",
-            '<table id="runs-table"><tr><th>run</th><th>partition</th><th>extractor</th>'
-            '<th class="num">receipts</th><th class="num">loaded</th><th class="num">quarantined'
-            '</th><th class="num">rate</th><th>decision</th></tr>']
+            ('<table id="runs-table"><tr><th>run</th><th>partition</th><th>extractor</th>'
+             '<th class="num">receipts</th><th class="num">loaded</th><th class="num">quarantined'
+             '</th><th class="num">rate</th><th>decision</th></tr>')]
     for r in records:
         c = r.get("counts") or {}
         rate = r.get("quarantine_rate")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 Key = tuple[dt.date, str]  # (partition day, extractor version)
 

@@ -46,7 +46,7 @@ def write_report(warehouse: Any, output_dir: str | os.PathLike, *, days: int = 3
     UTC); ``data_docs_link``: a relative link to the Data Docs index, shown on the page."""
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
-    end = end or dt.datetime.now(dt.timezone.utc).date()
+    end = end or dt.datetime.now(dt.UTC).date()
     history = load_history(warehouse, days=days, end=end)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
