@@ -10,7 +10,9 @@ load, with its stage and reason.
 Layout of the folder (``receipts_data_docs_dir``)::
 
     index.html               every run, newest first (rebuilt after each run)
-    runs/<run>.html          one page per run; runs/<run>.json holds what it shows
+    runs/<run>.html          one page per run
+    runs/<run>.json          the run's summary line for the index (the details are in the
+                             page and in the warehouse's quarantine table)
     report/index.html        the quality report over time (``quality.report``), when built
 
 Re-running a run rewrites its page (same name), so the folder converges like the warehouse.
@@ -30,6 +32,8 @@ from typing import Any
 from extractor.pipeline.records import QuarantineRecord
 
 RUNS_SUBDIR = "runs"
+INDEX_FIELDS = ("run_id", "logical_date", "extractor_versions", "decision", "decision_reason",
+                "counts", "quarantine_rate")
 REPORT_SUBDIR = "report"
 INDEX_NAME = "index.html"
 
@@ -102,7 +106,9 @@ def write_run_docs(docs_dir: str | os.PathLike, record: Mapping[str, Any]) -> Pa
     runs = root / RUNS_SUBDIR
     runs.mkdir(parents=True, exist_ok=True)
     page = runs / run_page_name(record["run_id"])
-    _write_atomic(page.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True, default=str))
+    # the index reads every run's JSON on each rebuild: only the few fields it shows
+    summary = {k: record[k] for k in INDEX_FIELDS if k in record}
+    _write_atomic(page.with_suffix(".json"), json.dumps(summary, indent=1, sort_keys=True, default=str))
     _write_atomic(page, render_run_page(record))
     write_index(root)
     return page
