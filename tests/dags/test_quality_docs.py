@@ -31,12 +31,13 @@ def bad_run(receipts_dag, tmp_path_factory):
     from receipts_dag_helpers import Pipeline
 
     root = tmp_path_factory.mktemp("quality-docs")
-    env = {"AIRFLOW_VAR_RECEIPT_EXTRACTOR": "ocr", "AIRFLOW_VAR_RECEIPTS_SOURCE": str(root / "incoming"),
+    config = {"model": "ocr", "source": str(root / "incoming"),
+              # 4 of 6 receipts are bad by design: the run alerts, it does not fail
+              "thresholds": {"max_quarantine_rate_fail": 0.9}}
+    env = {"AIRFLOW_VAR_RECEIPTS_CONFIG": json.dumps(config),
            "RECEIPT_WAREHOUSE_URL": f"duckdb:///{root / 'warehouse.duckdb'}",
            "RECEIPT_STAGING_DIR": str(root / "staging"), "RECEIPT_DATA_DOCS_DIR": str(root / "docs"),
-           "RECEIPT_MODEL_CACHE": str(root / "models"),
-           # 4 of 6 receipts are bad by design: the run alerts, it does not fail
-           "AIRFLOW_VAR_RECEIPTS_THRESHOLDS": json.dumps({"max_quarantine_rate_fail": 0.9})}
+           "RECEIPT_MODEL_CACHE": str(root / "models")}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

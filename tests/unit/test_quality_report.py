@@ -105,7 +105,7 @@ def test_cli_report_subcommand(warehouse, tmp_path, capsys):
     assert (out / "index.html").exists() and (out / "fill_rate.png").exists()
     assert main(["report", "--warehouse", f"duckdb:///{tmp_path}/typo.duckdb",
                  "--output-dir", str(out)]) == 2
-    assert "no DuckDB warehouse" in capsys.readouterr().err
+    assert "no such DuckDB file" in capsys.readouterr().err
     assert not (tmp_path / "typo.duckdb").exists()
     with pytest.raises(SystemExit):
         main(["report", "--warehouse", f"duckdb:///{path}", "--output-dir", str(out), "--days", "0"])
