@@ -1,6 +1,7 @@
 """Benchmark: what the quality_report task costs (the report over a 30-day window).
 
-    .venv/bin/python bench/quality_report.py [--days 30] [--receipts 200] [--out bench/results/quality_report.json]
+    .venv/bin/python bench/quality_report.py [--days 30] [--receipts 200]
+                                             [--out bench/results/quality_report.json]
 
 Fills a fresh DuckDB warehouse with ``--days`` daily runs (``--receipts`` synthetic receipts
 each, validated and loaded the way the pipeline does it: extractor.testing.quality_history,
@@ -47,6 +48,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     import matplotlib.figure  # noqa: F401  (what a fresh task process imports)
+
     from extractor.pipeline.quality.report import write_report
     t1 = time.perf_counter()
     result = write_report(warehouse, work / "report", days=args.days, end=END)

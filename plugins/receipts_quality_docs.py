@@ -31,9 +31,10 @@ def data_docs_dir() -> str:
 def create_app(docs_dir: str | None = None):
     """The FastAPI app: ``GET /{path}`` returns a file of the Data Docs folder."""
     from airflow.api_fastapi.core_api.security import requires_access_dag
-    from extractor.pipeline.quality.datadocs import docs_file
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import FileResponse
+
+    from extractor.pipeline.quality.datadocs import docs_file
 
     guard = requires_access_dag("GET", param_dag_id=DAG_ID)
     app = FastAPI(title="receipts Data Docs", dependencies=[Depends(guard)])
@@ -51,7 +52,8 @@ def create_app(docs_dir: str | None = None):
 
 class ReceiptsQualityDocsPlugin(AirflowPlugin):
     name = "receipts_quality_docs"
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "receipts Data Docs"}]
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {"app": create_app(), "url_prefix": URL_PREFIX, "name": "receipts Data Docs"}]
     external_views: ClassVar[list[dict[str, Any]]] = [
         {"name": "Receipt quality", "href": f"{URL_PREFIX}/", "destination": "nav",
          "category": "browse", "url_route": "receipt-quality"},

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from extractor.pipeline.quality.datadocs import run_page_name, write_index
 from extractor.pipeline.quality.report import CHARTS, write_report
 from extractor.pipeline.warehouse import open_warehouse

@@ -94,8 +94,9 @@ def test_the_quality_report_is_refreshed_and_linked(bad_run):
 def test_the_asset_event_names_the_pages(bad_run):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
-    from extractor.pipeline.quality.datadocs import run_page_name
     from sqlalchemy import select
+
+    from extractor.pipeline.quality.datadocs import run_page_name
 
     _, dag_run, docs = bad_run
     with create_session() as session:
@@ -118,8 +119,10 @@ def test_the_plugin_serves_the_pages_to_the_airflow_ui(bad_run):
     app.dependency_overrides[app.state.guard] = lambda: None
     client = TestClient(app)
     # what the run's "Data Docs" tab asks for: the UI URL-encodes the run id
-    href = next(v for v in plugin.ReceiptsQualityDocsPlugin.external_views if v["destination"] == "dag_run")["href"]
-    response = client.get(href.replace(plugin.URL_PREFIX, "").replace("{RUN_ID}", quote(dag_run.run_id, safe="")))
+    views = plugin.ReceiptsQualityDocsPlugin.external_views
+    href = next(v for v in views if v["destination"] == "dag_run")["href"]
+    run_id = quote(dag_run.run_id, safe="")
+    response = client.get(href.replace(plugin.URL_PREFIX, "").replace("{RUN_ID}", run_id))
     assert response.status_code == 200 and 'class="quarantine-row"' in response.text
     assert "receipts Data Docs" in client.get("/").text
     assert client.get("/report/fill_rate.png").headers["content-type"] == "image/png"

@@ -12,6 +12,7 @@ import os
 import uuid
 
 import pytest
+
 from extractor.pipeline.quality.report import write_report
 from extractor.pipeline.warehouse import open_warehouse
 from extractor.testing.quality_history import NEW, OLD, fill_history

@@ -26,7 +26,8 @@ def _record(run_id: str, source: str = "dt=2026-03-01/a.jpg", reason: str = "bad
 
 
 def test_page_names_are_file_safe_and_unique():
-    a, b = run_page_name("manual__2026-03-02T00:00:00+00:00"), run_page_name("manual__2026-03-02T00_00_00_00_00")
+    a = run_page_name("manual__2026-03-02T00:00:00+00:00")
+    b = run_page_name("manual__2026-03-02T00_00_00_00_00")
     assert a != b and a.startswith("manual__2026-03-02T00_00_00_00_00-") and a.endswith(".html")
     assert "/" not in run_page_name("../../etc/passwd") and run_page_name("").endswith(".html")
 

@@ -10,6 +10,7 @@ import json
 import re
 
 import pytest
+
 from extractor.pipeline.quality.history import load_history, reason_category
 from extractor.pipeline.quality.report import CHARTS, write_report
 from extractor.pipeline.warehouse import open_warehouse
@@ -97,7 +98,8 @@ def test_reason_categories():
 def test_cli_report_subcommand(warehouse, tmp_path, capsys):
     from extractor.cli import main
 
-    path = warehouse.fetch("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")[0][0]
+    [(path,)] = warehouse.fetch(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
     out = tmp_path / "report"
     assert main(["report", "--warehouse", f"duckdb:///{path}", "--output-dir", str(out),
                  "--days", "10", "--end", str(LAST)]) == 0

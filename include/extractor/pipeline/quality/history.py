@@ -89,7 +89,7 @@ def load_history(warehouse: Any, *, days: int, end: dt.date) -> History:
     start = end - dt.timedelta(days=days - 1)
     run_day = _runs(warehouse, start, end)
     cells: dict[Key, DayVersion] = defaultdict(DayVersion)
-    for run_id, (day, version, counts, summary) in run_day.items():
+    for day, version, counts, summary in run_day.values():
         _add_run(cells[(day, version)], counts, summary)
     for run_id, stage, reason, failed in _rows_of_runs(
             warehouse, 'SELECT "run_id", "stage", "reason", "failed_expectations" FROM "quarantine"',

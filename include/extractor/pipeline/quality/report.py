@@ -180,7 +180,7 @@ def _receipts_per_day(history: History):
         counts = [c.receipts for _, c in series]
         ax.bar(days, counts, bottom=[bottom[d] for d in days], color=colours[version],
                label=_short(version), width=0.8)
-        bottom.update(dict(zip(days, counts)))
+        bottom.update(dict(zip(days, counts, strict=True)))
     _time_axes(ax, history, "receipts")
     _legend(fig, ax)
     if not history.versions:
@@ -203,7 +203,7 @@ def _quarantine_rate(history: History):
                   panels=True)
     colours = _colours(history)
     axes = _panels(fig, len(panels), 3)
-    for ax, reason in zip(axes, panels):
+    for ax, reason in zip(axes, panels, strict=False):
         for version in history.versions:
             series = [(d, c) for d, c in history.series(version) if c.receipts]
             values = [(c.quarantined if reason == "all reasons" else c.reasons[reason]) / c.receipts
@@ -232,7 +232,7 @@ def _fill_rate(history: History):
                   panels=True)
     colours = _colours(history)
     axes = _panels(fig, max(1, len(fields)), 4)
-    for ax, name in zip(axes, fields):
+    for ax, name in zip(axes, fields, strict=False):
         for version in history.versions:
             series = [(d, c.fill_rates[name]) for d, c in history.series(version) if name in c.fill_rates]
             ax.plot([d for d, _ in series], [v for _, v in series], marker="o", markersize=3,
@@ -287,7 +287,8 @@ def _throughput(history: History):
 # ----------------------------------------------------------------------------- page
 
 PAGE_STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1100px}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d2330;
+max-width:1100px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 6px} .muted{color:#5e6675}
 table{border-collapse:collapse;width:100%;margin:6px 0}
 th,td{border-bottom:1px solid #dde1e8;padding:5px 8px;text-align:left} th{background:#f3f5f8}
