@@ -18,6 +18,7 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``staging_dir`` | ``RECEIPT_STAGING_DIR`` | ``var/staging`` |
 | ``staging_retention_days`` (0 = keep) | ``RECEIPT_STAGING_RETENTION_DAYS`` | 30 |
 | ``data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
+| ``quality_report_days`` (the quality report's window) | ``RECEIPT_QUALITY_REPORT_DAYS`` | 30 |
 | ``thresholds`` (object) | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | ``alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | ``batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
@@ -81,6 +82,7 @@ class PipelineConfig:
     claim_ttl_hours: float = 12.0  # a run's claim on a receipt in flight expires after this
     warehouse_lock_timeout_s: float = 60.0  # DuckDB: how long a task waits for the file lock
     warehouse_snapshot: str | None = "auto"  # DuckDB copy for readers after each load; None: off
+    quality_report_days: int = 30  # days of partitions the quality report shows
 
     @property
     def source_is_s3(self) -> bool:
@@ -140,6 +142,9 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
     if retention < 0:
         raise ConfigError("staging_retention_days must be >= 0 (0 keeps staged files forever)")
     concurrency = _concurrency_settings(get_variable)
+    report_days = _setting(get_variable, "receipts_quality_report_days", "RECEIPT_QUALITY_REPORT_DAYS", 30)
+    if not str(report_days).isdigit() or int(report_days) < 1:
+        raise ConfigError(f"quality_report_days must be a whole number >= 1: {report_days!r}")
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -159,6 +164,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
         **concurrency,
+        quality_report_days=int(report_days),
     )
 
 

@@ -423,12 +423,48 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
              reconciliation)
     out = {"run_id": ctx["run_id"], "counts": counts, "decision": summary.get("decision"),
            "extractor_version": reconciliation.get("extractor_version"),
-           "reconciliation": reconciliation}
+           "reconciliation": reconciliation, **quality_pages(load_config(), ctx["run_id"])}
     from airflow.sdk import Asset
 
     # downstream DAGs scheduled on the Asset learn which extractor version this run wrote
     ctx["outlet_events"][Asset(config.RECEIPTS_ASSET_URI)].extra = out
     return out
+
+
+def quality_pages(cfg: cfgmod.PipelineConfig, run_id: str) -> dict[str, str | None]:
+    """Where the run's Data Docs page and the quality report are (files on shared storage;
+    the ``receipts_quality_docs`` plugin serves them in the Airflow UI)."""
+    if cfg.data_docs_dir is None:
+        return {"data_docs": None, "quality_report": None}
+    from extractor.pipeline.quality.datadocs import REPORT_SUBDIR, RUNS_SUBDIR, run_page_name
+
+    return {"data_docs": str(cfg.data_docs_dir / RUNS_SUBDIR / run_page_name(run_id)),
+            "quality_report": str(cfg.data_docs_dir / REPORT_SUBDIR / "index.html")}
+
+
+def refresh_quality_report() -> dict[str, Any]:
+    """Redraw the quality report beside the Data Docs (``<data docs>/report/``): the
+    configured window of days ending at the newest partition in the warehouse, so a
+    backfill of an old day never replaces the report with an older window."""
+    from extractor.pipeline.quality.datadocs import REPORT_SUBDIR, write_index
+    from extractor.pipeline.quality.history import latest_day
+    from extractor.pipeline.quality.report import write_report
+
+    cfg = load_config()
+    if cfg.data_docs_dir is None:
+        log.info("Data Docs are off (receipts_data_docs_dir=none): no quality report")
+        return {"page": None}
+    warehouse = open_warehouse(cfg)
+    try:
+        result = write_report(warehouse, cfg.data_docs_dir / REPORT_SUBDIR,
+                              days=cfg.quality_report_days, end=latest_day(warehouse),
+                              data_docs_link="../index.html")
+    finally:
+        warehouse.close()
+    write_index(cfg.data_docs_dir)  # the index links the report once it exists
+    log.info("quality report %s .. %s (%d runs, versions %s): %s", result["start"], result["end"],
+             result["runs"], ", ".join(result["versions"]) or "none", result["page"])
+    return result
 
 
 def prune_staging() -> dict[str, Any]:
