@@ -8,8 +8,9 @@ happened and that the task will be retried (Airflow retries any exception but
 ``AirflowFailException``); a service that runs another model and refuses to switch is a
 ``ServiceModelMismatchError``, which the task turns into a failure without retry.
 
-A retried task sends its receipts again: the service keeps no state per task, and the
-task stages only what came back complete, so a service killed mid-batch loses and
+The service keeps no state per task: a retried task sends again the receipts whose model
+batch was not staged (the batch in flight when the service died, and later ones), and a
+batch is staged only once it came back complete, so a service killed mid-batch loses and
 duplicates nothing.
 """
 
