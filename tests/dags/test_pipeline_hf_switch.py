@@ -29,6 +29,7 @@ def tiny_mllama(tmp_path_factory):
 @pytest.mark.slow
 def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatch):
     monkeypatch.setenv("RECEIPT_BATCHES_PER_TASK", "1")  # one model batch (2) per mapped task
+    monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "tiny/mllama")  # admin: a run may name it
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",
                        json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
     pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
@@ -94,6 +95,7 @@ def test_hub_model_downloaded_once_with_the_token_from_the_connection(pipeline, 
         return local_dir
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "tiny/mllama")  # admin: a run may name it
     monkeypatch.setenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT",
                        json.dumps({"conn_type": "generic", "password": "hf_test_token_123"}))
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",

@@ -29,7 +29,7 @@ def test_batch_writes_jsonl_csv_and_summary(tmp_path):
     assert main(["batch", "--input-dir", str(inp), "--output-dir", str(tmp_path / "out"), "--model", "ocr"]) == 0
     lines = [json.loads(l) for l in (tmp_path / "out" / "receipts.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in lines) == ["failed", "ok"]
-    assert "not an image" in next(r["reason"] for r in lines if r["status"] == "failed")
+    assert "unsupported format" in next(r["reason"] for r in lines if r["status"] == "failed")
     csv_rows = (tmp_path / "out" / "receipts.csv").read_text().splitlines()
     assert len(csv_rows) == 3 and csv_rows[0].startswith("source,receipt_id,status")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -32,7 +32,7 @@ def test_decodes_a_good_image_to_rgb():
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"),
-    (b"TOTAL 12.00\nthanks", "not an image"),
+    (b"TOTAL 12.00\nthanks", "unsupported format"),
     (jpeg()[:400], "truncated"),
     (png_header_only(100_000, 100_000), "too large"),
     (jpeg(1, 1), "too small"),

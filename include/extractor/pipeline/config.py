@@ -19,6 +19,7 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
+| model repos a run's conf may name besides the presets (JSON list or commas) | ``receipts_allowed_models`` | ``RECEIPT_ALLOWED_MODELS`` | none |
 | GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 
 Relative paths are resolved against the working directory when the task runs; a
@@ -69,6 +70,7 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    allowed_model_ids: tuple[str, ...] = ()  # repos a run's conf may name besides the presets
 
     @property
     def source_is_s3(self) -> bool:
@@ -143,7 +145,20 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        allowed_model_ids=_list_setting(_setting(get_variable, "receipts_allowed_models",
+                                                 "RECEIPT_ALLOWED_MODELS", ())),
     )
+
+
+def _list_setting(value: Any) -> tuple[str, ...]:
+    """A JSON list or a comma-separated string as a tuple of non-empty strings."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not a JSON list: {exc}") from exc
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def _absolute_duckdb_url(url: str) -> str:
