@@ -295,8 +295,7 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
                "read_s": sum(s.get("read_s", 0.0) for s in staged),
                "validate_s": validate_s}
     summary = summaries.summarize_run(results, outcome, discovered=len(ids), timings=timings)
-    summary["discovery"] = discovered
-    summary["counts"]["skipped"] = int((discovered or {}).get("skipped", 0))  # not receipts: counted
+    _attach_discovery(summary, discovered)
     dag_run = ctx["dag_run"]
     run = RunRecord(
         run_id=ctx["run_id"], dag_id=ctx["dag"].dag_id, logical_date=ctx.get("logical_date"),
@@ -326,6 +325,13 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         raise _fail(f"validation decision 'fail' ({outcome.stats.get('decision_reason')}); "
                     f"rows and quarantine were recorded, see the alerts table")
     return summary
+
+
+def _attach_discovery(summary: dict[str, Any], discovered: dict[str, Any] | None) -> None:
+    """Discovery's counts go with the run; entries it skipped (links out of the root,
+    markers, vanished files) are counted in the run's counts beside the receipts."""
+    summary["discovery"] = discovered
+    summary["counts"]["skipped"] = int((discovered or {}).get("skipped", 0))
 
 
 def reconcile(batches: Sequence[Sequence[dict[str, Any]]] | None, extractor: dict[str, Any]) -> dict[str, Any]:

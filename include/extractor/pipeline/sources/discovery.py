@@ -3,9 +3,13 @@
 Layout: ``<root>/dt=YYYY-MM-DD/<name>.<ext>`` where root is a local folder or
 ``s3://bucket/prefix``. A run reads the partitions of the calendar days (UTC) its data
 interval touches. Every regular object in a partition is a receipt candidate, whatever
-its name says (a PDF renamed .jpg is quarantined later with a reason, not skipped
-here); only names starting with "." or "_" are ignored (editor/OS droppings, upload
-markers such as ``_SUCCESS``).
+its name says (a text file renamed .jpg is quarantined later with a reason, not skipped
+here); names starting with "." or "_" (editor/OS droppings, upload markers such as
+``_SUCCESS``), links out of the source root and entries that are not regular files are
+skipped, and counted with their reason (``local_files``). A multi-page document (PDF,
+TIFF, GIF, ...) is one receipt per page, id ``<sha256>-p<page>``: pages are counted
+here, from the bytes already read for the hash, so every page has its own id in the
+batches, the staged results, the warehouse keys and the reconciliation.
 
 The receipt id is the sha256 of the bytes, so the same image uploaded twice is one
 receipt, and a receipt already in the warehouse for this extractor version (loaded or
