@@ -136,9 +136,10 @@ def resolve_run_override(value: str | Mapping[str, Any], allowed_model_ids: Iter
     """A DAG run's ``extractor`` conf as a spec, or ``ConfigError`` (one line) when it asks
     for what only the admin configuration may choose: ``trust_remote_code`` (running a
     repository's own code), or a model repository that is neither a preset's nor in the
-    admin's ``allowed_model_ids`` (Variable ``receipts_allowed_models``). Presets, pinned
-    revisions and tuning (batch size, dtype, ...) are a run's to pick. Called before
-    anything is downloaded."""
+    admin's ``allowed_model_ids`` (Variable ``receipts_allowed_models``), or other weights
+    (``source``) for a repository the admin did not list. Presets, pinned revisions and
+    tuning (batch size, dtype, ...) are a run's to pick. Called before anything is
+    downloaded."""
     data = _spec_data(value)
     if data.get("trust_remote_code"):
         raise ConfigError("a run's conf may not set trust_remote_code: only the admin configuration "
@@ -147,8 +148,12 @@ def resolve_run_override(value: str | Mapping[str, Any], allowed_model_ids: Iter
     if spec.trust_remote_code:
         raise ConfigError(f"{spec.model_id!r} runs its repository's own code (trust_remote_code): only "
                           f"the admin configuration may choose it, not a run's conf")
-    allowed = {p["model_id"] for p in PRESETS.values() if not p.get("trust_remote_code")}
-    if spec.model_id not in allowed | set(allowed_model_ids):
+    admin_listed = spec.model_id in set(allowed_model_ids)
+    presets = {p["model_id"] for p in PRESETS.values() if not p.get("trust_remote_code")}
+    if not admin_listed and spec.model_id not in presets:
         raise ConfigError(f"model {spec.model_id!r} is not a preset's: a run's conf may pick presets and "
                           f"revisions; an admin adds other repositories to the Variable receipts_allowed_models")
+    if not admin_listed and data.get("source") is not None:
+        raise ConfigError(f"a run's conf may not point {spec.model_id!r} at other weights (source "
+                          f"{data['source']!r}) unless an admin lists it in receipts_allowed_models")
     return spec

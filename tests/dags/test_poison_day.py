@@ -12,6 +12,7 @@ import json
 import os
 import random
 
+import pytest
 from receipts_dag_helpers import synthetic_receipt
 
 from extractor.inputs import document_pages
@@ -40,6 +41,7 @@ def expected_ids(files: list[bytes]) -> set[str]:
     return ids
 
 
+@pytest.mark.slow  # 100+ receipts (fuzzed files, PDF pages) through OCR in a real DAG run
 def test_a_day_of_poison_succeeds_and_every_file_is_accounted_for(pipeline, monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",  # most files are bad by design
                        json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))

@@ -19,6 +19,7 @@ from extractor.spec import resolve_run_override, resolve_spec
     ({"preset": "llamavision-1b-legacy", "revision": "abc"}, "runs its repository's own code"),
     ({"backend": "hf", "model_id": "someone/vlm"}, "not a preset's"),
     ({"preset": "llama-3.2-11b-vision-instruct", "model_id": "someone/vlm"}, "not a preset's"),
+    ({"preset": "llama-3.2-11b-vision-instruct", "source": "s3://someone/weights"}, "other weights"),
 ])
 def test_run_conf_that_chooses_code_or_repositories_is_refused(conf, expected):
     with pytest.raises(ConfigError, match=expected) as refused:

@@ -22,6 +22,7 @@ MIN_SIDE = 32  # below this no text is legible
 MAX_PAGES = 20  # a longer document is not a receipt: quarantined whole, with its page count
 _REASON_CHARS = 200
 _BYTES_LITERAL = re.compile(r"""b(['"])(?:\\.|(?!\1).)*\1""")
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
 
 
 def decode_page(data: bytes, page: int | None = None, *, max_pixels: int = MAX_PIXELS,
@@ -43,9 +44,10 @@ def describe_failure(exc: BaseException) -> str:
 
 def exception_line(exc: BaseException) -> str:
     """``"<Type>: <first line of the message>"``, with any bytes the message quotes
-    replaced by ``<bytes>`` and unprintable characters by ``?``: never file contents."""
+    replaced by ``<bytes>``, object reprs (memory addresses) by ``<file>`` and unprintable
+    characters by ``?``: never file contents, and the same text for the same file."""
     lines = str(exc).strip().splitlines()
-    first = _BYTES_LITERAL.sub("<bytes>", lines[0] if lines else "")
+    first = _OBJECT_REPR.sub("<file>", _BYTES_LITERAL.sub("<bytes>", lines[0] if lines else ""))
     first = "".join(c if c.isprintable() else "?" for c in first)[:_REASON_CHARS]
     return type(exc).__name__ + (f": {first}" if first else "")
 
@@ -98,12 +100,14 @@ def _decode(data: bytes, page: int | None, *, max_pixels: int, max_bytes: int, m
 
 
 def _decode_raster(data: bytes, fmt: str, page: int | None, *, max_pixels: int, mode: str):
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         image = _open_pillow(data, fmt)
     except Image.DecompressionBombError as exc:
         raise BadImageError(f"image too large, decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadImageError(f"unreadable {fmt} header: not a valid {fmt} file after its magic number") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"unreadable {fmt} header: {exception_line(exc)}") from None
     with image:
