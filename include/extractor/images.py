@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from extractor.inputs import MAX_FILE_BYTES, MAX_PAGES, MAX_PIXELS, MIN_SIDE, decode_page, document_pages
 
 __all__ = ["MAX_FILE_BYTES", "MAX_PAGES", "MAX_PIXELS", "MIN_SIDE", "ReceiptInput", "decode_image",
-           "file_id_of", "page_receipt_id", "receipt_id_of"]
+           "file_id_of", "page_receipt_id", "page_source", "receipt_id_of", "split_page_source"]
 
 _PAGE_MARK = "-p"
 
@@ -63,6 +63,13 @@ def file_id_of(receipt_id: str) -> str:
 def page_source(source: str, page: int | None) -> str:
     """``<uri>#page=<n>`` for a page (the PDF fragment convention), the uri otherwise."""
     return source if page is None else f"{source}#page={page}"
+
+
+def split_page_source(source: str) -> tuple[str, int | None]:
+    """(uri, page) of a ``source`` column value: the inverse of ``page_source``, for readers
+    of the warehouse (e.g. something that shows a receipt's image)."""
+    uri, mark, page = source.rpartition("#page=")
+    return (uri, int(page)) if mark and page.isdigit() else (source, None)
 
 
 def decode_image(data: bytes, *, page: int | None = None, max_pixels: int = MAX_PIXELS,
