@@ -170,7 +170,8 @@ def summarize(raw: dict, args: argparse.Namespace, wall_s: float) -> dict:
     }
     if args.baseline:
         legacy_escapes = sum(n for k, n in raw["legacy"].items() if k.endswith(":escaped"))
-        out["baseline_before_allow_list"] = {"mutations": sum(raw["legacy"].values()), "escapes": legacy_escapes,
+        out["baseline_before_allow_list"] = {"mutations": sum(raw["legacy"].values()),
+                                             "escapes": legacy_escapes,
                                              "exception_types": dict(raw["legacy_types"].most_common())}
     return out
 
@@ -192,14 +193,17 @@ def main() -> None:
     t0 = time.perf_counter()
     raw = fuzz(args.mutations, args.chunk, args.workers, args.seed, args.baseline)
     result = summarize(raw, args, time.perf_counter() - t0)
-    result["versions"] = {"pillow": PIL.__version__, "pypdfium2": str(pypdfium2.PYPDFIUM_INFO), "pdfium": str(pypdfium2.PDFIUM_INFO),
+    result["versions"] = {"pillow": PIL.__version__, "pypdfium2": str(pypdfium2.PYPDFIUM_INFO),
+                          "pdfium": str(pypdfium2.PDFIUM_INFO),
                           "pillow_heif": pillow_heif.__version__}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    crashed = len(result["crashed_chunks"])
     print(f"| mutations | escapes | crashed chunks | wall s |\n| --- | --- | --- | --- |\n"
-          f"| {result['mutations']:,} | {result['escapes']} | {len(result['crashed_chunks'])} | {result['wall_s']} |")
+          f"| {result['mutations']:,} | {result['escapes']} | {crashed} | {result['wall_s']} |")
     print("\n| container | allowed | decoded | refused | escaped |\n| --- | --- | --- | --- | --- |")
     for name, c in result["per_container"].items():
-        print(f"| {name} | {'yes' if c['allowed'] else 'no'} | {c['decoded']:,} | {c['refused']:,} | {c['escaped']} |")
+        allowed = "yes" if c["allowed"] else "no"
+        print(f"| {name} | {allowed} | {c['decoded']:,} | {c['refused']:,} | {c['escaped']} |")
     if args.baseline:
         print(f"\nbaseline (main before the allow-list): {result['baseline_before_allow_list']}")
 

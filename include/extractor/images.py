@@ -35,11 +35,11 @@ class ReceiptInput:
     page: int | None = None
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str) -> "ReceiptInput":
+    def from_bytes(cls, data: bytes, source: str) -> ReceiptInput:
         return cls(receipt_id=receipt_id_of(data), source=source, data=data)
 
     @classmethod
-    def pages_of(cls, data: bytes, source: str) -> list["ReceiptInput"]:
+    def pages_of(cls, data: bytes, source: str) -> list[ReceiptInput]:
         """One input per page of the document in ``data`` (one for a single-page file)."""
         file_id = receipt_id_of(data)
         return [cls(receipt_id=page_receipt_id(file_id, page), source=page_source(source, page),

@@ -143,19 +143,22 @@ def _spec_data(value: str | Mapping[str, Any] | ExtractorSpec | None) -> dict[st
     return dict(value)
 
 
+ALLOWED_MODELS_KEY = "allowed_models"  # of receipts_config / receipts.yaml (RECEIPT_ALLOWED_MODELS)
+
+
 def resolve_run_override(value: str | Mapping[str, Any], allowed_model_ids: Iterable[str] = ()
                          ) -> ExtractorSpec:
     """A DAG run's ``extractor`` conf as a spec, or ``ConfigError`` (one line) when it asks
     for what only the admin configuration may choose: ``trust_remote_code`` (running a
     repository's own code), or a model repository that is neither a preset's nor in the
-    admin's ``allowed_model_ids`` (Variable ``receipts_allowed_models``), or other weights
+    admin's ``allowed_model_ids`` (key ``allowed_models`` of the configuration), or other weights
     (``source``) for a repository the admin did not list. Presets, pinned revisions and
     tuning (batch size, dtype, ...) are a run's to pick. Called before anything is
     downloaded."""
-    data = _spec_data(value)
+    data = _spec_data(value)  # the admin configuration: the "model" key of receipts_config
     if data.get("trust_remote_code"):
         raise ConfigError("a run's conf may not set trust_remote_code: only the admin configuration "
-                          "(Variable receipt_extractor or env RECEIPT_EXTRACTOR) may")
+                          "(the model key of the Variable receipts_config, or RECEIPT_MODEL) may")
     spec = resolve_spec(data)
     if spec.trust_remote_code:
         raise ConfigError(f"{spec.model_id!r} runs its repository's own code (trust_remote_code): only "
@@ -164,9 +167,9 @@ def resolve_run_override(value: str | Mapping[str, Any], allowed_model_ids: Iter
     presets = {p["model_id"] for p in PRESETS.values() if not p.get("trust_remote_code")}
     if not admin_listed and spec.model_id not in presets:
         raise ConfigError(f"model {spec.model_id!r} is not a preset's: a run's conf may pick presets and "
-                          f"revisions; an admin adds other repositories to the Variable receipts_allowed_models")
+                          f"revisions; an admin lists other repositories under {ALLOWED_MODELS_KEY!r}")
     weights = data.get("source") or data.get("model_path")
     if not admin_listed and weights is not None:
         raise ConfigError(f"a run's conf may not point {spec.model_id!r} at other weights "
-                          f"({weights!r}) unless an admin lists it in receipts_allowed_models")
+                          f"({weights!r}) unless an admin lists it under {ALLOWED_MODELS_KEY!r}")
     return spec

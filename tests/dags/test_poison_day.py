@@ -74,7 +74,8 @@ def test_a_day_of_poison_succeeds_and_every_file_is_accounted_for(pipeline, monk
     pdf_id = hashlib.sha256(pdf).hexdigest()
     pdf_pages = {f"{pdf_id}-p{n}" for n in (1, 2, 3)}
     assert pdf_pages <= set(loaded) | set(held)
-    assert sorted(loaded[i].rsplit("/", 1)[-1] for i in pdf_pages & set(loaded))[:1] == ["statement.pdf#page=1"]
+    pdf_sources = sorted(loaded[i].rsplit("/", 1)[-1] for i in pdf_pages & set(loaded))
+    assert pdf_sources[:1] == ["statement.pdf#page=1"]
     assert {loaded.get(hashlib.sha256(odd).hexdigest(), "").rsplit("/", 1)[-1]} == {"caf\\xe9.jpg"}
     assert all(len(loaded[hashlib.sha256(f).hexdigest()]) for f in files[-6:-1])  # the 5 good ones load
     assert not any("root:TOP" in reason or "b'" in reason for reason in held.values())

@@ -84,7 +84,7 @@ def test_files_that_vanish_or_change_after_discovery_become_failed_results(part)
 
     results, inputs = tasks._read_chunk([r.to_dict() for r in batch], "v", None, str(part.parent))
 
-    by_name = {(r or i).source.rsplit("/", 1)[-1]: (r, i) for r, i in zip(results, inputs)}
+    by_name = {(r or i).source.rsplit("/", 1)[-1]: (r, i) for r, i in zip(results, inputs, strict=True)}
     assert by_name["gone.jpg"][0].reason.startswith("vanished")
     assert "changed after discovery" in by_name["changed.jpg"][0].reason
     assert by_name["kept.jpg"][0] is None and by_name["kept.jpg"][1].data == b"kept.jpg"

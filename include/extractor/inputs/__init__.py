@@ -7,8 +7,15 @@ raises becomes ``BadImageError`` (the file's quarantine reason), never an escape
 public face (``ReceiptInput``, ``decode_image``) the backends use.
 """
 
-from extractor.inputs.decode import (MAX_FILE_BYTES, MAX_PAGES, MAX_PIXELS, MIN_SIDE, count_pages,
-                                     decode_page, document_pages)
+from extractor.inputs.decode import (
+    MAX_FILE_BYTES,
+    MAX_PAGES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    count_pages,
+    decode_page,
+    document_pages,
+)
 from extractor.inputs.formats import ALLOWED_FORMATS, MULTI_PAGE_FORMATS, sniff_format
 
 __all__ = ["ALLOWED_FORMATS", "MAX_FILE_BYTES", "MAX_PAGES", "MAX_PIXELS", "MIN_SIDE",

@@ -107,7 +107,8 @@ def _decode_raster(data: bytes, fmt: str, page: int | None, *, max_pixels: int, 
     except Image.DecompressionBombError as exc:
         raise BadImageError(f"image too large, decompression bomb refused: {exc}") from None
     except UnidentifiedImageError:
-        raise BadImageError(f"unreadable {fmt} header: not a valid {fmt} file after its magic number") from None
+        raise BadImageError(f"unreadable {fmt} header: not a valid {fmt} file after its magic "
+                            f"number") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"unreadable {fmt} header: {exception_line(exc)}") from None
     with image:

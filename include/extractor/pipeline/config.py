@@ -21,7 +21,7 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``thresholds`` (object) | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | ``alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | ``batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
-| ``allowed_models``: repositories a run's conf may name besides the presets (list) | ``RECEIPT_ALLOWED_MODELS`` (commas) | none |
+| ``allowed_models`` (repos a run's conf may name, list) | ``RECEIPT_ALLOWED_MODELS`` | none |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 
 The Variables of the previous release (``receipt_extractor``, ``receipts_source`` ...) are

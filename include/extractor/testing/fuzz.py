@@ -17,8 +17,8 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 ALLOWED_SEEDS = ("JPEG", "PNG", "APNG", "WEBP", "TIFF", "BMP", "GIF", "PDF-text", "PDF-image", "HEIF")
 REFUSED_SEEDS = ("QOI", "DDS", "ICO", "PPM", "PCX", "TGA", "SGI", "JPEG2000", "text", "zip")

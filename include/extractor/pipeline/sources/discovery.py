@@ -33,10 +33,11 @@ import datetime as dt
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from extractor.pipeline.sources.local_files import MARKER_REASON, SkippedEntry, open_local, scan_local
 
@@ -273,7 +274,8 @@ class _Identified:
 def _list(source: str, days: Sequence[dt.date], s3_client: Any) -> tuple[list[_Listed], list[SkippedEntry]]:
     if source.startswith("s3://"):
         skipped: list[SkippedEntry] = []
-        listed = [_Listed(uri, size, algorithms) for uri, size, algorithms in list_s3(s3_client, source, days, skipped)]
+        listed = [_Listed(uri, size, algorithms)
+                  for uri, size, algorithms in list_s3(s3_client, source, days, skipped)]
         return listed, skipped
     files, skipped = scan_local(source, days, partition_name)
     return [_Listed(f.uri, f.size, (), f.raw_uri) for f in files], skipped
