@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ MAGICS = (b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x10\x00\x00WEBPV
           b"MM\x00*", b"BM", b"GIF89a", b"%PDF-1.7\n", b"\x00\x00\x00\x1cftypheic", b"qoif",
           b"DDS |\x00\x00\x00", b"\x00\x00\x01\x00", b"P6\n", b"\n\x05\x01\x08", b"PK\x03\x04",
           b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"8BPS", b"FORM", b"\x01\xda")
+_FIXED_TIME = time.gmtime(1_767_225_600)  # Pillow stamps PDFs with "now": seeds must not change
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x10000)
 
 
@@ -93,7 +95,7 @@ def _zip() -> bytes:
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as archive:
-        archive.writestr("receipt.txt", "TOTAL 12.30\n")
+        archive.writestr(zipfile.ZipInfo("receipt.txt", date_time=(2026, 1, 1, 0, 0, 0)), "TOTAL 12.30\n")
     return buf.getvalue()
 
 
@@ -102,7 +104,8 @@ _SEED_MAKERS: dict[str, Callable[[], bytes]] = {
     "APNG": lambda: _save("PNG", frames=2), "WEBP": lambda: _save("WEBP", quality=60),
     "TIFF": lambda: _save("TIFF", frames=3), "BMP": lambda: _save("BMP"),
     "GIF": lambda: _save("GIF", frames=3), "PDF-text": lambda: text_pdf(["TOTAL 1.00", "p2", "p3"]),
-    "PDF-image": lambda: _save("PDF", frames=2, resolution=72), "HEIF": _heif,
+    "PDF-image": lambda: _save("PDF", frames=2, resolution=72, creationDate=_FIXED_TIME,
+                                modDate=_FIXED_TIME), "HEIF": _heif,
     "QOI": lambda: _save("QOI"), "DDS": lambda: _save("DDS"), "ICO": lambda: _save("ICO"),
     "PPM": lambda: _save("PPM"), "PCX": lambda: _save("PCX"), "TGA": lambda: _save("TGA"),
     "SGI": lambda: _save("SGI"), "JPEG2000": lambda: _save("JPEG2000"),
