@@ -25,6 +25,7 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``claim_ttl_hours`` (a run's claim on a receipt in flight) | ``RECEIPT_CLAIM_TTL_HOURS`` | 12 |
 | ``warehouse_lock_timeout_s`` (DuckDB: wait for the file lock) | ``RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S`` | 60 |
 | ``warehouse_snapshot`` (DuckDB: readers' copy; a path or ``off``) | ``RECEIPT_WAREHOUSE_SNAPSHOT`` | ``auto``: ``<warehouse>.snapshot.duckdb`` |
+| ``allowed_models`` (repos a run's conf may name, list) | ``RECEIPT_ALLOWED_MODELS`` | none |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 | extraction service (env only, per GPU worker) | ``RECEIPT_EXTRACTION_SERVICE_URL`` | none: in-task |
 | one request to it, seconds (env only) | ``RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S`` | 600 |
@@ -85,6 +86,7 @@ class PipelineConfig:
     warehouse_lock_timeout_s: float = 60.0  # DuckDB: how long a task waits for the file lock
     warehouse_snapshot: str | None = "auto"  # DuckDB copy for readers after each load; None: off
     quality_report_days: int = 30  # days of partitions the quality report shows
+    allowed_model_ids: tuple[str, ...] = ()  # repos a run's conf may name besides the presets
     extraction_service_url: str | None = None  # the GPU worker's resident service; None: in-process
     extraction_service_timeout_s: float = 600.0  # one request (a model batch, queueing and reloads included)
 
@@ -169,6 +171,8 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         staging_retention_days=retention,
         **concurrency,
         quality_report_days=int(report_days),
+        allowed_model_ids=_names(_setting(get_variable, "receipts_allowed_models",
+                                          "RECEIPT_ALLOWED_MODELS", "")),
         extraction_service_url=os.environ.get("RECEIPT_EXTRACTION_SERVICE_URL", "").strip() or None,
         extraction_service_timeout_s=_positive_float(
             os.environ.get("RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S") or 600,
