@@ -1,4 +1,4 @@
-"""Command line: ``python -m extractor {extract,batch,compare,eval,presets}``.
+"""Command line: ``python -m extractor {extract,batch,compare,eval,export-labels,presets}``.
 
 ``--model`` takes what the Airflow Variable takes: a preset name (``ocr``,
 ``llama-3.2-11b-vision-instruct`` ...), or a JSON spec (``'{"preset": "ocr", "batch_size": 4}'``).
@@ -145,6 +145,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_labels(args: argparse.Namespace) -> int:
+    import boto3  # receipts on S3: credentials and endpoint from the usual AWS environment
+
+    from extractor.pipeline.review.export import export_labels
+    from extractor.pipeline.warehouse import open_warehouse
+
+    warehouse = open_warehouse(args.warehouse)
+    try:
+        warehouse.ensure_schema()
+        summary = export_labels(warehouse, args.output_dir, s3_client=boto3.client("s3"))
+    finally:
+        warehouse.close()
+    for receipt_id, reason in summary.missing_images.items():
+        print(f"not exported: {receipt_id}: {reason}", file=sys.stderr)
+    print(json.dumps({**summary.to_dict(), "output_dir": args.output_dir}))
+    return 1 if summary.missing_images else 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     rows = [{"preset": name, **resolve_spec(name).model_dump(include={"backend", "model_id", "revision",
                                                                         "batch_size", "max_new_tokens"}),
@@ -203,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export-labels", help="reviewed receipts as an eval dataset (images/ + labels/)")
+    p.add_argument("--warehouse", required=True, help="duckdb:///path or postgresql://... URL")
+    p.add_argument("--output-dir", required=True)
+    p.set_defaults(func=cmd_export_labels)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

@@ -20,6 +20,9 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
 | GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
+| review below this field confidence (0 = off) | ``receipts_review_min_confidence`` | ``RECEIPT_REVIEW_MIN_CONFIDENCE`` | 0.5 |
+| review forms per ``receipts_review`` run | ``receipts_review_max_per_run`` | ``RECEIPT_REVIEW_MAX_PER_RUN`` | 50 |
+| review response timeout, hours (parse time, env only) | | ``RECEIPT_REVIEW_TIMEOUT_HOURS`` | 20 |
 
 Relative paths are resolved against the working directory when the task runs; a
 production deployment sets absolute paths on shared storage (the staging folder and the
@@ -48,6 +51,19 @@ GPU_POOL = "gpu"
 RECEIPTS_ASSET_URI = "receipts_warehouse://receipts"  # updated by every successful run
 
 
+def review_response_timeout_hours() -> float:
+    """How long a review form waits for an answer; after it the receipt stays in the queue
+    for the next ``receipts_review`` run. Read at parse time, from the environment only."""
+    value = os.environ.get("RECEIPT_REVIEW_TIMEOUT_HOURS") or "20"
+    try:
+        hours = float(value)
+    except ValueError as exc:
+        raise ConfigError(f"RECEIPT_REVIEW_TIMEOUT_HOURS must be a number of hours: {value!r}") from exc
+    if hours <= 0:
+        raise ConfigError("RECEIPT_REVIEW_TIMEOUT_HOURS must be > 0")
+    return hours
+
+
 def gpu_queue() -> str:
     """Celery queue of the extract tasks. Read at parse time (a queue cannot be templated),
     from the environment only, which is cheap. Unset means "default" so the embedded
@@ -69,6 +85,8 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    review_min_confidence: float = 0.5  # a required field below this -> loaded, needs_review
+    review_max_per_run: int = 50  # review forms one receipts_review run opens
 
     @property
     def source_is_s3(self) -> bool:
@@ -125,6 +143,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         raise ConfigError(f"receipts_staging_retention_days must be a whole number of days: {retention!r}") from exc
     if retention < 0:
         raise ConfigError("receipts_staging_retention_days must be >= 0 (0 keeps staged files forever)")
+    review_min_confidence, review_max_per_run = _review_settings(get_variable)
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -143,7 +162,24 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        review_min_confidence=review_min_confidence,
+        review_max_per_run=review_max_per_run,
     )
+
+
+def _review_settings(get_variable: VariableGetter) -> tuple[float, int]:
+    threshold = _setting(get_variable, "receipts_review_min_confidence", "RECEIPT_REVIEW_MIN_CONFIDENCE", 0.5)
+    per_run = _setting(get_variable, "receipts_review_max_per_run", "RECEIPT_REVIEW_MAX_PER_RUN", 50)
+    try:
+        threshold, per_run = float(threshold), int(per_run)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"receipts_review_min_confidence must be a number in [0, 1] and "
+                          f"receipts_review_max_per_run a whole number: {exc}") from exc
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"receipts_review_min_confidence must be in [0, 1] (0 = off): {threshold}")
+    if per_run < 1:
+        raise ConfigError("receipts_review_max_per_run must be >= 1")
+    return threshold, per_run
 
 
 def _absolute_duckdb_url(url: str) -> str:
