@@ -29,7 +29,7 @@ from receipts_review_operator import ReceiptReviewOperator
 @dag(
     dag_id="receipts_review",
     schedule=[Asset(RECEIPTS_ASSET_URI)],  # after every receipts_daily run that loaded
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False, max_active_runs=1, doc_md=__doc__, tags=["receipts", "review"],
 )
 def receipts_review():

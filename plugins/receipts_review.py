@@ -33,7 +33,6 @@ def _variable(key: str):
 def _warehouse():
     from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
-
     from extractor.pipeline import config as cfgmod
     from extractor.pipeline.warehouse import open_warehouse
 
@@ -45,18 +44,33 @@ def _warehouse():
 
 
 def _s3_client():
+    """As the pipeline's tasks pick it: the configured connection id, else the first of
+    ``receipts_s3`` / ``aws_default`` that exists."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from extractor.pipeline import config as cfgmod
 
-    conn_id = _variable("receipts_s3_conn_id") or cfgmod.DEFAULT_S3_CONN_IDS[0]
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=conn_id).get_conn()
+    conn_id = cfgmod.load_config(_variable).s3_conn_id
+    for candidate in () if conn_id else cfgmod.DEFAULT_S3_CONN_IDS:
+        try:
+            Connection.get_connection_from_secrets(candidate)
+        except AirflowNotFoundException:
+            continue
+        conn_id = candidate
+        break
+    return S3Hook(aws_conn_id=conn_id or cfgmod.DEFAULT_S3_CONN_IDS[-1]).get_conn()
 
 
 @app.get("/images/{receipt_id}", dependencies=[Depends(requires_access_dag(
     method="GET", access_entity=DagAccessEntity.HITL_DETAIL, param_dag_id=REVIEW_DAG_ID))])
 def receipt_image(receipt_id: str) -> Response:
-    from extractor.pipeline.review.images import ImageUnavailable, image_format, read_image, sources_of
+    from extractor.pipeline.review.images import (
+        ImageUnavailable,
+        image_format,
+        read_image,
+        sources_of,
+    )
 
     if not RECEIPT_ID.match(receipt_id):
         raise HTTPException(status_code=404, detail="not a receipt id (sha256 hex)")

@@ -8,7 +8,6 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-
 from receipts_review_operator import ReceiptReviewOperator
 
 ITEM = {"receipt_id": "ab" * 32, "extractor_version": "ocr:rapidocr@3:parser-v3",
@@ -35,7 +34,7 @@ class TestReceiptReviewOperator:
         op = ReceiptReviewOperator(task_id="review_receipt", review_item=ITEM)
         values = {k: v["value"] for k, v in op.serialized_params.items()}
         event = {"chosen_options": ["correct"], "params_input": {**values, "total": 13.5},
-                 "responded_at": dt.datetime(2026, 3, 2, 9, tzinfo=dt.timezone.utc),
+                 "responded_at": dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC),
                  "responded_by_user": {"id": "3", "name": "alice"}, "timedout": False}
         out = op.execute_complete({"run_id": "review-run-1"}, event)
         assert out == {"receipt_id": "ab" * 32, "decision": "correct", "corrected_fields": ["total"],
@@ -56,3 +55,21 @@ class TestReceiptReviewOperator:
     def test_template_fields(self):
         # the body quotes raw model output: Jinja must never render it
         assert ReceiptReviewOperator.template_fields == ()
+
+
+def test_receipts_review_runs_on_the_receipts_asset_one_form_per_receipt(airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from receipts_dag_helpers import REPO
+
+    monkeypatch.setenv("RECEIPT_REVIEW_TIMEOUT_HOURS", "6")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "receipts_review.py"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.get_dag("receipts_review")
+    assets = [asset.uri for asset in dag.timetable.asset_condition.objects]
+    assert assets == ["receipts_warehouse://receipts"]  # the Asset receipts_daily's report emits
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert set(dag.task_ids) == {"collect_review_queue", "review_receipt"}
+    review = dag.get_task("review_receipt")
+    assert review.operator_class is ReceiptReviewOperator  # mapped over the queue
+    assert review.partial_kwargs["response_timeout"] == dt.timedelta(hours=6)
+    assert review.upstream_task_ids == {"collect_review_queue"}

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import airflow_cluster as ac  # noqa: E402
+import airflow_cluster as ac
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -154,6 +154,7 @@ def review_cluster(tmp_path_factory):
                                           "max_quarantine_rate_fail": 1.0}),
     })
     cluster.root, cluster.warehouse_db = root, warehouse_db
+    keep_logs = os.environ.get("RECEIPT_REVIEW_KEEP_CLUSTER")  # a folder: logs copied there
     try:
         with cluster:
             cluster.airflow("db", "migrate")
@@ -173,11 +174,14 @@ def review_cluster(tmp_path_factory):
             assert forced == [] and cluster.stray_processes() == [], forced
     finally:
         ac.drop_database(warehouse_db)
+        if keep_logs:
+            shutil.copytree(root / "cluster", keep_logs, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.db", "*.sock"))
         shutil.rmtree(root / "cluster", ignore_errors=True)
 
 
 def run_day(cluster: LocalCluster, day: dt.date) -> None:
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     run_id = f"it_review_{day.isoformat()}"
     cluster.json("POST", "/api/v2/dags/receipts_daily/dagRuns", {
         "dag_run_id": run_id, "logical_date": start.isoformat(),
@@ -197,6 +201,23 @@ def waiting_forms(cluster: LocalCluster, count: int) -> list[tuple[str, int]]:
             "AND task_id = 'review_receipt' AND state = 'awaiting_input' ORDER BY map_index")
         return rows if len(rows) == count else None
     return cluster.wait_for(f"{count} review forms to wait for input", waiting, RUN_TIMEOUT_S)
+
+
+def parked_exits_processed(cluster: LocalCluster, run_id: str, map_indexes) -> None:
+    """Wait until the scheduler has taken in the exit of each form's parking process.
+
+    Airflow 3.3 race (scheduler_job_runner.process_executor_events): if a form is answered
+    so fast that its task is already queued or running again when the scheduler reads the
+    executor event of the process that parked it (same try number), the task is taken as
+    "killed externally" and failed. People answer minutes later; this test answers at once,
+    so it waits for those events first."""
+    log = cluster.logs_dir / "scheduler.log"
+
+    def seen():
+        text = log.read_text(errors="replace")
+        return all(f"task_id='review_receipt', run_id='{run_id}', try_number=1, map_index={i})" in text
+                   for i in map_indexes)
+    cluster.wait_for("the scheduler to see the forms' parking processes exit", seen, RUN_TIMEOUT_S, 1)
 
 
 def hitl_path(run_id: str, map_index: int) -> str:
@@ -244,6 +265,7 @@ def test_rest_answers_reach_the_warehouse_and_the_eval_dataset(review_cluster):
     assert cluster.call("GET", f"/receipts-review/images/{'0' * 64}")[0] == 404
 
     # answer as the UI does: PATCH the HITL detail with the chosen option and the form's values
+    parked_exits_processed(cluster, forms[0][0], [index for _, index in forms])
     model_total = params["total"]["value"]
     values = {k: v["value"] for k, v in params.items()}
     run_id, index, _ = details[low]
@@ -337,14 +359,17 @@ def test_a_reviewer_corrects_the_total_in_a_real_browser(review_cluster, tmp_pat
         wait.until(lambda d: d.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth", image) > 100)
         assert "Low-confidence receipt" in driver.page_source
-        total = wait.until(ec.presence_of_element_located((By.ID, "element_total")))
+        # a number field: chakra's number input, found through its increment button
+        increment = wait.until(ec.presence_of_element_located((By.ID, "number-input:element_total:inc")))
+        total = driver.find_element(By.ID, increment.get_attribute("aria-controls"))
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", image)
         driver.save_screenshot(str(shots / "review-form.png"))
         total.send_keys(Keys.CONTROL, "a")
         total.send_keys("777.25")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", total)
         driver.save_screenshot(str(shots / "review-form-total.png"))
-        button = driver.find_element(By.XPATH, "//button[normalize-space()='correct']")
+        button = driver.find_element(By.CSS_SELECTOR, "button[data-testid='hitl-option-correct']")
+        parked_exits_processed(cluster, run_id, [index])
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
         button.click()
         wait_review_run_done(cluster, run_id)

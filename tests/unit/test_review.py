@@ -9,7 +9,6 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-
 from extractor.evaluation import load_labels, score_predictions
 from extractor.pipeline.quality.confidence import flag_low_confidence
 from extractor.pipeline.records import QuarantineRecord
@@ -29,7 +28,7 @@ def result(path, *, confidence, total="12.50", store="Kedai Maju") -> Extraction
     receipt = Receipt(store_name=store, date="2026-03-01", total=total, currency="MYR",
                       confidence=confidence)
     return ExtractionResult(receipt_id=receipt_id_of(data), source=str(path), status="ok",
-                            receipt=receipt, raw_text='{"total": "%s"}' % total,
+                            receipt=receipt, raw_text=f'{{"total": "{total}"}}',
                             extractor_version="ocr:rapidocr@3:parser-v3")
 
 
@@ -61,11 +60,11 @@ def test_a_forced_low_confidence_field_yields_needs_review(images, wh):
                                                  "phone": 0.01})
     flagged = flag_low_confidence([sure, unsure, not_required], required_fields=REQUIRED,
                                   min_confidence=0.5)
-    assert [r.review_reason for r in flagged] == [None, "low confidence (< 0.5): total 0.12", None]
+    assert [r.review_reason for r in flagged] == [None, "low confidence (< 0.5): total 0.120", None]
     assert flag_low_confidence([unsure], required_fields=REQUIRED, min_confidence=0)[0].review_reason is None
     wh.load(flagged, [], run())
     rows = wh.fetch("SELECT receipt_id, needs_review, review_reason FROM receipts ORDER BY source")
-    assert [(r[1], r[2]) for r in rows] == [(False, None), (True, "low confidence (< 0.5): total 0.12"),
+    assert [(r[1], r[2]) for r in rows] == [(False, None), (True, "low confidence (< 0.5): total 0.120"),
                                             (False, None)]
     items, left_out = queue.pending_reviews(wh, limit=10, image_problem=lambda item: None)
     assert [(i.receipt_id, i.origin) for i in items] == [(unsure.receipt_id, "needs_review")]
@@ -103,7 +102,7 @@ def test_the_queue_takes_quarantined_receipts_with_a_readable_image_only(images,
 def _answer(item, option, **edits):
     return {"chosen_options": [option], "params_input": {**item["fields"], **edits},
             "responded_by_user": {"id": "7", "name": "alice"},
-            "responded_at": dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.timezone.utc)}
+            "responded_at": dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)}
 
 
 def test_answers_become_corrections_and_receipts_current_prefers_them(images, wh):
@@ -145,7 +144,7 @@ def test_an_answer_that_does_not_validate_is_refused(images, wh):
 def test_the_form_is_typed_prefilled_and_shows_why(images):
     item = queue.ReviewItem(
         receipt_id="ab" * 32, extractor_version="ocr:v", source="s3://b/dt=2026-03-01/x.jpg",
-        origin="needs_review", reason="low confidence (< 0.5): total 0.12",
+        origin="needs_review", reason="low confidence (< 0.5): total 0.120",
         fields={"store_name": "Kedai | Maju", "date": "2026-03-01", "total": "12.50"},
         confidence={"total": 0.12}, raw_text="TOTAL 12.50 ```").to_dict()
     params = form.field_params(item)
@@ -156,8 +155,8 @@ def test_the_form_is_typed_prefilled_and_shows_why(images):
     assert params["phone"]["type"] == ["null", "string"] and params["phone"]["default"] is None
     body = form.body(item, base_path="/airflow/")
     assert f"![receipt image](/airflow/receipts-review/images/{'ab' * 32})" in body
-    assert "low confidence (< 0.5): total 0.12" in body
-    assert "| total | 12.50 | 0.12 |" in body and "Kedai \\| Maju" in body
+    assert "low confidence (< 0.5): total 0.120" in body
+    assert "| total | 12.50 | 0.120 |" in body and "Kedai \\| Maju" in body
     assert "TOTAL 12.50 '''" in body  # raw output cannot close the code block
     assert form.subject(item).startswith("Low-confidence receipt abababababab (Kedai | Maju)")
 

@@ -9,7 +9,7 @@ quarantines the receipt), not this module's.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from extractor.schema import ExtractionResult
 
@@ -31,7 +31,7 @@ def flag_low_confidence(results: Sequence[ExtractionResult], *, required_fields:
     for result in results:
         low = low_confidence_fields(result, fields, min_confidence) if min_confidence > 0 else {}
         if low:
-            listed = ", ".join(f"{name} {value:.2f}" for name, value in sorted(low.items()))
+            listed = ", ".join(f"{name} {value:.3f}" for name, value in sorted(low.items()))
             result = result.model_copy(update={
                 "review_reason": f"low confidence (< {min_confidence:g}): {listed}"})
         out.append(result)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-import extractor.pipeline.warehouse.ddl as ddl
 from extractor.errors import ExtractorError
+from extractor.pipeline.warehouse import ddl
 from extractor.schema import Receipt, scalar_fields
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def from_response(item: Mapping[str, Any], response: Mapping[str, Any], *, run_i
         receipt_id=item["receipt_id"], extractor_version=item["extractor_version"],
         decision=decision, values=submitted, corrected_fields=changed,
         reviewer=_reviewer(response.get("responded_by_user")),
-        reviewed_at=responded_at or dt.datetime.now(dt.timezone.utc),
+        reviewed_at=responded_at or dt.datetime.now(dt.UTC),
         review_reason=item.get("reason"), source=item["source"], review_run_id=run_id)
 
 

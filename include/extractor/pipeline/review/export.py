@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,8 @@ def latest_answers(warehouse: Any) -> list[dict[str, Any]]:
     return [latest[k] for k in sorted(latest)]
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe; money as printed on receipts ('12.75', not the column's '12.7500')."""
-    if isinstance(value, Decimal):
-        cents = value.quantize(Decimal("0.01"))
-        return format(cents if cents == value else value.normalize(), "f")
-    return json_safe(value)
-
-
 def label_of(answer: dict[str, Any], image_name: str) -> dict[str, Any]:
-    values = {n: _plain(answer[n]) for n in FIELDS}
+    values = {n: json_safe(answer[n]) for n in FIELDS}
     corrected = answer["corrected_fields"]
     return {
         "id": answer["receipt_id"], "image": f"images/{image_name}",

@@ -57,17 +57,17 @@ def body(item: dict[str, Any], *, base_path: str = "") -> str:
     image = base_path.rstrip("/") + IMAGE_PATH.format(receipt_id=item["receipt_id"])
     confidence = item.get("confidence") or {}
     lines = [f"**Why this receipt is here:** {_cell(item['reason'])}", "",
-             f"Receipt `{item['receipt_id']}` from `{_cell(item['source'])}`, read by "
-             f"`{_cell(item['extractor_version'])}`.", "",
+             (f"Receipt `{item['receipt_id']}` from `{_cell(item['source'])}`, read by "
+              f"`{_cell(item['extractor_version'])}`."), "",
              f"![receipt image]({image})", "",
              f"[Open the image in a new tab]({image})", "",
              "| field | model value | confidence |", "| --- | --- | ---: |"]
     for name in scalar_fields():
         score = confidence.get(name)
-        shown = "" if score is None else f"{score:.2f}"
+        shown = "" if score is None else f"{score:.3f}"
         lines.append(f"| {name} | {_cell(item['fields'].get(name))} | {shown} |")
     raw = item.get("raw_text")
     lines += ["", "**Raw model output:**", "", "```", (raw or "(none)").replace("```", "'''"), "```",
-              "", "Choose **approve** if the fields are right, **correct** after fixing them in "
-              "the form, **reject** if this is not a usable receipt."]
+              "", ("Choose **approve** if the fields are right, **correct** after fixing them in "
+                   "the form, **reject** if this is not a usable receipt.")]
     return "\n".join(lines)

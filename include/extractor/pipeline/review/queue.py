@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from extractor.schema import scalar_fields
 
@@ -41,8 +42,10 @@ class ReviewItem:
 
 
 def json_safe(value: Any) -> Any:
+    """JSON-safe; money as printed on receipts ('12.75', not the column's '12.7500')."""
     if isinstance(value, Decimal):
-        return str(value)
+        cents = value.quantize(Decimal("0.01"))
+        return format(cents if cents == value else value.normalize(), "f")
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     return value

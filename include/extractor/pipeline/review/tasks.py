@@ -8,7 +8,8 @@ nothing, so its receipt is offered again by the next run.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from extractor.pipeline import tasks as pipeline_tasks
 
