@@ -188,3 +188,19 @@ def test_export_writes_an_eval_dataset_of_accepted_answers(images, wh, tmp_path)
     assert len(list((out / "labels").glob("*.json"))) == 1
     images[0].unlink()
     assert list(export.export_labels(wh, tmp_path / "again").missing_images) == [label["id"]]
+
+
+def test_review_settings_are_read_and_checked(monkeypatch):
+    from extractor.errors import ConfigError
+    from extractor.pipeline.config import load_config, review_response_timeout_hours
+
+    cfg = load_config({"receipts_review_min_confidence": "0.8", "receipts_review_max_per_run": 5}.get)
+    assert (cfg.review_min_confidence, cfg.review_max_per_run) == (0.8, 5)
+    assert load_config({}.get).review_min_confidence == 0.5
+    with pytest.raises(ConfigError, match=r"in \[0, 1\]"):
+        load_config({"receipts_review_min_confidence": "1.5"}.get)
+    with pytest.raises(ConfigError, match="whole number"):
+        load_config({"receipts_review_max_per_run": "many"}.get)
+    monkeypatch.setenv("RECEIPT_REVIEW_TIMEOUT_HOURS", "0")
+    with pytest.raises(ConfigError, match="> 0"):
+        review_response_timeout_hours()
