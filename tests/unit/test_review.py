@@ -204,3 +204,26 @@ def test_review_settings_are_read_and_checked(monkeypatch):
     monkeypatch.setenv("RECEIPT_REVIEW_TIMEOUT_HOURS", "0")
     with pytest.raises(ConfigError, match="> 0"):
         review_response_timeout_hours()
+
+
+def test_images_and_export_read_receipts_on_s3(s3_endpoint, images, wh, tmp_path):
+    """Over moto's S3 server: the queue's image check, an unreadable (missing) object, and
+    export-labels copying the bytes from the bucket."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket="receipts")
+    client.put_object(Bucket="receipts", Key="dt=2026-03-01/r1.jpg", Body=images[0].read_bytes())
+    on_s3 = result(images[0], confidence={"total": 0.1}).model_copy(
+        update={"source": "s3://receipts/dt=2026-03-01/r1.jpg"})
+    assert readable_image(on_s3.source, on_s3.receipt_id, client) is None
+    assert "cannot read" in readable_image("s3://receipts/missing.jpg", on_s3.receipt_id, client)
+    wh.load(flag_low_confidence([on_s3], required_fields=REQUIRED, min_confidence=0.5), [], run())
+    [item] = queue.pending_reviews(wh, limit=5, image_problem=lambda i: readable_image(
+        i.source, i.receipt_id, client))[0]
+    corrections.record(wh, corrections.from_response(item.to_dict(), _answer(item.to_dict(), "approve"),
+                                                     run_id="rv"))
+    summary = export.export_labels(wh, tmp_path / "from-s3", s3_client=client)
+    assert summary.exported == [on_s3.receipt_id]
+    assert (tmp_path / "from-s3" / "images" / f"{on_s3.receipt_id}.jpg").read_bytes() == images[0].read_bytes()
