@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 import re
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 
 log = logging.getLogger(__name__)
 REVIEW_DAG_ID = "receipts_review"
@@ -62,8 +60,25 @@ def _s3_client():
     return S3Hook(aws_conn_id=conn_id or cfgmod.DEFAULT_S3_CONN_IDS[-1]).get_conn()
 
 
-@app.get("/images/{receipt_id}", dependencies=[Depends(requires_access_dag(
-    method="GET", access_entity=DagAccessEntity.HITL_DETAIL, param_dag_id=REVIEW_DAG_ID))])
+async def may_read_review_forms(request: Request) -> None:
+    """Airflow's own check, as its REST API makes it: the user from the bearer token or the
+    UI's session cookie (401 without), then read access to the review DAG's human-in-the-loop
+    details (403). Imported here, not at module level: every task process loads the plugins
+    folder, and only the api-server needs Airflow's API security code."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
+    from fastapi.security import HTTPAuthorizationCredentials
+    from fastapi.security.utils import get_authorization_scheme_param
+
+    scheme, credentials = get_authorization_scheme_param(request.headers.get("Authorization"))
+    bearer = (HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
+              if scheme and credentials else None)
+    user = await get_user(request, None, bearer)
+    requires_access_dag(method="GET", access_entity=DagAccessEntity.HITL_DETAIL,
+                        param_dag_id=REVIEW_DAG_ID)(request, user)
+
+
+@app.get("/images/{receipt_id}", dependencies=[Depends(may_read_review_forms)])
 def receipt_image(receipt_id: str) -> Response:
     from extractor.pipeline.review.images import (
         ImageUnavailable,
