@@ -4,7 +4,7 @@ For the four labelled fields (store name, address, date, total) it runs the real
 backend, scores each prediction against its label (``evaluation.field_match``: exact
 after normalisation) and reports, per confidence bucket, how many predictions fall in it
 and the share that is correct; then, per review threshold, the share of receipts that
-``receipts_review_min_confidence`` would flag (a required field below it: store name,
+``review_min_confidence`` would flag (a required field below it: store name,
 date, total, as the suite's default) and the field accuracy of flagged vs not flagged.
 
     nice python bench/ocr_confidence.py --dataset ../shared/datasets/sroie-dev --limit 150 \\

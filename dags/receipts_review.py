@@ -3,8 +3,8 @@
 
 Runs whenever `receipts_daily` updates the warehouse (the receipts Asset). It collects the
 receipts that wait for a person: loaded but flagged `needs_review` (a required field read
-with confidence below `receipts_review_min_confidence`) and quarantined receipts whose
-image can still be read, at most `receipts_review_max_per_run`. Each becomes one mapped
+with confidence below `review_min_confidence` in `receipts_config`) and quarantined receipts whose
+image can still be read, at most `review_max_per_run`. Each becomes one mapped
 `review_receipt` task: a human-in-the-loop form (Browse -> Required Actions) prefilled with
 the extracted fields, showing the reason, the confidence per field, the raw model output
 and the image (served by the `receipts_review` plugin). Answers: **approve**, **correct**

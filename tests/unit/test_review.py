@@ -6,10 +6,11 @@ tests/integration/test_warehouse_postgres.py through ``test_warehouse.WarehouseC
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 
 import pytest
-from extractor.evaluation import load_labels, score_predictions
+from extractor.evaluation import EvalReport, load_labels
 from extractor.pipeline.quality.confidence import flag_low_confidence
 from extractor.pipeline.records import QuarantineRecord
 from extractor.pipeline.review import corrections, export, form, queue
@@ -180,8 +181,8 @@ def test_export_writes_an_eval_dataset_of_accepted_answers(images, wh, tmp_path)
     assert (label["company"], label["date_iso"], label["total_decimal"]) == (
         "Kedai Maju", "2026-03-01", "12.75")
     assert label["review"]["corrected_fields"] == ["total"] and label["flags"] == ["reviewed_correct"]
-    report = score_predictions([(label["id"], {"company": "KEDAI MAJU", "date": "2026-03-01",
-                                               "total": "12.50"}, label)])
+    report = EvalReport(model="the model's reading", dataset=str(out))
+    report.add(label["id"], {"company": "KEDAI MAJU", "date": "2026-03-01", "total": "12.50"}, label)
     assert report.to_dict()["fields"]["total"]["exact"] == 0.0  # the model's 12.50 is now wrong
     assert report.to_dict()["fields"]["company"]["exact"] == 1.0
     assert export.export_labels(wh, out).to_dict()["exported"] == 1  # re-export: same files
@@ -194,13 +195,18 @@ def test_review_settings_are_read_and_checked(monkeypatch):
     from extractor.errors import ConfigError
     from extractor.pipeline.config import load_config, review_response_timeout_hours
 
-    cfg = load_config({"receipts_review_min_confidence": "0.8", "receipts_review_max_per_run": 5}.get)
+    def config(**values):
+        return load_config({"receipts_config": json.dumps(values)}.get)
+
+    cfg = config(review_min_confidence=0.8, review_max_per_run=5)
     assert (cfg.review_min_confidence, cfg.review_max_per_run) == (0.8, 5)
-    assert load_config({}.get).review_min_confidence == 0.5
+    assert config().review_min_confidence == 0.5
+    monkeypatch.setenv("RECEIPT_REVIEW_MIN_CONFIDENCE", "0.25")
+    assert config().review_min_confidence == 0.25
     with pytest.raises(ConfigError, match=r"in \[0, 1\]"):
-        load_config({"receipts_review_min_confidence": "1.5"}.get)
+        config(review_min_confidence=1.5)
     with pytest.raises(ConfigError, match="whole number"):
-        load_config({"receipts_review_max_per_run": "many"}.get)
+        config(review_max_per_run="many")
     monkeypatch.setenv("RECEIPT_REVIEW_TIMEOUT_HOURS", "0")
     with pytest.raises(ConfigError, match="> 0"):
         review_response_timeout_hours()

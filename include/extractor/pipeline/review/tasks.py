@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def collect_review_queue() -> list[dict[str, Any]]:
-    """The review items of this run (at most ``receipts_review_max_per_run``), as dicts."""
+    """The review items of this run (at most ``review_max_per_run``), as dicts."""
     from extractor.pipeline.review.images import readable_image
     from extractor.pipeline.review.queue import pending_reviews
 
