@@ -43,7 +43,7 @@ def score(dataset: Path, limit: int | None, cache: Path) -> list[dict]:
         for start in range(0, len(todo), 4):
             chunk = todo[start:start + 4]
             results = backend.extract([ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p, _ in chunk])
-            for (path, label), result in zip(chunk, results):
+            for (path, label), result in zip(chunk, results, strict=True):
                 receipt = result.receipt
                 row = {"id": label.get("id", path.stem), "fields": {}}
                 for key, name in FIELDS.items():
@@ -67,10 +67,11 @@ def _backend():
 
 def buckets(cells: list[dict]) -> list[dict]:
     table = []
-    for low, high in zip(BUCKETS, BUCKETS[1:]):
+    for low, high in zip(BUCKETS, BUCKETS[1:], strict=False):
         hits = [f for f in cells if f["confidence"] is not None and low <= f["confidence"] < high]
-        table.append({"bucket": f"[{low:g}, {min(high, 1):g}{']' if high > 1 else ')'}", "predictions": len(hits),
-                      "share_correct": round(sum(f["correct"] for f in hits) / len(hits), 4) if hits else None})
+        correct = round(sum(f["correct"] for f in hits) / len(hits), 4) if hits else None
+        label = f"[{low:g}, {min(high, 1):g}{']' if high > 1 else ')'}"
+        table.append({"bucket": label, "predictions": len(hits), "share_correct": correct})
     return table
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, dag, task
+from receipts_review_operator import ReceiptReviewOperator
+
 from extractor.pipeline.config import RECEIPTS_ASSET_URI, review_response_timeout_hours
 from extractor.pipeline.review import tasks
-from receipts_review_operator import ReceiptReviewOperator
 
 
 @dag(

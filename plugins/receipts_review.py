@@ -31,6 +31,7 @@ def _variable(key: str):
 def _warehouse():
     from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
+
     from extractor.pipeline import config as cfgmod
     from extractor.pipeline.warehouse import open_warehouse
 
@@ -47,6 +48,7 @@ def _s3_client():
     from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
     from extractor.pipeline import config as cfgmod
 
     conn_id = cfgmod.load_config(_variable).s3_conn_id

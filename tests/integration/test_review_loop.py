@@ -221,7 +221,8 @@ def parked_exits_processed(cluster: LocalCluster, run_id: str, map_indexes) -> N
 
 
 def hitl_path(run_id: str, map_index: int) -> str:
-    return f"/api/v2/dags/receipts_review/dagRuns/{run_id}/taskInstances/review_receipt/{map_index}/hitlDetails"
+    return (f"/api/v2/dags/receipts_review/dagRuns/{run_id}/taskInstances/review_receipt/"
+            f"{map_index}/hitlDetails")
 
 
 def wait_review_run_done(cluster: LocalCluster, run_id: str) -> None:
@@ -286,7 +287,8 @@ def test_rest_answers_reach_the_warehouse_and_the_eval_dataset(review_cluster):
                            "FROM receipts_current")
     assert current == [(low, Decimal("999.5000"), "reviewer", "correct", USER)]
     # lineage: the model's row is kept as the model wrote it; the rejected receipt stays quarantined
-    assert ac.query(wh, "SELECT total FROM receipts") == [(Decimal(str(model_total)).quantize(Decimal("0.0001")),)]
+    model_row_total = Decimal(str(model_total)).quantize(Decimal("0.0001"))
+    assert ac.query(wh, "SELECT total FROM receipts") == [(model_row_total,)]
     assert len(ac.query(wh, "SELECT 1 FROM quarantine WHERE receipt_id = %s", (future,))) == 1
 
     out = cluster.root / "labels"

@@ -10,6 +10,8 @@ import json
 from decimal import Decimal
 
 import pytest
+from test_warehouse import run
+
 from extractor.evaluation import EvalReport, load_labels
 from extractor.pipeline.quality.confidence import flag_low_confidence
 from extractor.pipeline.records import QuarantineRecord
@@ -17,7 +19,6 @@ from extractor.pipeline.review import corrections, export, form, queue
 from extractor.pipeline.review.images import readable_image
 from extractor.pipeline.warehouse import open_warehouse
 from extractor.schema import ExtractionResult, Receipt, scalar_fields
-from test_warehouse import run
 
 REQUIRED = ("store_name", "date", "total")
 
@@ -232,4 +233,5 @@ def test_images_and_export_read_receipts_on_s3(s3_endpoint, images, wh, tmp_path
                                                      run_id="rv"))
     summary = export.export_labels(wh, tmp_path / "from-s3", s3_client=client)
     assert summary.exported == [on_s3.receipt_id]
-    assert (tmp_path / "from-s3" / "images" / f"{on_s3.receipt_id}.jpg").read_bytes() == images[0].read_bytes()
+    exported = tmp_path / "from-s3" / "images" / f"{on_s3.receipt_id}.jpg"
+    assert exported.read_bytes() == images[0].read_bytes()

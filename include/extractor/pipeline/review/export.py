@@ -43,7 +43,7 @@ def latest_answers(warehouse: Any) -> list[dict[str, Any]]:
                            'ORDER BY "receipt_id", "reviewed_at", "extractor_version"')
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:
-        latest[row[0]] = dict(zip(cols, row))
+        latest[row[0]] = dict(zip(cols, row, strict=True))
     return [latest[k] for k in sorted(latest)]
 
 

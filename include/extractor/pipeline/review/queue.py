@@ -73,7 +73,7 @@ def flagged_receipts(warehouse: Any) -> list[ReviewItem]:
     return [ReviewItem(receipt_id=r[0], extractor_version=r[1], source=r[2], origin="needs_review",
                        reason=r[3] or "needs review", confidence=_loads(r[4]) or {},
                        raw_text=_clip(r[5]),
-                       fields={n: json_safe(v) for n, v in zip(FIELDS, r[6:])})
+                       fields={n: json_safe(v) for n, v in zip(FIELDS, r[6:], strict=True)})
             for r in rows]
 
 
@@ -97,8 +97,8 @@ def quarantined_receipts(warehouse: Any) -> list[ReviewItem]:
     return list(latest.values())
 
 
-def pending_reviews(warehouse: Any, *, limit: int,
-                    image_problem: Callable[[ReviewItem], str | None]) -> tuple[list[ReviewItem], dict[str, str]]:
+def pending_reviews(warehouse: Any, *, limit: int, image_problem: Callable[[ReviewItem], str | None]
+                    ) -> tuple[list[ReviewItem], dict[str, str]]:
     """Up to ``limit`` items (flagged receipts first), and the receipts left out because their
     image cannot be shown (id -> reason). ``image_problem(item)`` returns None when the image
     reads and decodes. Quarantined for a bad image at extraction: left out without a read."""
