@@ -204,6 +204,13 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
     return 1 if summary.missing_images else 0
 
 
+def _add_export_labels(sub) -> None:
+    p = sub.add_parser("export-labels", help="reviewed receipts as an eval dataset (images/ + labels/)")
+    p.add_argument("--warehouse", required=True, help="duckdb:///path or postgresql://... URL")
+    p.add_argument("--output-dir", required=True)
+    p.set_defaults(func=cmd_export_labels)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from extractor.model_store import COMMIT_SHA
 
@@ -321,10 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="last partition day shown, YYYY-MM-DD (default: today, UTC)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export-labels", help="reviewed receipts as an eval dataset (images/ + labels/)")
-    p.add_argument("--warehouse", required=True, help="duckdb:///path or postgresql://... URL")
-    p.add_argument("--output-dir", required=True)
-    p.set_defaults(func=cmd_export_labels)
+    _add_export_labels(sub)
 
     p = sub.add_parser("presets", help="list the model presets and the revision each is pinned to")
     p.set_defaults(func=cmd_presets)
