@@ -25,6 +25,7 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``claim_ttl_hours`` (a run's claim on a receipt in flight) | ``RECEIPT_CLAIM_TTL_HOURS`` | 12 |
 | ``warehouse_lock_timeout_s`` (DuckDB: wait for the file lock) | ``RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S`` | 60 |
 | ``warehouse_snapshot`` (DuckDB: readers' copy; a path or ``off``) | ``RECEIPT_WAREHOUSE_SNAPSHOT`` | ``auto``: ``<warehouse>.snapshot.duckdb`` |
+| ``allowed_models`` (repos a run's conf may name, list) | ``RECEIPT_ALLOWED_MODELS`` | none |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 | ``review_min_confidence`` (0 = off; docs/review.md) | ``RECEIPT_REVIEW_MIN_CONFIDENCE`` | 0.5 |
 | ``review_max_per_run`` (forms per ``receipts_review`` run) | ``RECEIPT_REVIEW_MAX_PER_RUN`` | 50 |
@@ -99,6 +100,7 @@ class PipelineConfig:
     warehouse_lock_timeout_s: float = 60.0  # DuckDB: how long a task waits for the file lock
     warehouse_snapshot: str | None = "auto"  # DuckDB copy for readers after each load; None: off
     quality_report_days: int = 30  # days of partitions the quality report shows
+    allowed_model_ids: tuple[str, ...] = ()  # repos a run's conf may name besides the presets
     review_min_confidence: float = 0.5  # a required field below this -> loaded, needs_review
     review_max_per_run: int = 50  # review forms one receipts_review run opens
 
@@ -184,6 +186,8 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         staging_retention_days=retention,
         **concurrency,
         quality_report_days=int(report_days),
+        allowed_model_ids=_names(_setting(get_variable, "receipts_allowed_models",
+                                          "RECEIPT_ALLOWED_MODELS", "")),
         review_min_confidence=review_min_confidence,
         review_max_per_run=review_max_per_run,
     )
