@@ -339,6 +339,11 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         results, thresholds=Thresholds.from_dict(cfg.thresholds), logical_date=partition_day,
         run_id=ctx["run_id"], data_docs_dir=str(cfg.data_docs_dir) if cfg.data_docs_dir else None)
     validate_s = time.perf_counter() - t0
+    from extractor.pipeline.quality.confidence import flag_low_confidence
+
+    outcome.valid = flag_low_confidence(  # loaded, but flagged for receipts_review
+        outcome.valid, min_confidence=cfg.review_min_confidence,
+        required_fields=Thresholds.from_dict(cfg.thresholds).required_fields)
     # Before anything is written: the staged results must cover exactly what was discovered.
     ids = [item["receipt_id"] for batch in (batches or []) for item in batch]
     try:
@@ -352,6 +357,7 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
                "validate_s": validate_s}
     summary = summaries.summarize_run(results, outcome, discovered=len(ids), timings=timings)
     _attach_discovery(summary, discovered)
+    summary["needs_review"] = sum(r.review_reason is not None for r in outcome.valid)
     dag_run = ctx["dag_run"]
     run = RunRecord(
         run_id=ctx["run_id"], dag_id=ctx["dag"].dag_id, logical_date=ctx.get("logical_date"),
