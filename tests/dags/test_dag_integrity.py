@@ -50,7 +50,8 @@ def test_parsing_the_dags_imports_nothing_heavy(tmp_path):
 def test_receipts_daily_shape(receipts_dag):
     dag = receipts_dag
     assert set(dag.task_ids) == {"resolve_extractor", "ensure_model", "discover_new_receipts",
-                                 "extract", "validate_and_load", "reconcile", "report", "prune_staging"}
+                                 "extract", "validate_and_load", "reconcile", "report", "prune_staging",
+                                 "quality_gate"}
     extract = dag.get_task("extract")
     assert extract.pool == "gpu"
     assert extract.queue == os.environ.get("RECEIPT_GPU_QUEUE", "default")

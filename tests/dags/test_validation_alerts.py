@@ -44,7 +44,10 @@ def test_a_fail_decision_records_the_rows_then_fails_the_run(pipeline, monkeypat
     assert source.endswith("wrong-total.jpg") and any("total" in n for n in json.loads(failed))
     assert len(pipeline.fetch("SELECT receipt_id FROM receipts")) == 1
     assert pipeline.fetch("SELECT decision FROM runs") == [("fail",)]
-    levels = sorted(level for (level,) in pipeline.fetch("SELECT level FROM alerts"))
-    # the validation alert, then the DAG's on_failure_callback for the failed run
-    assert levels == ["error", "error"]
+    kinds = sorted((json.loads(d)["kind"], level) for d, level in pipeline.fetch("SELECT details, level FROM alerts"))
+    # the validation alert, the failed task's row, and the DAG's on_failure_callback for the run
+    assert kinds == [("quality", "error"), ("run_failure", "error"), ("task_failure", "error")]
+    # people hear twice: the numbers (quality) and the run failure, which lists the task
     assert len(pipeline.alerts_seen) == 2
+    assert "validate_and_load (try 1 of 1): AirflowFailException: validation decision 'fail'" \
+        in pipeline.alerts_seen[1][0]

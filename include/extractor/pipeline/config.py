@@ -18,8 +18,11 @@ Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's
 | Data Docs folder | ``receipts_data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
 | thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
+| trend tolerances (JSON) | ``receipts_trend_tolerances`` | ``RECEIPT_TREND_TOLERANCES`` | ``quality.trends`` defaults |
 | model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
 | GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
+| extract task timeout, minutes (parse time, env only) | | ``RECEIPT_EXTRACT_TIMEOUT_MINUTES`` | 120 |
+| run deadline, hours after the data interval ends (parse time, env only; 0 = off) | | ``RECEIPT_DEADLINE_HOURS`` | 0 (compose: 6) |
 
 Relative paths are resolved against the working directory when the task runs; a
 production deployment sets absolute paths on shared storage (the staging folder and the
@@ -28,6 +31,7 @@ model cache must be visible to every worker).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -55,6 +59,31 @@ def gpu_queue() -> str:
     return os.environ.get("RECEIPT_GPU_QUEUE") or "default"
 
 
+def _parse_time_number(env: str, default: float) -> float:
+    raw = os.environ.get(env, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError as exc:
+        raise ConfigError(f"{env} must be a number, not {raw!r}") from exc
+    if value < 0:
+        raise ConfigError(f"{env} must be >= 0, not {raw!r}")
+    return value
+
+
+def extract_timeout() -> dt.timedelta:
+    """``execution_timeout`` of an extract task (parse time, env only): a hung model is
+    killed after this long, which frees its GPU pool slot; the retry starts afresh."""
+    return dt.timedelta(minutes=_parse_time_number("RECEIPT_EXTRACT_TIMEOUT_MINUTES", 120))
+
+
+def run_deadline() -> dt.timedelta | None:
+    """How long after its data interval ends a scheduled run must have finished (parse
+    time, env only); None when switched off (0, the embedded default: deadlines need a
+    scheduler, and Airflow 3.3.2's ``dag.test`` crashes on a DAG that has one, apache/airflow#73428)."""
+    hours = _parse_time_number("RECEIPT_DEADLINE_HOURS", 0)
+    return dt.timedelta(hours=hours) if hours else None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Settings of one task execution (resolved once per task, never at parse time)."""
@@ -69,6 +98,7 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    trend_tolerances: dict[str, Any] = field(default_factory=dict)  # see quality.trends
 
     @property
     def source_is_s3(self) -> bool:
@@ -125,6 +155,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         raise ConfigError(f"receipts_staging_retention_days must be a whole number of days: {retention!r}") from exc
     if retention < 0:
         raise ConfigError("receipts_staging_retention_days must be >= 0 (0 keeps staged files forever)")
+    trend = _setting(get_variable, "receipts_trend_tolerances", "RECEIPT_TREND_TOLERANCES", {})
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -143,6 +174,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        trend_tolerances=_json_setting(trend, "receipts_trend_tolerances") if trend else {},
     )
 
 
