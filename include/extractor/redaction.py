@@ -23,10 +23,12 @@ from urllib.parse import unquote, urlsplit
 
 MASK = "***"
 # scheme://user:password@  (scheme as RFC 3986 allows, typos included: "postgresq")
-_URL_AUTH = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"/]*)@")
+_URL_AUTH = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*)@")
 # libpq key/value connection strings and query parameters: password=..., passwd=...
 _KEY_VALUE = re.compile(r"(?P<key>\b(?:password|passwd|pwd|secret|token|api_key)\s*=\s*)"
                         r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)", re.IGNORECASE)
+# The password may hold '/' or '@' unencoded (a sloppy AWS secret key): it runs to the last '@'
+# of the token, so an odd path with an '@' after a port is over-redacted, never under-redacted.
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words
 
 

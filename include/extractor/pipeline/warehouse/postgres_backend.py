@@ -41,15 +41,18 @@ class PostgresWarehouse(Warehouse):
     def __init__(self, uri: str, *, connect_timeout: int = 10):
         import psycopg
 
+        redacted: Exception | None = None
         try:
             self.uri = normalise_uri(uri)
             self.conn = psycopg.connect(self.uri, connect_timeout=connect_timeout, autocommit=True)
         except (ValueError, psycopg.Error) as exc:
-            # libpq quotes a malformed URI, password included, in its message: never let it travel
+            # libpq quotes a malformed URI or token, password included: never let it travel
             message = redact_text(str(exc), url_secrets(uri))
             if message == str(exc):
                 raise
-            raise type(exc)(message) from None
+            redacted = type(exc)(message)
+        if redacted is not None:
+            raise redacted  # outside the except block: no __context__ holding the original
         # JSON columns come back as text, as they do from DuckDB: one behaviour for callers.
         from psycopg.types.json import set_json_loads
         set_json_loads(lambda text: text.decode() if isinstance(text, bytes) else text, self.conn)
