@@ -105,7 +105,7 @@ def test_a_late_scheduled_run_alerts_through_airflows_deadline_machinery(deadlin
     [(level, message, details)] = pipeline.fetch("SELECT level, message, details FROM alerts")
     assert level == "error" and json.loads(details)["kind"] == "deadline"
     assert message.splitlines()[0] == (
-        f"receipts_daily run {run_id} missed its deadline: not finished by 2031-05-02 06:00:00+00:00 "
+        f"receipts_daily run {run_id} missed its deadline: not finished by 2031-05-02T06:00:00Z "
         "(6:00:00 after its data interval ended at 2031-05-02T00:00:00Z); state running")
     assert message.splitlines()[-1].startswith("  run: https://airflow.example.test/dags/receipts_daily/runs/scheduled__")
     assert pipeline.alerts_seen == [(message, json.loads(details))]

@@ -540,7 +540,7 @@ def on_deadline_missed(context: dict[str, Any], notifiers: Sequence[Notifier] = 
                   ui_base_url=_ui_base_url())
     allowed = cfgmod.run_deadline()
     message, details = deadline_alert(
-        run, deadline_time=str(deadline.get("deadline_time")),
+        run, deadline_time=deadline.get("deadline_time"),
         data_interval_end=dag_run.get("data_interval_end"), state=dag_run.get("state"),
         allowed=str(allowed) if allowed else None)
     _deliver(run.run_id, "error", message, details, notifiers)

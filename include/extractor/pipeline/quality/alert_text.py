@@ -67,7 +67,7 @@ class FailedTask:
     def error(self) -> str:
         if self.exception_type and self.exception_line:
             return f"{self.exception_type}: {self.exception_line}"
-        return self.exception_type or self.exception_line or "no exception recorded"
+        return self.exception_type or self.exception_line or "error not recorded (see its log)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,9 +158,18 @@ def quality_alert(run: RunLink, *, decision: str, reason: str, summary: Mapping[
     return "\n".join(lines), details
 
 
-def deadline_alert(run: RunLink, *, deadline_time: str, data_interval_end: str | None,
+def _utc_text(value: Any) -> str | None:
+    """A datetime (or the ISO text Airflow's API renders) as ``2031-05-02T06:00:00Z``."""
+    if value is None:
+        return None
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return text.replace("+00:00", "Z")
+
+
+def deadline_alert(run: RunLink, *, deadline_time: Any, data_interval_end: Any,
                    state: str | None, allowed: str | None) -> tuple[str, dict[str, Any]]:
     """A scheduled run that had not finished by its deadline (interval end + allowance)."""
+    deadline_time, data_interval_end = _utc_text(deadline_time), _utc_text(data_interval_end)
     lines = [f"{run.name} missed its deadline: not finished by {deadline_time} "
              f"({allowed or 'the allowance'} after its data interval ended at {data_interval_end}); "
              f"state {state or 'unknown'}",
