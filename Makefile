@@ -1,15 +1,16 @@
 # The two commands of the README: `make demo` (install + run the pipeline on the
-# embedded default) and `make test` (install + run the tests). Both create .venv.
+# embedded default) and `make test` (install + run the tests). Both create .venv with the
+# runtime and the development requirements (the image installs requirements.txt only).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install demo test bench-cpu clean
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -c requirements-lock.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c requirements-lock.txt  # runtime + test tools
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

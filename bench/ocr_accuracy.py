@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     table = sub.add_parser("table", help="print the accuracy table from the cache")
     table.add_argument("--folds", type=int, default=5)
     table.add_argument("--out", type=Path)
-    table.add_argument("--report", type=Path)
+    table.add_argument("--report", type=Path,
+                       default=Path(__file__).resolve().parent / "results" / "ocr_accuracy.json",
+                       help="where the accuracy report goes (default: bench/results/ocr_accuracy.json)")
     table.add_argument("--store-cv", action="store_true", help="add the unseen-stores cross-validation row")
     for p in (ocr, table):
         p.add_argument("--dataset", type=Path, required=True)

@@ -50,10 +50,10 @@ def configure(work: Path, spec: dict) -> None:
         "RECEIPT_STAGING_DIR": str(work / "staging"),
         "RECEIPT_DATA_DOCS_DIR": str(work / "data_docs"),
         "RECEIPT_MODEL_CACHE": str(work / "models"),
-        "AIRFLOW_VAR_RECEIPT_EXTRACTOR": json.dumps(spec),
-        # gibberish from a random model is all quarantined; that is expected here
-        "AIRFLOW_VAR_RECEIPTS_THRESHOLDS": json.dumps(
-            {"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}),
+        # the one configuration Variable; gibberish from a random model is all quarantined,
+        # which is expected here
+        "AIRFLOW_VAR_RECEIPTS_CONFIG": json.dumps({"model": spec, "thresholds": {
+            "max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}}),
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
     })
     (work / "airflow").mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def write_receipts(folder: Path, n: int, seed0: int) -> float:
 def run_day(dag, day: dt.date) -> dict:
     from extractor.pipeline.warehouse import open_warehouse
 
-    logical_date = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    logical_date = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     t0 = time.perf_counter()
     dag_run = dag.test(logical_date=logical_date)
     total = time.perf_counter() - t0
@@ -96,10 +96,10 @@ def run_day(dag, day: dt.date) -> dict:
 
 def validate_and_load_valid(n: int) -> dict:
     """The suite + load on N valid staged results: the part the gibberish run skips."""
-    from extractor.pipeline.records import RunRecord
-    from extractor.testing.synthetic_results import make_results
     from extractor.pipeline.quality.validation import validate_results
+    from extractor.pipeline.records import RunRecord
     from extractor.pipeline.warehouse import open_warehouse
+    from extractor.testing.synthetic_results import make_results
 
     results, _ = make_results(n, seed=7, bad_share=0.0, failed_share=0.0, logical_date=DAY0)
     # Importing GX is a once-per-process cost (the gibberish runs never import it): timed
@@ -109,7 +109,7 @@ def validate_and_load_valid(n: int) -> dict:
     t0 = time.perf_counter()
     outcome = validate_results(results, logical_date=DAY0, run_id="bench-valid", data_docs_dir=None)
     t1 = time.perf_counter()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     run = RunRecord(run_id="bench-valid", dag_id="bench", logical_date=now, partition_start=now,
                     partition_end=now, extractor_version=results[0].extractor_version,
                     model_id=None, revision=None, prompt_version=None, started_at=now)

@@ -3,10 +3,10 @@
 
 The run with logical date D reads partition `<receipts_source>/dt=D/` (data interval
 [D, D+1) UTC; a manual trigger at X reads the last complete day before X). It resolves
-the extractor (DAG-run param `extractor` > Variable `receipt_extractor`), makes the model
+the extractor (DAG-run param `extractor` > `model` of the Variable `receipts_config`), makes the model
 available, discovers receipts that extractor version has not seen, extracts them (mapped
 tasks, pool `gpu`), validates (Great Expectations), loads, reconciles and reports, then
-prunes staged files of runs older than the retention (`receipts_staging_retention_days`).
+prunes staged files of runs older than the retention (`staging_retention_days`).
 
 **Idempotent.** A receipt's id is the sha256 of its bytes; rows are keyed by (receipt
 id, extractor version) and written in one transaction; a run only extracts what the

@@ -1,9 +1,15 @@
-"""Command line: ``python -m extractor {extract,batch,compare,eval,presets}``.
+"""Command line: python -m extractor {extract,batch,compare,eval,presets} (or receipt-extractor).
 
-``--model`` takes what the Airflow Variable takes: a preset name (``ocr``,
-``llama-3.2-11b-vision-instruct`` ...), or a JSON spec (``'{"preset": "ocr", "batch_size": 4}'``).
-Models with weights are made available through the model store first (``--model-dir``
-skips that and loads a local folder directly).
+--model takes what the configuration's "model" key takes: a preset name (ocr,
+llama-3.2-11b-vision-instruct ...) or a JSON spec ('{"preset": "ocr", "batch_size": 4}').
+Without --model, the model comes from receipts.yaml (--config, $RECEIPTS_CONFIG or
+./receipts.yaml), then $RECEIPT_MODEL, then the CPU OCR reader. Models with weights are
+made available through the model store first (--model-dir or $LLAMA_MODEL_PATH load a
+local folder instead).
+
+Errors are one line on stderr: exit code 2 for usage and configuration errors (a missing
+file, an unknown preset, a bad spec, a model that cannot be fetched), 1 when receipts
+failed or on an unexpected error; --debug shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,26 +19,58 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from extractor.errors import ExtractorError
 from extractor.images import ReceiptInput
 from extractor.schema import ExtractionResult, scalar_fields
 from extractor.spec import PRESETS, resolve_spec
 
+PROG = "receipt-extractor"
+CLI_DEFAULT_MODEL = "ocr"  # the command line runs anywhere: the CPU reader unless told otherwise
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
 
 
-def _backend(model: str, model_dir: str | None, cache_dir: str | None):
+class UsageError(ExtractorError):
+    """A command line that cannot be run as given (exit code 2)."""
+
+
+def _settings(args: argparse.Namespace):
+    """The configuration file's settings, read once per command (every command checks it)."""
+    if getattr(args, "settings", None) is None:
+        from extractor import settings
+
+        args.settings = settings.from_file(settings.config_file(args.config))
+    return args.settings
+
+
+def _model(args: argparse.Namespace, value: str | None = None):
+    """--model (or the given value), else the configuration's model, else the OCR reader."""
+    return value or getattr(args, "model", None) or _settings(args).get("model", CLI_DEFAULT_MODEL)
+
+
+def _backend(args: argparse.Namespace, model=None):
     from extractor.backends import load_backend
+    from extractor.model_store import ensure_model, pin_revision
 
-    spec = resolve_spec(model)
+    spec = resolve_spec(_model(args, model))
+    model_dir = getattr(args, "model_dir", None)
     if model_dir is None:  # the store knows which backends have weights (None for ocr)
-        from extractor.model_store import ensure_model
-
+        cache_dir = args.cache_dir or _settings(args).get("model_cache")
+        spec = pin_revision(spec)  # a Hub branch -> its commit: the version names the snapshot
         path = ensure_model(spec, cache_dir)
         model_dir = str(path) if path else None
+    elif not Path(model_dir).is_dir():
+        raise UsageError(f"--model-dir {model_dir}: no such folder")
     return load_backend(spec, model_dir=model_dir)
+
+
+def _existing_file(value: str, what: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"{what} {value}: no such file")
+    return path
 
 
 def _record(result: ExtractionResult) -> dict:
@@ -51,8 +89,8 @@ def _images(folder: Path) -> list[Path]:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    backend = _backend(args.model, args.model_dir, args.cache_dir)
-    path = Path(args.image)
+    path = _existing_file(args.image, "image")
+    backend = _backend(args)
     [result] = backend.extract([ReceiptInput.from_bytes(path.read_bytes(), str(path))])
     print(json.dumps(_record(result), indent=2, ensure_ascii=False))
     return 0 if result.status == "ok" else 1
@@ -61,11 +99,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    backend = _backend(args.model, args.model_dir, args.cache_dir)
+    if not Path(args.input_dir).is_dir():
+        raise UsageError(f"--input-dir {args.input_dir}: no such folder")
     paths = _images(Path(args.input_dir))
     if not paths:
-        print(f"no images under {args.input_dir}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--input-dir {args.input_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    backend = _backend(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = args.batch_size or backend.spec.batch_size
@@ -96,15 +135,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
                "extractor_version": backend.version, "output": str(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_table([summary], list(summary), title="batch summary")
-    return 0
+    return 1 if summary["failed"] else 0  # scripts and CI see that receipts failed
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    path = Path(args.image)
+    path = _existing_file(args.image, "--image")
     item = ReceiptInput.from_bytes(path.read_bytes(), str(path))
     rows = {}
     for label, model in (("a", args.model_a), ("b", args.model_b)):
-        [result] = _backend(model, None, args.cache_dir).extract([item])
+        [result] = _backend(args, model).extract([item])
         rows[label] = result
     fields = ["status", "reason", *scalar_fields()]
     table = []
@@ -124,9 +163,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from extractor.evaluation import evaluate
+    from extractor.evaluation import evaluate, load_labels
 
-    backend = _backend(args.model, args.model_dir, args.cache_dir)
+    pairs = load_labels(args.dataset, args.limit)  # nothing is created before the input is found
+    backend = _backend(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
@@ -135,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         def tick(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        report = evaluate(backend, args.dataset, limit=args.limit, progress=tick)
+        report = evaluate(backend, args.dataset, pairs=pairs, progress=tick)
     (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     markdown = report.to_markdown()
     (out / "eval.md").write_text(markdown)
@@ -146,9 +186,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    rows = [{"preset": name, **resolve_spec(name).model_dump(include={"backend", "model_id", "revision",
-                                                                        "batch_size", "max_new_tokens"}),
-             "version": resolve_spec(name).version} for name in PRESETS]
+    from extractor.model_store import COMMIT_SHA
+
+    rows = []
+    for name in PRESETS:
+        spec = resolve_spec(name)
+        revision = spec.revision or "main"
+        pinned = "commit" if COMMIT_SHA.fullmatch(revision) else (
+            "branch: its commit when fetched" if spec.backend != "ocr" else "package version")
+        rows.append({"preset": name, "backend": spec.backend, "model_id": spec.model_id,
+                     "revision": revision, "pinned to": pinned, "batch_size": spec.batch_size})
     _print_table(rows, list(rows[0]), title="extractor presets")
     return 0
 
@@ -168,22 +215,35 @@ def _print_table(rows: list[dict], columns: list[str], title: str) -> None:
     _console().print(table)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage is one --help away), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m extractor", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog=PROG, description="Read receipts with a vision-language model or the CPU "
+                                            "OCR reader; score them against labels.",
+                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="settings file (default: $RECEIPTS_CONFIG, then ./receipts.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser, model: bool = True) -> None:
         if model:
-            p.add_argument("--model", default="ocr", help="preset name or JSON spec (default: ocr)")
+            p.add_argument("--model", help="preset name or JSON spec (default: the configuration's "
+                                           "model, else $RECEIPT_MODEL, else ocr)")
             p.add_argument("--model-dir", help="load the model from this local folder")
-        p.add_argument("--cache-dir", help="model cache (default: $RECEIPT_MODEL_CACHE or ./var/models)")
+        p.add_argument("--cache-dir", help="model cache (default: the configuration's model_cache, "
+                                           "else $RECEIPT_MODEL_CACHE, else ./var/models)")
 
     p = sub.add_parser("extract", help="extract one receipt and print its JSON record")
     p.add_argument("image")
     common(p)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("batch", help="extract a folder of receipts to JSONL and CSV")
+    p = sub.add_parser("batch", help="extract a folder of receipts to JSONL and CSV (exit 1 if any failed)")
     p.add_argument("--input-dir", required=True)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--batch-size", type=int)
@@ -197,21 +257,51 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, model=False)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("eval", help="per-field accuracy against labels in the sroie-dev format")
-    p.add_argument("--dataset", required=True, help="folder with images/ and labels/")
+    p = sub.add_parser("eval", help="per-field accuracy against labelled receipts")
+    p.add_argument("--dataset", required=True,
+                   help="folder with images/ and labels/ (sroie-dev), or X.jpg + X.label.json pairs "
+                        "(the bundled samples)")
     p.add_argument("--output-dir", default="var/eval")
     p.add_argument("--limit", type=int)
     common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("presets", help="list the model presets")
+    p = sub.add_parser("presets", help="list the model presets and the revision each is pinned to")
     p.set_defaults(func=cmd_presets)
+    for command in sub.choices.values():  # --debug after the command works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        _settings(args)
+        return args.func(args)
+    except (ExtractorError, OSError) as exc:
+        # usage and configuration errors (UsageError, ConfigError, ModelSourceError: a model
+        # that cannot be fetched; a file that cannot be read): the message says it all.
+        # Receipt-level problems never get here: they are results with a reason.
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment problem: one line, traceback on --debug
+        if args.debug:
+            raise
+        print(f"{PROG}: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The main job on the embedded default: ``python -m extractor.demo`` (``make demo``).
 
 1. copies the bundled sample receipts into ``var/incoming/dt=<today>/``;
-2. prepares an Airflow home in ``var/airflow`` (SQLite metadata, migrated), the Variable
-   ``receipt_extractor`` (set to the CPU OCR preset "ocr" when it is not set yet; the
-   production default is Llama 3.2 11B Vision, which needs a GPU and the weights) and
-   the ``gpu`` pool;
+2. prepares an Airflow home in ``var/airflow`` (SQLite metadata, migrated), the JSON
+   Variable ``receipts_config`` (``{"model": "ocr"}``, the CPU OCR preset, when it is not
+   set yet; the production default is Llama 3.2 11B Vision, which needs a GPU and the
+   weights) and the ``gpu`` pool. Folders are NOT stored in Variables (a moved checkout
+   would write to the old place): this process passes them as ``RECEIPT_*`` environment,
+   and without it the defaults (``var/...`` under the working folder) are the demo's own;
 3. runs the real ``receipts_daily`` DAG once with ``dag.test()`` for today's partition
    (the run whose data interval is [today, tomorrow) UTC);
 4. prints what landed in the warehouse (``var/warehouse.duckdb``).
@@ -73,27 +75,25 @@ def copy_samples(incoming: Path, day: dt.date, limit: int | None = None) -> list
     return copied
 
 
-# Variables the demo sets when they are missing, so `airflow dags test` / `airflow standalone`
-# on the same AIRFLOW_HOME run the same pipeline without any RECEIPT_* environment.
-DEMO_VARIABLES = {"receipts_source": "RECEIPT_SOURCE", "receipts_warehouse_url": "RECEIPT_WAREHOUSE_URL",
-                  "receipts_staging_dir": "RECEIPT_STAGING_DIR",
-                  "receipts_data_docs_dir": "RECEIPT_DATA_DOCS_DIR",
-                  "receipts_model_cache": "RECEIPT_MODEL_CACHE"}
+DEMO_CONFIG = {"model": "ocr"}  # no paths: they follow the checkout (RECEIPT_* / defaults)
 
 
 def prepare_airflow() -> None:
-    """Migrate the SQLite metadata DB, set the Variables that are unset (the extractor: the
-    CPU OCR preset), create the pool."""
-    from airflow.models import Variable
+    """Migrate the SQLite metadata DB, set the configuration Variable when no model is
+    configured (the CPU OCR preset), create the pool."""
+    # The metadata-DB model, not airflow.sdk.Variable: the SDK writes through a running
+    # task's supervisor, and this process is no task.
+    from airflow.models import Variable  # noqa: AIR311
     from airflow.models.pool import Pool
     from airflow.utils import db
 
+    from extractor.settings import CONFIG_VARIABLE, LEGACY_VARIABLES
+
     db.upgradedb()
-    if Variable.get("receipt_extractor", default_var=None) is None:
-        Variable.set("receipt_extractor", "ocr", description="embedded default: CPU OCR reader")
-    for key, env in DEMO_VARIABLES.items():
-        if Variable.get(key, default_var=None) is None:
-            Variable.set(key, os.environ[env], description="set by python -m extractor.demo")
+    names = (CONFIG_VARIABLE, LEGACY_VARIABLES["model"])
+    if all(Variable.get(name, default_var=None) is None for name in names):  # noqa: AIR311
+        Variable.set(CONFIG_VARIABLE, json.dumps(DEMO_CONFIG),  # noqa: AIR311
+                     description="embedded default (python -m extractor.demo): CPU OCR reader")
     Pool.create_or_update_pool("gpu", slots=1, description="extract tasks (one model per worker)",
                                include_deferred=False)
 
@@ -105,7 +105,7 @@ def run_dag(root: Path, day: dt.date, extractor: str | None):
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     dag = bag.get_dag("receipts_daily")
-    logical_date = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    logical_date = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     conf = {"extractor": extractor} if extractor else None
     return dag.test(logical_date=logical_date, run_conf=conf)
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     root = project_root()
     var = (args.var_dir or root / "var").absolute()
     settings = configure_environment(root, var, verbose=args.verbose)
-    day = args.date or dt.datetime.now(dt.timezone.utc).date()
+    day = args.date or dt.datetime.now(dt.UTC).date()
     files = copy_samples(Path(os.environ["RECEIPT_SOURCE"]), day, args.limit)
     print(f"{len(files)} receipts in {Path(os.environ['RECEIPT_SOURCE']) / f'dt={day}'}; "
           f"Airflow home {settings['AIRFLOW_HOME']}")

@@ -13,14 +13,15 @@ import json
 import re
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from extractor import normalize
-from extractor.errors import NormalizationError
+from extractor.errors import ConfigError, NormalizationError
 
 # label key in the dataset -> Receipt field
 FIELDS = {"company": "store_name", "address": "store_address", "date": "date", "total": "total"}
@@ -67,12 +68,12 @@ def _as_amount(value: Any) -> Decimal | None:
 def field_match(name: str, predicted: Any, label: Any) -> tuple[bool, bool]:
     """(exact, near) for one field; ``name`` is a dataset key (company/address/date/total)."""
     if name == "date":
-        p, l = _as_date(predicted), _as_date(label)
-        ok = p is not None and p == l
+        got, want = _as_date(predicted), _as_date(label)
+        ok = got is not None and got == want
         return ok, ok
     if name == "total":
-        p, l = _as_amount(predicted), _as_amount(label)
-        ok = p is not None and l is not None and p == l
+        got, want = _as_amount(predicted), _as_amount(label)
+        ok = got is not None and want is not None and got == want
         return ok, ok
     exact = normalize_text(predicted) == normalize_text(label) and normalize_text(label) != ""
     near = exact or (bool(normalize_text(predicted)) and similarity(predicted, label) >= NEAR_THRESHOLD)
@@ -184,16 +185,47 @@ class EvalReport:
 
 
 def load_labels(dataset_dir: str | Path, limit: int | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """(image path, label dict) pairs of a sroie-dev style folder, sorted by id."""
+    """(image path, label dict) pairs of a labelled folder, sorted by id. Two layouts:
+    sroie-dev's (``labels/X.json`` beside ``images/X.jpg``, or the label's ``image`` key) and
+    the bundled samples' (``X.jpg`` beside ``X.label.json`` in one folder)."""
     root = Path(dataset_dir)
-    pairs = []
-    for label_path in sorted((root / "labels").glob("*.json")):
-        label = json.loads(label_path.read_text())
-        image = root / label.get("image", f"images/{label_path.stem}.jpg")
-        pairs.append((image, label))
+    if not root.is_dir():
+        raise ConfigError(f"dataset {root}: no such folder")
+    if (root / "labels").is_dir():
+        pairs = [(root / label.get("image", f"images/{path.stem}.jpg"), label)
+                 for path, label in _read_labels(sorted((root / "labels").glob("*.json")))]
+    else:
+        pairs = [(_sibling_image(path), label)
+                 for path, label in _read_labels(sorted(root.glob("*.label.json")))]
     if not pairs:
-        raise FileNotFoundError(f"no labels/*.json under {root}")
+        raise ConfigError(f"dataset {root}: no labels (expected labels/*.json with images/, "
+                          f"or X.jpg beside X.label.json)")
+    missing = [str(image) for image, _ in pairs if not image.is_file()]
+    if missing:
+        raise ConfigError(f"dataset {root}: {len(missing)} labelled image(s) missing, first {missing[0]}")
     return pairs[:limit] if limit else pairs
+
+
+def _read_labels(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in paths:
+        try:
+            label = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"label {path} is not valid JSON: {exc}") from exc
+        if not isinstance(label, dict):
+            raise ConfigError(f"label {path} is not a JSON object")
+        out.append((path, label))
+    return out
+
+
+def _sibling_image(label_path: Path) -> Path:
+    """``X.label.json`` -> ``X.jpg`` (or the first ``X.<image suffix>`` present)."""
+    stem = label_path.name[: -len(".label.json")]
+    for suffix in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"):
+        if (label_path.parent / (stem + suffix)).is_file():
+            return label_path.parent / (stem + suffix)
+    return label_path.parent / f"{stem}.jpg"
 
 
 def predicted_fields(receipt) -> dict[str, Any]:
@@ -204,34 +236,26 @@ def predicted_fields(receipt) -> dict[str, Any]:
 
 
 def evaluate(backend, dataset_dir: str | Path, *, limit: int | None = None,
-             progress: Callable[[int, int], None] | None = None, batch_size: int | None = None
-             ) -> EvalReport:
+             progress: Callable[[int, int], None] | None = None, batch_size: int | None = None,
+             pairs: list[tuple[Path, dict[str, Any]]] | None = None) -> EvalReport:
     """Run ``backend`` over a labelled folder and score every field.
 
-    ``progress(done, total)`` is called after each batch (the CLI draws a bar with it).
+    ``progress(done, total)`` is called after each batch (the CLI draws a bar with it);
+    ``pairs``: the folder's ``load_labels`` when the caller has read them already.
     """
     from extractor.images import ReceiptInput
 
-    pairs = load_labels(dataset_dir, limit)
+    pairs = pairs if pairs is not None else load_labels(dataset_dir, limit)
     report = EvalReport(model=backend.version, dataset=str(dataset_dir))
     size = batch_size or getattr(getattr(backend, "spec", None), "batch_size", 8)
     t0 = time.perf_counter()
     for start in range(0, len(pairs), size):
         chunk = pairs[start:start + size]
         inputs = [ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p, _ in chunk]
-        for (path, label), result in zip(chunk, backend.extract(inputs)):
+        for (path, label), result in zip(chunk, backend.extract(inputs), strict=True):
             report.add(label.get("id", path.stem), predicted_fields(result.receipt), label,
                        reason=result.reason if result.status == "failed" else None)
         if progress is not None:
             progress(min(start + size, len(pairs)), len(pairs))
     report.seconds = time.perf_counter() - t0
-    return report
-
-
-def score_predictions(predictions: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
-                      model: str = "predictions", dataset: str = "") -> EvalReport:
-    """Score (id, predicted, label) triples without running a backend (cached OCR)."""
-    report = EvalReport(model=model, dataset=dataset)
-    for receipt_id, predicted, label in predictions:
-        report.add(receipt_id, predicted, label)
     return report

@@ -13,7 +13,6 @@ later checks cannot see, while a missing value is visible.
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from typing import Any
@@ -232,14 +231,3 @@ class _Parser:
             if self.truncated:  # a nested container ran to the end of the text
                 return result
             expect_item = False  # a missing comma is tolerated if the next item starts cleanly
-
-
-def loads_strict_or_repair(text: str) -> dict[str, Any]:
-    """``json.loads`` when the text is exactly one object, else ``extract_json``."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return extract_json(text)
-    if isinstance(value, dict):
-        return value
-    return extract_json(text)

@@ -19,6 +19,14 @@ Guarantees:
   for 22 GB); a file whose mtime changed is hashed again. A missing or changed file
   makes the next call download again (``verify="full"`` re-hashes everything).
 
+Pinned: a Hub revision that is a branch or tag (``main``) is first resolved to the commit
+sha it points to (``pin_revision``), so the cache entry, the download and the extractor
+version name one immutable snapshot; an upstream push is a new version, never a silent
+change.
+
+Rollback by environment (the migration guide's switch): ``LLAMA_MODEL_PATH`` set means the
+chosen model's weights are loaded from that folder, in place, whatever the spec's source.
+
 The returned directory is what the ``hf`` backend loads with ``local_files_only=True``.
 """
 
@@ -31,8 +39,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from extractor.errors import ModelSourceError
 from extractor.spec import ExtractorSpec
@@ -46,6 +55,10 @@ HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt
 HUB_IGNORE_PATTERNS = ["original/*", "*.pth", "*.bin", "*.msgpack", "*.h5", "*.onnx"]
 
 
+MODEL_PATH_ENV = "LLAMA_MODEL_PATH"
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
 def default_cache_dir() -> Path:
     """``$RECEIPT_MODEL_CACHE`` or ./var/models."""
     return Path(os.environ.get("RECEIPT_MODEL_CACHE", "./var/models"))
@@ -53,15 +66,20 @@ def default_cache_dir() -> Path:
 
 def ensure_model(spec: ExtractorSpec, cache_dir: str | os.PathLike | None = None, *,
                  token: str | None = None, s3_client: Any = None,
-                 hub_download: Callable[..., Any] | None = None,
+                 hub_download: Callable[..., Any] | None = None, hub_api: Any = None,
                  verify: Literal["quick", "full"] = "quick") -> Path | None:
     """The local directory holding ``spec``'s model (fetched if needed), or None (no weights).
 
-    ``hub_download`` defaults to ``huggingface_hub.snapshot_download`` (tests pass a
-    stand-in); ``token`` is the Hub token for gated repos such as Llama 3.2.
+    ``hub_download`` defaults to ``huggingface_hub.snapshot_download`` and ``hub_api`` to
+    ``huggingface_hub.HfApi()`` (tests pass stand-ins); ``token`` is the Hub token for gated
+    repos such as Llama 3.2. A branch revision is pinned to its commit first.
     """
     if spec.backend == "ocr":
         return None  # the OCR models ship inside the rapidocr wheel
+    override = model_path_override()
+    if override is not None:
+        return _use_local(override, verify)
+    spec = pin_revision(spec, token=token, hub_api=hub_api)
     source = (spec.source or "hf").strip()
     if source != "hf" and not source.startswith("s3://"):
         return _use_local(Path(source), verify)
@@ -83,6 +101,46 @@ def ensure_model(spec: ExtractorSpec, cache_dir: str | os.PathLike | None = None
             fetch = lambda tmp: _fetch_s3(source, tmp, s3_client)  # noqa: E731
         _download_atomically(target, fetch)
     return target
+
+
+def model_path_override() -> Path | None:
+    """The folder ``$LLAMA_MODEL_PATH`` names, or None when unset; a missing folder is an error."""
+    value = os.environ.get(MODEL_PATH_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ModelSourceError(f"{MODEL_PATH_ENV}={value}: no such model folder")
+    return path
+
+
+def needs_pinning(spec: ExtractorSpec) -> bool:
+    """Weights from the Hub at a branch or tag (not a commit), with no LLAMA_MODEL_PATH."""
+    return (spec.backend != "ocr" and (spec.source or "hf").strip() == "hf"
+            and not COMMIT_SHA.fullmatch(spec.revision or "main")
+            and not os.environ.get(MODEL_PATH_ENV, "").strip())
+
+
+def pin_revision(spec: ExtractorSpec, *, token: str | None = None, hub_api: Any = None) -> ExtractorSpec:
+    """``spec`` with its Hub revision (a branch or tag; None means "main") replaced by the
+    commit sha it points to now. Specs already on a sha, weights from S3 or a folder, and
+    the OCR reader come back unchanged, as does everything while ``LLAMA_MODEL_PATH`` is set."""
+    if not needs_pinning(spec):
+        return spec
+    revision = spec.revision or "main"
+    if hub_api is None:
+        from huggingface_hub import HfApi
+
+        hub_api = HfApi()
+    try:
+        sha = hub_api.model_info(spec.model_id, revision=revision, token=token).sha
+    except Exception as exc:  # the Hub client raises many types (HTTP, offline, gated, ...)
+        raise ModelSourceError(f"cannot resolve revision {revision!r} of {spec.model_id} to a commit "
+                               f"({type(exc).__name__}: {exc}); pin a commit sha in the spec") from exc
+    if not sha or not COMMIT_SHA.fullmatch(sha):
+        raise ModelSourceError(f"the Hub gave no commit sha for {spec.model_id}@{revision}: {sha!r}")
+    log.info("%s@%s is commit %s", spec.model_id, revision, sha)
+    return spec.model_copy(update={"revision": sha})
 
 
 def target_name(spec: ExtractorSpec) -> str:

@@ -13,13 +13,26 @@ from decimal import Decimal, InvalidOperation
 
 from extractor.errors import NormalizationError
 
-# ISO 4217 codes that receipts in practice carry; the symbol table maps the usual
-# printed forms onto them. Unknown three-letter codes are rejected, not guessed.
-ISO_4217 = frozenset(
-    "AED AUD BDT BGN BHD BRL CAD CHF CLP CNY COP CZK DKK EGP EUR GBP HKD HUF IDR ILS INR "
-    "ISK JOD JPY KES KRW KWD LKR MAD MXN MYR NGN NOK NZD OMR PEN PHP PKR PLN QAR RON RSD "
-    "RUB SAR SEK SGD THB TRY TWD UAH USD VND ZAR".split()
-)
+# Printed currency forms mapped onto ISO 4217 codes; a three-letter code not in ISO_4217
+# is rejected, not guessed.
+CURRENCIES_SINCE = date(2010, 1, 1)
+
+
+def _iso_4217_codes() -> frozenset[str]:
+    """ISO 4217 codes that were legal tender somewhere at any time since CURRENCIES_SINCE,
+    from the CLDR data Babel ships (so BGN, replaced by EUR in 2026, still reads on older
+    receipts; funds codes, metals and currencies retired before 2010 do not)."""
+    from babel.core import get_global
+    from babel.numbers import get_territory_currencies
+
+    codes: set[str] = set()
+    for territory in get_global("territory_currencies"):
+        codes.update(get_territory_currencies(territory, start_date=CURRENCIES_SINCE,
+                                              end_date=date.today(), tender=True))
+    return frozenset(codes)
+
+
+ISO_4217 = _iso_4217_codes()
 CURRENCY_ALIASES = {
     "RM": "MYR", "MYR": "MYR", "$": "USD", "US$": "USD", "USD": "USD", "€": "EUR",
     "EURO": "EUR", "EUROS": "EUR", "£": "GBP", "¥": "JPY", "₹": "INR", "RS": "INR",

@@ -1,7 +1,8 @@
 """Extractor specs and presets: which backend, model, revision and prompt to run.
 
-A spec is what the Airflow Variable ``receipt_extractor`` holds (a preset name, or a
-JSON object with ``preset`` and overrides, or a full spec). Its ``version`` string is
+A spec is what the ``model`` key of the configuration holds (``receipts.yaml`` for the CLI,
+the Airflow Variable ``receipts_config`` for the pipeline): a preset name, or an object with
+``preset`` and overrides, or with ``model_path`` (a local folder), or a full spec. Its ``version`` string is
 the lineage key: receipts are re-extracted when it changes and rows are keyed by it,
 so switching back to an earlier spec is a rollback.
 """
@@ -9,7 +10,8 @@ so switching back to an earlier spec is a rollback.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,7 +45,7 @@ class ExtractorSpec(BaseModel):
                             "'generate': plain transformers generate; 'auto' picks")
 
     @model_validator(mode="after")
-    def _check(self) -> "ExtractorSpec":
+    def _check(self) -> ExtractorSpec:
         if self.backend == "legacy-remote-code" and not self.trust_remote_code:
             raise ValueError("the legacy-remote-code backend runs the model repo's own code: "
                              "set trust_remote_code: true explicitly to allow it")
@@ -58,12 +60,16 @@ class ExtractorSpec(BaseModel):
         return f"{self.backend}:{self.model_id}@{self.revision or 'main'}{quant}:{self.prompt_version}"
 
 
-# Hub presets track "main"; production pins a commit sha through the Variable
-# ({"preset": ..., "revision": "<sha>"}) so a model update upstream is never silent.
+# The production preset is pinned to a commit (the newest snapshot of the repo found in public
+# references; the Hub cannot be reached from where this was written: check it with
+# ``huggingface_hub.model_info`` before a deploy). The others name a branch, which
+# ``model_store.pin_revision`` resolves to its commit before any download, so the extractor
+# version always names one immutable snapshot and an upstream push is never silent.
+LLAMA_11B_INSTRUCT_COMMIT = "9eb2daaa8597bf192a8b0e73f848f3a102794df5"
 PRESETS: dict[str, dict[str, Any]] = {
     "llama-3.2-11b-vision-instruct": dict(
         backend="hf", model_id="meta-llama/Llama-3.2-11B-Vision-Instruct",
-        revision="main", batch_size=32, max_new_tokens=512),
+        revision=LLAMA_11B_INSTRUCT_COMMIT, batch_size=32, max_new_tokens=512),
     "llama-3.2-11b-vision": dict(
         backend="hf", model_id="meta-llama/Llama-3.2-11B-Vision",
         revision="main", batch_size=32, max_new_tokens=512),
@@ -87,8 +93,10 @@ def resolve_spec(value: str | Mapping[str, Any] | ExtractorSpec | None,
                  overrides: Mapping[str, Any] | None = None) -> ExtractorSpec:
     """Turn a Variable value (preset name, JSON text or dict) plus overrides into a spec.
 
-    ``{"preset": "ocr", "batch_size": 4}`` starts from a preset; a dict without
-    ``preset`` must be a full spec. Overrides (DAG-run params for a backfill) win.
+    ``{"preset": "ocr", "batch_size": 4}`` starts from a preset; ``{"model_path": DIR, ...}``
+    loads the weights from a local folder (the production preset's model unless ``preset``
+    or ``backend`` says otherwise); any other dict must be a full spec. Overrides (DAG-run
+    params for a backfill) win.
     """
     if isinstance(value, ExtractorSpec):
         data: dict[str, Any] = value.model_dump()
@@ -106,6 +114,11 @@ def resolve_spec(value: str | Mapping[str, Any] | ExtractorSpec | None,
     else:
         data = dict(value)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    model_path = data.pop("model_path", None)
+    if model_path is not None:
+        data["source"] = str(model_path)
+        if "backend" not in data:
+            data.setdefault("preset", DEFAULT_PRESET)
     preset = data.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:

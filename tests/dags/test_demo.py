@@ -4,6 +4,7 @@ on the bundled samples with the OCR reader, and prints the warehouse."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,14 @@ def test_demo_runs_the_dag_and_prints_the_warehouse(tmp_path):
         assert name in text  # in the receipts table or the quarantine list
     assert (tmp_path / "var" / "warehouse.duckdb").is_file()
     assert (tmp_path / "var" / "incoming" / "dt=2026-03-01" / "X00016469619.jpg").is_file()
+    # the only Variable is the configuration, with the model and no paths (a moved checkout
+    # must not keep writing to the old place)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "var" / "airflow" / "airflow.db") as db:
+        variables = db.execute("SELECT key, val, is_encrypted FROM variable").fetchall()
+    assert [key for key, _, _ in variables] == ["receipts_config"]
+    value, encrypted = variables[0][1], variables[0][2]
+    assert str(tmp_path) not in value
+    if not encrypted:
+        assert json.loads(value) == {"model": "ocr"}

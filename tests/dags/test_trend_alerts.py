@@ -22,7 +22,7 @@ PLAN = [[(21, True), (22, True)], [(23, True), (24, True)], [(21, True), (25, Fa
 
 @pytest.mark.slow
 def test_a_falling_fill_rate_raises_a_trend_alert_on_the_fifth_run(pipeline, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_TREND_TOLERANCES", json.dumps(
+    monkeypatch.setenv("RECEIPT_TREND_TOLERANCES", json.dumps(
         {"min_receipts": 1, "min_runs": 3, "fill_rate_drop": 0.4, "throughput_drop": None}))
     gates = []
     for i, receipts in enumerate(PLAN):

@@ -370,6 +370,7 @@ def test_receipt_env_names_exist_in_the_code(services):
 
 def test_connections_are_the_ids_the_code_uses(services):
     from airflow.models.connection import Connection
+
     from extractor.pipeline import config
 
     known = code_connection_ids()
@@ -396,8 +397,9 @@ def test_init_files_match_the_dag_and_the_code(extract_task):
     variables = json.loads((REPO / "deploy" / "variables.json").read_text())
     strings = code_string_constants()
     assert set(variables) <= strings, f"Variables no code reads: {set(variables) - strings}"
-    resolve_spec(variables["receipt_extractor"])
-    Thresholds.from_dict(variables.get("receipts_thresholds"))
+    config = variables["receipts_config"]  # one JSON Variable (extractor.settings.KEYS)
+    assert len(resolve_spec(config["model"]).revision) == 40, "deploy pins a commit sha"
+    Thresholds.from_dict(config.get("thresholds"))
     pools = json.loads((REPO / "deploy" / "pools.json").read_text())
     assert pools[extract_task.pool]["slots"] >= 1
 

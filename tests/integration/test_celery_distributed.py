@@ -146,9 +146,10 @@ def test_receipts_daily_on_celery_routes_extraction_to_the_gpu_worker(tmp_path, 
             (pools["gpu"]["slots"],)]
         # ... an operator switches the model (here to the OCR reader), and a restart of the
         # stack runs airflow-init again: the switch must survive it.
-        cluster.airflow("variables", "set", "receipt_extractor", json.dumps(extractor))
+        switched = {**json.loads(cluster.variable("receipts_config")), "model": extractor}
+        cluster.airflow("variables", "set", "receipts_config", json.dumps(switched))
         _run_init(cluster)
-        assert json.loads(cluster.variable("receipt_extractor")) == extractor
+        assert json.loads(cluster.variable("receipts_config"))["model"] == extractor
         phases.mark("init twice + model switch")
 
         cluster.start("api-server", "api-server", "--port", str(cluster.api_port), "--workers", "1")

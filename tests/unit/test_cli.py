@@ -26,8 +26,10 @@ def test_batch_writes_jsonl_csv_and_summary(tmp_path):
     inp.mkdir()
     shutil.copy(SAMPLE, inp / "good.jpg")
     (inp / "broken.jpg").write_bytes(b"not a jpeg")
-    assert main(["batch", "--input-dir", str(inp), "--output-dir", str(tmp_path / "out"), "--model", "ocr"]) == 0
-    lines = [json.loads(l) for l in (tmp_path / "out" / "receipts.jsonl").read_text().splitlines()]
+    # exit 1: a receipt failed (the outputs are still written)
+    out = str(tmp_path / "out")
+    assert main(["batch", "--input-dir", str(inp), "--output-dir", out, "--model", "ocr"]) == 1
+    lines = [json.loads(line) for line in (tmp_path / "out" / "receipts.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in lines) == ["failed", "ok"]
     assert "not an image" in next(r["reason"] for r in lines if r["status"] == "failed")
     csv_rows = (tmp_path / "out" / "receipts.csv").read_text().splitlines()
@@ -66,8 +68,20 @@ def test_presets_lists_every_preset(capsys):
     assert "llama-3.2-90b-vision-instruct" in capsys.readouterr().out
 
 
-def test_unknown_preset_is_a_clear_error():
+def test_unknown_preset_is_a_clear_error(capsys):
+    assert main(["extract", str(SAMPLE), "--model", "gpt-17"]) == 2
+    assert "unknown extractor preset 'gpt-17'" in capsys.readouterr().err
     from extractor.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown extractor preset"):
-        main(["extract", str(SAMPLE), "--model", "gpt-17"])
+    with pytest.raises(ConfigError, match="unknown extractor preset"):  # --debug: the exception
+        main(["--debug", "extract", str(SAMPLE), "--model", "gpt-17"])
+
+
+def test_eval_reads_the_bundled_samples_layout(tmp_path, capsys):
+    """X.jpg beside X.label.json in one folder (include/extractor/samples/receipts)."""
+    out = tmp_path / "eval"
+    assert main(["eval", "--dataset", str(SAMPLES), "--model", "ocr", "--output-dir", str(out),
+                 "--limit", "2"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["receipts"] == 2 and report["failed"] == 0
+    assert [row["id"] for row in report["rows"]] == sorted(p.stem for p in SAMPLES.glob("*.jpg"))[:2]

@@ -8,10 +8,10 @@ import hashlib
 
 import pytest
 
-from extractor.pipeline import config as cfgmod
+from extractor.pipeline import config
 from extractor.pipeline.sources import discovery
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _t(*args) -> dt.datetime:
@@ -111,31 +111,31 @@ def test_config_variables_win_over_env_and_defaults(tmp_path, monkeypatch):
     variables = {"receipts_source": "s3://bucket/incoming", "receipts_thresholds": '{"min_rows": 1}',
                  "receipts_staging_dir": None, "receipts_data_docs_dir": "none"}
 
-    cfg = cfgmod.load_config(variables.get)
+    cfg = config.load_config(variables.get)
 
     assert cfg.source == "s3://bucket/incoming" and cfg.source_is_s3
-    assert cfg.staging_dir == cfgmod.Path("/shared/staging")
+    assert cfg.staging_dir == config.Path("/shared/staging")
     assert cfg.warehouse_url == f"duckdb:///{tmp_path / 'var' / 'warehouse.duckdb'}"
     assert cfg.thresholds == {"min_rows": 1} and cfg.data_docs_dir is None
     assert cfg.batches_per_task == 4 and cfg.staging_retention_days == 30
-    assert cfgmod.load_config(variables.get, warehouse_conn_exists=True).warehouse_url is None
+    assert config.load_config(variables.get, warehouse_conn_exists=True).warehouse_url is None
     monkeypatch.setenv("RECEIPT_STAGING_RETENTION_DAYS", "0")
-    assert cfgmod.load_config(variables.get).staging_retention_days == 0  # 0 keeps everything
+    assert config.load_config(variables.get).staging_retention_days == 0  # 0 keeps everything
 
 
 def test_config_rejects_bad_json(monkeypatch):
     from extractor.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        cfgmod.load_config({"receipts_thresholds": "[1, 2]"}.get)
+        config.load_config({"receipts_thresholds": "[1, 2]"}.get)
 
 
 @pytest.mark.parametrize("value", ["-1", "a week", "7.5"])
 def test_config_rejects_bad_retention(value):
     from extractor.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="receipts_staging_retention_days"):
-        cfgmod.load_config({"receipts_staging_retention_days": value}.get)
+    with pytest.raises(ConfigError, match="staging_retention_days"):
+        config.load_config({"receipts_staging_retention_days": value}.get)
 
 
 def test_s3_objects_with_a_stored_sha256_are_not_read_at_discovery(s3):
@@ -165,5 +165,6 @@ def test_s3_objects_with_a_stored_sha256_are_not_read_at_discovery(s3):
     assert sorted(gets) == [part + "b.jpg", part + "c.jpg"]  # a.jpg was not read
     assert found.ids_from_checksum == 1
     # what discovery trusted is what extract will read
-    assert discovery.s3_sha256(s3, "s3://landing/" + part + "a.jpg") == hashlib.sha256(bodies["a.jpg"]).hexdigest()
+    trusted = discovery.s3_sha256(s3, "s3://landing/" + part + "a.jpg")
+    assert trusted == hashlib.sha256(bodies["a.jpg"]).hexdigest()
     assert discovery.s3_sha256(s3, "s3://landing/" + part + "b.jpg") is None

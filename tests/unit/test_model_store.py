@@ -16,10 +16,11 @@ from extractor.model_store import MANIFEST, default_cache_dir, ensure_model, tar
 from extractor.spec import resolve_spec
 
 BUCKET = "models"
+SHA = "abc123" + "0" * 34  # a pinned commit: no Hub lookup
 
 
 def _spec(**kw):
-    base = {"backend": "hf", "model_id": "meta-llama/Tiny-Vision", "revision": "abc123"}
+    base = {"backend": "hf", "model_id": "meta-llama/Tiny-Vision", "revision": SHA}
     return resolve_spec({**base, **kw})
 
 
@@ -55,9 +56,9 @@ def test_hub_download_once_into_revision_named_dir_with_manifest(tmp_path):
     calls = tmp_path / "calls.jsonl"
     spec = _spec()
     path = ensure_model(spec, tmp_path / "cache", token="hf_x", hub_download=_hub(calls))
-    assert path == tmp_path / "cache" / "meta-llama--Tiny-Vision@abc123"
+    assert path == tmp_path / "cache" / f"meta-llama--Tiny-Vision@{SHA}"
     (call,) = _calls(calls)
-    assert (call["repo_id"], call["revision"], call["token"]) == ("meta-llama/Tiny-Vision", "abc123", "hf_x")
+    assert (call["repo_id"], call["revision"], call["token"]) == ("meta-llama/Tiny-Vision", SHA, "hf_x")
     assert "*.safetensors" in call["allow"] and "*.py" not in call["allow"]
     assert "original/*" in call["ignore"]
     assert Path(call["local_dir"]).parent == path.parent and Path(call["local_dir"]) != path  # temp sibling
@@ -73,7 +74,7 @@ def test_hub_download_once_into_revision_named_dir_with_manifest(tmp_path):
 
 def test_remote_code_models_also_fetch_python_files(tmp_path):
     calls = tmp_path / "calls.jsonl"
-    spec = resolve_spec({"preset": "llamavision-1b-legacy", "revision": "r1"})
+    spec = resolve_spec({"preset": "llamavision-1b-legacy", "revision": SHA})
     ensure_model(spec, tmp_path, hub_download=_hub(calls))
     assert "*.py" in _calls(calls)[0]["allow"]
 
@@ -178,7 +179,7 @@ def test_ocr_needs_no_weights_and_cache_dir_comes_from_env(tmp_path, monkeypatch
 def test_target_names_are_safe_and_distinguish_s3_prefixes():
     a = target_name(_spec(source="s3://b/models/v1"))
     b = target_name(_spec(source="s3://b/models/v2"))
-    assert a != b and "/" not in a and a.startswith("meta-llama--Tiny-Vision@abc123-")
+    assert a != b and "/" not in a and a.startswith("meta-llama--Tiny-Vision@" + SHA + "-")
     assert target_name(_spec(revision=None)) == "meta-llama--Tiny-Vision@main"
 
 
@@ -244,6 +245,69 @@ def test_s3_errors_are_model_source_errors(s3, tmp_path):
 def test_real_snapshot_download_offline_is_a_model_source_error(tmp_path):
     """The real huggingface_hub client, in the suite's offline mode (HF_HUB_OFFLINE=1):
     nothing cached, so it must fail as a run-level ModelSourceError and leave nothing."""
-    with pytest.raises(ModelSourceError, match="cannot download meta-llama/Tiny-Vision@abc123"):
+    with pytest.raises(ModelSourceError, match=f"cannot download meta-llama/Tiny-Vision@{SHA}"):
         ensure_model(_spec(), tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+# --- pinning a branch to its commit: the Hub call is MOCKED (no network here) ----------
+class FakeHubApi:
+    """Stands in for ``huggingface_hub.HfApi`` (the Hub cannot be reached from the tests):
+    ``model_info`` answers a fixed commit for a branch, as the Hub does."""
+
+    def __init__(self, sha="0123456789abcdef0123456789abcdef01234567", fail=None):
+        self.sha, self.fail, self.calls = sha, fail, []
+
+    def model_info(self, repo_id, revision=None, token=None):
+        self.calls.append((repo_id, revision, token))
+        if self.fail:
+            raise self.fail
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sha=self.sha)
+
+
+def test_a_branch_is_pinned_to_its_commit_before_download(tmp_path):
+    from extractor.model_store import pin_revision
+
+    api, calls = FakeHubApi(), tmp_path / "calls.jsonl"
+    spec = _spec(revision="main")
+    pinned = pin_revision(spec, token="hf_x", hub_api=api)
+    assert pinned.revision == api.sha and api.calls == [("meta-llama/Tiny-Vision", "main", "hf_x")]
+    assert pinned.version == f"hf:meta-llama/Tiny-Vision@{api.sha}:v1" != spec.version
+    path = ensure_model(spec, tmp_path, hub_download=_hub(calls), hub_api=api)
+    assert path.name == f"meta-llama--Tiny-Vision@{api.sha}"  # the cache entry names the commit
+    assert _calls(calls)[0]["revision"] == api.sha  # and the download asks for the commit
+    assert pin_revision(pinned, hub_api=api) is pinned  # a sha is not looked up again
+    assert len(api.calls) == 2  # once by pin_revision above, once inside ensure_model
+
+
+def test_specs_that_need_no_pinning_do_not_call_the_hub(tmp_path):
+    from extractor.model_store import pin_revision
+
+    api = FakeHubApi(fail=AssertionError("no Hub call expected"))
+    for spec in (resolve_spec("ocr"), _spec(source="s3://b/m/v1", revision="v1"),
+                 _spec(source=str(tmp_path), revision="main")):
+        assert pin_revision(spec, hub_api=api) is spec
+
+
+def test_an_unresolvable_branch_is_a_model_source_error():
+    from extractor.model_store import pin_revision
+
+    with pytest.raises(ModelSourceError, match="cannot resolve revision 'main' .* pin a commit sha"):
+        pin_revision(_spec(revision="main"), hub_api=FakeHubApi(fail=OSError("offline")))
+
+
+# --- LLAMA_MODEL_PATH: rollback by environment ---------------------------------------
+def test_llama_model_path_loads_the_chosen_model_from_that_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "llama-previous"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setenv("LLAMA_MODEL_PATH", str(folder))
+    api = FakeHubApi(fail=AssertionError("no Hub call while LLAMA_MODEL_PATH is set"))
+    assert ensure_model(_spec(revision="main"), tmp_path / "cache", hub_api=api) == folder
+    assert not (tmp_path / "cache").exists()
+    assert ensure_model(resolve_spec("ocr"), tmp_path) is None  # no weights: nothing to load
+    monkeypatch.setenv("LLAMA_MODEL_PATH", str(tmp_path / "gone"))
+    with pytest.raises(ModelSourceError, match=r"^LLAMA_MODEL_PATH=.*gone: no such model folder$"):
+        ensure_model(_spec(), tmp_path / "cache")

@@ -21,7 +21,8 @@ def lines_from_text(text: str, width: int = 480):
         for i, run in enumerate(runs):
             w = 12 * len(run)
             x = width - w if (i == len(runs) - 1 and len(runs) > 1) else 10 + 200 * i
-            out.append(OcrBox(points=((x, y), (x + w, y), (x + w, y + 22), (x, y + 22)), text=run, score=0.98))
+            out.append(OcrBox(points=((x, y), (x + w, y), (x + w, y + 22), (x, y + 22)), text=run,
+                              score=0.98))
     return rebuild_lines(out)
 
 
@@ -93,18 +94,18 @@ def test_date_formats(line, expected):
 
 def test_an_address_candidate_ends_before_contact_details():
     # "Mobile / Whatsapps" and HOTLINE end an address like TEL does (parser-v3)
-    from extractor.ocr import features as F
+    from extractor.ocr import features
 
     lines = lines_from_text("""
 SANYU STATIONERY SHOP
 NO. 31G&33G, JALAN SETIA INDAH X ,U13/X 40170 SETIA ALAM Mobile /Whatsapps : +6012-918 7937
 INVOICE NO 123
 """)
-    page = F.Page.of(lines)
-    values = {c.value for c in F.address_candidates(page, [0])}
+    page = features.Page.of(lines)
+    values = {c.value for c in features.address_candidates(page, [0])}
     assert "NO. 31G&33G, JALAN SETIA INDAH X ,U13/X 40170 SETIA ALAM" in values
-    cut = [c for c in F.address_candidates(page, [0])
+    cut = [c for c in features.address_candidates(page, [0])
            if c.value == "NO. 31G&33G, JALAN SETIA INDAH X ,U13/X 40170 SETIA ALAM"]
     assert cut[0].extra["features"]["value_contact"] == 0.0
-    whole = [c for c in F.address_candidates(page, [0]) if "Whatsapps" in c.value]
+    whole = [c for c in features.address_candidates(page, [0]) if "Whatsapps" in c.value]
     assert whole and all(c.extra["features"]["value_contact"] == 1.0 for c in whole)

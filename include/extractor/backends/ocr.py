@@ -19,12 +19,10 @@ from extractor.backends.base import Backend
 from extractor.errors import ConfigError, ParseError
 from extractor.ocr import PARSER_VERSION
 from extractor.ocr.engine import OcrBox, OcrSettings, build_engine, run_ocr
-from extractor.ocr.layout import Line, lines_text, rebuild_lines
+from extractor.ocr.layout import MIN_BOX_SCORE, Line, lines_text, rebuild_lines
 from extractor.ocr.parser import parse_receipt
 from extractor.schema import Receipt
 from extractor.spec import ExtractorSpec
-
-MIN_BOX_SCORE = 0.3  # boxes the recogniser is less sure of are mostly stains and logos
 
 
 @dataclass

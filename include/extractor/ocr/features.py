@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
+from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from statistics import median
-from typing import Sequence
 
-from extractor.ocr import patterns as P
+from extractor.ocr import patterns
 from extractor.ocr.layout import Line
 from extractor.ocr.parser import Candidate
 
@@ -33,15 +33,16 @@ _REG_TAIL = re.compile(r"[\s(\[]*(?:CO\.?\s*)?(?:REG\.?|RFG|NO\.?|ROC)?\s*[:.]?\
                        r"[A-Z]{0,3}\d{4,}[\s\-‐·.]?[A-Z]?\s*\)?.*$", re.IGNORECASE)
 _LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")
 _AFTER_SUFFIX = re.compile(r"^(.*\b(?:SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING|CO\.)\.?)(.*)$", re.IGNORECASE)
-_OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*", re.IGNORECASE)
-_STOP_TAIL = re.compile(r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b.*$",
-                        re.IGNORECASE)
+_OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*",
+                       re.IGNORECASE)
+_STOP_TAIL = re.compile(
+    r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b.*$", re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
                      r"PULAU PINANG|SABAH|SARAWAK|NEGERI SEMBILAN|KELANTAN|TERENGGANU|PERLIS|"
                      r"D\.?\s?E\.?|DARUL EHSAN|DARUL TAKZIM|WILAYAH PERSEKUTUAN|W\.?P\.?)\b", re.IGNORECASE)
-_ADDR_WORDS = re.compile(r"\b(" + "|".join(re.escape(w.strip()) for w in P.ADDRESS_WORDS) + r")\b",
+_ADDR_WORDS = re.compile(r"\b(" + "|".join(re.escape(w.strip()) for w in patterns.ADDRESS_WORDS) + r")\b",
                          re.IGNORECASE)
 
 
@@ -57,7 +58,7 @@ class Page:
     line_height: float
 
     @classmethod
-    def of(cls, lines: Sequence[Line]) -> "Page":
+    def of(cls, lines: Sequence[Line]) -> Page:
         return cls(lines=lines, x0=min(ln.x0 for ln in lines), x1=max(ln.x1 for ln in lines),
                    y0=min(ln.y0 for ln in lines), y1=max(ln.y1 for ln in lines),
                    line_height=median(ln.height for ln in lines) or 1.0)
@@ -96,19 +97,19 @@ def line_features(page: Page, i: int) -> dict[str, float]:
         "boxes": min(len(ln.boxes), 4) / 4, "score": ln.score,
         "suffix": float(bool(_STRONG_SUFFIX.search(up))),
         "suffix_end": float(bool(re.search(r"(SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING)\W*$", up))),
-        "company_word": float(any(w in up for w in P.COMPANY_SUFFIXES)),
-        "reg": float(bool(P.REGISTRATION_RE.search(text))),
+        "company_word": float(any(w in up for w in patterns.COMPANY_SUFFIXES)),
+        "reg": float(bool(patterns.REGISTRATION_RE.search(text))),
         "addr_words": min(len(_ADDR_WORDS.findall(up)), 3) / 3,
-        "postcode": float(bool(P.POSTCODE_RE.search(up))),
+        "postcode": float(bool(patterns.POSTCODE_RE.search(up))),
         "state": float(bool(_STATES.search(up))),
-        "stop": float(bool(P.ADDRESS_STOP_RE.search(up))),
-        "contact": float(bool(P.CONTACT_RE.search(up))),
+        "stop": float(bool(patterns.ADDRESS_STOP_RE.search(up))),
+        "contact": float(bool(patterns.CONTACT_RE.search(up))),
         "phone": float(bool(re.search(r"\d{2,3}-?\s?\d{3,4}\s?\d{3,4}", up)) and "TEL" in up),
         "starts_no": float(bool(re.match(r"\s*(NO|LOT|G|B|UNIT|\d)", up))),
         "ends_comma": float(text.rstrip().endswith(",")),
         "noise": float(_letters(text) < 3),
-        "amount": float(bool(P.amounts_in(text))),
-        "date": float(bool(P.DATE_RE.search(text))),
+        "amount": float(bool(patterns.amounts_in(text))),
+        "date": float(bool(patterns.DATE_RE.search(text))),
     }
 
 
@@ -134,7 +135,7 @@ def company_candidates(page: Page) -> list[Candidate]:
             cut = _REG_TAIL.sub("", span[-1].text).strip()
             if cut and cut != span[-1].text.strip() and _letters(cut) >= 2:
                 variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0, 0.0))
-            for value, trimmed, _ in list(variants):
+            for value, _trimmed, _ in list(variants):
                 tail = _AFTER_SUFFIX.match(value)  # "YONG CEN ENTERPRISE POSTED", "... SDN BHD (1"
                 if tail and tail.group(2).strip() and len(tail.group(2).strip()) <= 12:
                     variants.append((tail.group(1).strip(), 1.0, 0.0))
@@ -147,7 +148,7 @@ def company_candidates(page: Page) -> list[Candidate]:
             for value, trimmed, lead_trimmed in variants:
                 if _letters(value) < 2:
                     continue
-                f = _span_features(page, i, j, cache, "c")
+                f = _span_features(page, i, j, cache)
                 f["trimmed"] = trimmed
                 f["lead_trimmed"] = lead_trimmed
                 f["first_text_line"] = float(i == first_text_line)
@@ -160,7 +161,7 @@ def company_candidates(page: Page) -> list[Candidate]:
     return out
 
 
-def _span_features(page: Page, i: int, j: int, cache, prefix: str) -> dict[str, float]:
+def _span_features(page: Page, i: int, j: int, cache) -> dict[str, float]:
     first, last = _neighbour(page, i, cache), _neighbour(page, j - 1, cache)
     inner = [_neighbour(page, k, cache) for k in range(i, j)]
     before, after = _neighbour(page, i - 1, cache), _neighbour(page, j, cache)
@@ -191,7 +192,7 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
             span = page.lines[i:j]
             if i < company_end and j > company_start:
                 continue  # the address does not overlap the chosen store name
-            if any(P.amounts_in(ln.text) or P.DATE_RE.search(ln.text) for ln in span[1:-1]):
+            if any(patterns.amounts_in(ln.text) or patterns.DATE_RE.search(ln.text) for ln in span[1:-1]):
                 break  # an amount or a date inside: items or the receipt details, not an address
             text = " ".join(ln.text for ln in span)
             variants = [(text, 0.0)]
@@ -199,15 +200,15 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
             if cut and cut != span[-1].text.strip():
                 variants.append((" ".join([ln.text for ln in span[:-1]] + [cut]), 1.0))
             for value, trimmed in variants:
-                f = _span_features(page, i, j, cache, "a")
+                f = _span_features(page, i, j, cache)
                 gap = i - company_end
                 f.update({"trimmed": trimmed, "after_company": float(gap == 0),
                           "gap1": float(gap == 1), "gap_more": float(gap > 1),
                           "above_company": float(j <= company_start),
                           "value_postcode_end": float(bool(re.search(r"\d{5}\W*(\w+\W*){0,4}$", value))),
                           "value_state": float(bool(_STATES.search(value.upper()))),
-                          "value_stop": float(bool(P.ADDRESS_STOP_RE.search(value.upper()))),
-                          "value_contact": float(bool(P.CONTACT_RE.search(value))),
+                          "value_stop": float(bool(patterns.ADDRESS_STOP_RE.search(value.upper()))),
+                          "value_contact": float(bool(patterns.CONTACT_RE.search(value))),
                           "value_len": min(len(value), 160) / 160})
                 out.append(Candidate(value=value, line=i, text=value, ocr_score=min(ln.score for ln in span),
                                      extra={"lines": list(range(i, j)), "features": f}))
@@ -216,12 +217,15 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 # --- total ---------------------------------------------------------------------------
 _KW = {
-    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T", "kw_round": r"ROUND",
+    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T",
+    "kw_round": r"ROUND",
     "kw_rounded": r"ROUNDED|ROUNDING\s*TOTAL|TOTAL\s*ROUND", "kw_adj": r"ADJ",
-    "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE", "kw_excl": r"EXCL|EXCLUSIVE|BEFORE",
+    "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE",
+    "kw_excl": r"EXCL|EXCLUSIVE|BEFORE",
     "kw_gst": r"GST|SST|TAX|VAT", "kw_cash": r"CASH|TUNAI", "kw_change": r"CHANGE|BAKI|BALANCE",
     "kw_tender": r"TENDER|PAID|PAYMENT|VISA|MASTER|CARD|CREDIT|DEBIT", "kw_qty": r"QTY|QUANTITY|ITEM|PCS",
-    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT", "kw_due": r"DUE|PAYABLE|TO BE PAID|TO PAY",
+    "kw_disc": r"DISC|SAVING|VOUCHER|LESS", "kw_amount": r"AMOUNT|AMT",
+    "kw_due": r"DUE|PAYABLE|TO BE PAID|TO PAY",
     "kw_rm": r"\bRM|MYR", "kw_price": r"PRICE|@|\bX\b",
 }
 _KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _KW.items()}
@@ -259,13 +263,15 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
         ln = page.lines[c.line]
         own = ln.text
         prev = page.lines[c.line - 1].text if c.line > 0 else ""
-        amounts_here = P.amounts_in(own)
+        amounts_here = patterns.amounts_in(own)
         rank = values.index(c.value)
-        f = {"bias": 1.0, "y": (ln.y0 - page.y0) / page.height, "from_bottom": min(n_lines - 1 - c.line, 30) / 30,
+        f = {"bias": 1.0, "y": (ln.y0 - page.y0) / page.height,
+             "from_bottom": min(n_lines - 1 - c.line, 30) / 30,
              "height": ln.height / page.line_height, "right": (ln.x1 - page.x0) / page.width,
              "rank0": float(rank == 0), "rank1": float(rank == 1), "rank2": float(rank == 2),
              "log_value": math.log1p(float(abs(c.value))) / 8, "zero": float(c.value == 0),
-             "count": min(counts[c.value], 5) / 5, "last_in_line": float(c.extra["position_in_line"] == len(amounts_here) - 1),
+             "count": min(counts[c.value], 5) / 5,
+             "last_in_line": float(c.extra["position_in_line"] == len(amounts_here) - 1),
              "n_in_line": min(len(amounts_here), 4) / 4, "own_label": float(c.extra["own_label"]),
              "cash_minus_change": float(c.value in paid_minus_change),
              "round5": float(int(c.value * 100) % 5 == 0), "score": c.ocr_score,
@@ -273,7 +279,8 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "last_total_line": float(bool(total_lines) and c.line == max(total_lines)),
              "first_total_line": float(bool(total_lines) and c.line == min(total_lines)),
              "no_letters": float(_letters(own) <= 2),
-             "rounds_other": float(c.value in rounds_other), "has_rounded_twin": float(c.value in has_rounded_twin)}
+             "rounds_other": float(c.value in rounds_other),
+             "has_rounded_twin": float(c.value in has_rounded_twin)}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
         c.extra["features"] = f
@@ -292,9 +299,10 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
         f = {"bias": 1.0, "y": (page.lines[c.line].y0 - page.y0) / page.height,
              "first": float(k == 0), "first_line": float(c.line == first_line),
              "count": min(counts[c.value], 4) / 4, "kw_date": float("DATE" in own or "TARIKH" in own),
-             "prev_date": float("DATE" in prev), "has_time": float(bool(P.TIME_RE.search(own))),
+             "prev_date": float("DATE" in prev), "has_time": float(bool(patterns.TIME_RE.search(own))),
              "kw_due": float(bool(re.search(r"DUE|EXP|VALID|PRINT", own))),
-             "iso": float(bool(re.match(r"\d{4}", c.text))), "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
+             "iso": float(bool(re.match(r"\d{4}", c.text))),
+             "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
              "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
              "compact": float(bool(c.extra.get("compact"))), "score": c.ocr_score}
         c.extra["features"] = f

@@ -9,9 +9,9 @@ ordered left to right. Everything is plain Python: a receipt has a few dozen box
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import median
-from typing import Sequence
 
 from extractor.ocr.engine import OcrBox
 
@@ -73,7 +73,7 @@ class Line:
     def score(self) -> float:
         """Character-weighted mean recognition score of the line's boxes."""
         weights = [max(len(b.text), 1) for b in self.boxes]
-        return sum(b.score * w for b, w in zip(self.boxes, weights)) / sum(weights)
+        return sum(b.score * w for b, w in zip(self.boxes, weights, strict=True)) / sum(weights)
 
 
 def estimate_skew(boxes: Sequence[OcrBox]) -> float:
@@ -149,6 +149,9 @@ def group_lines(placed: Sequence[PlacedBox], min_overlap: float = 0.5) -> list[L
     for i, line in enumerate(lines):
         line.index = i
     return lines
+
+
+MIN_BOX_SCORE = 0.3  # boxes the recogniser is less sure of are mostly stains and logos
 
 
 def rebuild_lines(boxes: Sequence[OcrBox], min_score: float = 0.0) -> list[Line]:

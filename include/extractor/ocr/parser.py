@@ -8,13 +8,14 @@ rule; which candidate wins is decided by the learned line picker
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any
 
 from extractor import normalize
 from extractor.errors import NormalizationError
-from extractor.ocr import patterns as P
+from extractor.ocr import patterns
 from extractor.ocr.layout import Line
 from extractor.ocr.lexicon import correct_text
 
@@ -44,20 +45,20 @@ def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
     cannot hide the real date."""
     out = []
     for ln in lines:
-        text = P.GLUED_TIME_RE.sub(r"\1 \2", ln.text)  # "16-04-201814:51": OCR dropped the space
+        text = patterns.GLUED_TIME_RE.sub(r"\1 \2", ln.text)  # "16-04-201814:51": OCR dropped the space
         pos, seen = 0, set()
-        while (m := P.DATE_RE.search(text, pos)) is not None:
+        while (m := patterns.DATE_RE.search(text, pos)) is not None:
             pos = m.start() + 1
             raw = m.group(0)
             try:
-                value = normalize.parse_date(P.re.sub(r"\s*([-/.])\s*", r"\1", raw), day_first=True)
+                value = normalize.parse_date(patterns.re.sub(r"\s*([-/.])\s*", r"\1", raw), day_first=True)
             except NormalizationError:
                 continue
             if value is None or not 1990 <= value.year <= 2035 or m.start() in seen:
                 continue
             seen.add(m.start())
             out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score))
-        for m in P.COMPACT_DATE_RE.finditer(text):  # "27032018" printed without separators
+        for m in patterns.COMPACT_DATE_RE.finditer(text):  # "27032018" printed without separators
             try:
                 value = normalize.parse_date(m.group(1), day_first=True)
             except NormalizationError:
@@ -72,9 +73,9 @@ def total_candidates(lines: Sequence[Line]) -> list[Candidate]:
     """Amounts on lines that name a total (or on the line just below such a label)."""
     out = []
     for i, ln in enumerate(lines):
-        for j, amount in enumerate(P.amounts_in(ln.text)):
+        for j, amount in enumerate(patterns.amounts_in(ln.text)):
             label = ln.text
-            if i > 0 and not P.TOTAL_WORDS_RE.search(ln.text):
+            if i > 0 and not patterns.TOTAL_WORDS_RE.search(ln.text):
                 label = lines[i - 1].text + " | " + ln.text  # "TOTAL" printed above its amount
             out.append(Candidate(value=Decimal(amount), line=ln.index, text=label,
                                  ocr_score=ln.score, extra={"position_in_line": j,
@@ -88,13 +89,13 @@ def naive_total(cands: Sequence[Candidate]) -> Candidate | None:
     for c in cands:
         own = c.text.split("|")[-1].upper()
         label = c.text.upper()
-        if not P.TOTAL_WORDS_RE.search(label):
+        if not patterns.TOTAL_WORDS_RE.search(label):
             continue
-        if P.ADJUSTMENT_RE.search(own) and not P.re.search(r"TOTAL", own):
+        if patterns.ADJUSTMENT_RE.search(own) and not patterns.re.search(r"TOTAL", own):
             continue  # "ROUNDING ADJ -0.01", "CASH 50.00", "CHANGE 0.00"
-        if P.NOT_TOTAL_RE.search(own) and not P.ROUNDED_RE.search(own):
+        if patterns.NOT_TOTAL_RE.search(own) and not patterns.ROUNDED_RE.search(own):
             continue
-        c.score = 2.0 if P.ROUNDED_RE.search(label) else 1.0
+        c.score = 2.0 if patterns.ROUNDED_RE.search(label) else 1.0
         scored.append(c)
     if scored:
         # the last strong total line on the page (rounded / nett totals come last)
@@ -111,7 +112,7 @@ def naive_date(cands: Sequence[Candidate], lines: Sequence[Line]) -> Candidate |
 
 def _is_noise(text: str) -> bool:
     letters = sum(ch.isalpha() for ch in text)
-    return letters < 3 or P.REGISTRATION_RE.search(text) is not None
+    return letters < 3 or patterns.REGISTRATION_RE.search(text) is not None
 
 
 def naive_company(lines: Sequence[Line]) -> list[int]:
@@ -127,11 +128,11 @@ def naive_address(lines: Sequence[Line], company: list[int]) -> list[int]:
     picked: list[int] = []
     for ln in lines[start:start + 8]:
         text = ln.text.upper()
-        if P.ADDRESS_STOP_RE.search(text) and not any(w in text for w in ("JALAN", "JLN", "LOT")):
+        if patterns.ADDRESS_STOP_RE.search(text) and not any(w in text for w in ("JALAN", "JLN", "LOT")):
             if picked:
                 break
             continue
-        if _is_noise(ln.text) and not P.POSTCODE_RE.search(text):
+        if _is_noise(ln.text) and not patterns.POSTCODE_RE.search(text):
             if picked:
                 continue
             continue
@@ -142,7 +143,7 @@ def naive_address(lines: Sequence[Line], company: list[int]) -> list[int]:
 # --- the other fields (rules are enough for them) ---------------------------------------
 def find_time(lines: Sequence[Line]) -> str | None:
     for ln in lines:
-        for m in P.TIME_RE.finditer(ln.text):
+        for m in patterns.TIME_RE.finditer(ln.text):
             try:
                 return normalize.parse_time(m.group(0))
             except NormalizationError:
@@ -152,7 +153,7 @@ def find_time(lines: Sequence[Line]) -> str | None:
 
 def find_phone(lines: Sequence[Line]) -> str | None:
     for ln in lines:
-        m = P.PHONE_RE.search(ln.text)
+        m = patterns.PHONE_RE.search(ln.text)
         if m:
             return " ".join(m.group(1).split())
     return None
@@ -160,7 +161,7 @@ def find_phone(lines: Sequence[Line]) -> str | None:
 
 def find_receipt_number(lines: Sequence[Line]) -> str | None:
     for ln in lines:
-        m = P.RECEIPT_NO_RE.search(ln.text)
+        m = patterns.RECEIPT_NO_RE.search(ln.text)
         if m and any(ch.isdigit() for ch in m.group(1)):
             return m.group(1)
     return None
@@ -169,7 +170,7 @@ def find_receipt_number(lines: Sequence[Line]) -> str | None:
 def find_labelled_amount(lines: Sequence[Line], label_re, exclude_re=None) -> Decimal | None:
     for ln in lines:
         if label_re.search(ln.text) and not (exclude_re and exclude_re.search(ln.text)):
-            amounts = P.amounts_in(ln.text)
+            amounts = patterns.amounts_in(ln.text)
             if amounts:
                 return Decimal(amounts[-1])
     return None
@@ -178,7 +179,7 @@ def find_labelled_amount(lines: Sequence[Line], label_re, exclude_re=None) -> De
 def find_currency(lines: Sequence[Line]) -> str | None:
     text = " ".join(ln.text.upper() for ln in lines)
     if "RM" in text.replace("(RM)", " RM ").split() or "(RM)" in text or "MYR" in text \
-            or P.re.search(r"\bRM\s?\d", text):
+            or patterns.re.search(r"\bRM\s?\d", text):
         return "MYR"
     return None
 
@@ -219,7 +220,9 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
     out.values["time"] = find_time(lines)
     out.values["phone"] = find_phone(lines)
     out.values["receipt_number"] = find_receipt_number(lines)
-    out.values["subtotal"] = find_labelled_amount(lines, P.SUBTOTAL_RE)
-    out.values["tax_amount"] = find_labelled_amount(lines, P.TAX_RE, P.re.compile(r"REG|NO\b|ID\b|SUMMARY", P.re.I))
+    out.values["subtotal"] = find_labelled_amount(lines, patterns.SUBTOTAL_RE)
+    out.values["tax_amount"] = find_labelled_amount(lines, patterns.TAX_RE,
+                                                    patterns.re.compile(r"REG|NO\b|ID\b|SUMMARY",
+                                                                        patterns.re.I))
     out.values["currency"] = find_currency(lines)
     return out

@@ -10,12 +10,13 @@ and shipped as ``picker_weights.json`` beside this module.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from extractor.ocr import features as F
+from extractor.ocr import features
 from extractor.ocr.layout import Line
 from extractor.ocr.parser import Candidate
 
@@ -60,7 +61,7 @@ class Scorer:
                                         for k in ("mean", "std", "W1", "b1", "w2", "wl")}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Scorer":
+    def from_dict(cls, d: dict[str, Any]) -> Scorer:
         import numpy as np
 
         return cls(names=list(d["names"]), **{k: np.asarray(d[k], dtype=float)
@@ -95,12 +96,13 @@ class LinePicker:
 
     def pick(self, lines: Sequence[Line], dates: Sequence[Candidate],
              totals: Sequence[Candidate]) -> dict[str, tuple[Candidate | None, float]]:
-        page = F.Page.of(lines)
-        company, p_company = best(self.scorers["store_name"], F.company_candidates(page))
+        page = features.Page.of(lines)
+        company, p_company = best(self.scorers["store_name"], features.company_candidates(page))
         company_lines = company.extra["lines"] if company is not None else []
-        address, p_address = best(self.scorers["store_address"], F.address_candidates(page, company_lines))
-        F.date_features(page, dates)
-        F.total_features(page, totals)
+        address, p_address = best(self.scorers["store_address"],
+                                  features.address_candidates(page, company_lines))
+        features.date_features(page, dates)
+        features.total_features(page, totals)
         return {"store_name": (company, p_company), "store_address": (address, p_address),
                 "date": best(self.scorers["date"], dates), "total": best(self.scorers["total"], totals)}
 
@@ -108,7 +110,7 @@ class LinePicker:
         return json.dumps({"meta": self.meta, "scorers": {k: s.to_dict() for k, s in self.scorers.items()}})
 
     @classmethod
-    def from_json(cls, text: str) -> "LinePicker":
+    def from_json(cls, text: str) -> LinePicker:
         d = json.loads(text)
         return cls({k: Scorer.from_dict(v) for k, v in d["scorers"].items()}, d.get("meta"))
 

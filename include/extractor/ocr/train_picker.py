@@ -23,15 +23,13 @@ from typing import Any
 import numpy as np
 
 from extractor.evaluation import FIELDS as LABEL_KEYS
-from extractor.evaluation import EvalReport, normalize_text, similarity
-from extractor.ocr import features as F
+from extractor.evaluation import EvalReport, normalize_text
+from extractor.ocr import features
 from extractor.ocr.engine import OcrBox
-from extractor.ocr.layout import Line, rebuild_lines
+from extractor.ocr.layout import MIN_BOX_SCORE, Line, rebuild_lines
 from extractor.ocr.lexicon import correct_text
 from extractor.ocr.parser import date_candidates, parse_receipt, total_candidates
 from extractor.ocr.picker import FIELDS, LinePicker, Scorer
-
-MIN_BOX_SCORE = 0.3  # the backend's filter (extractor.backends.ocr.MIN_BOX_SCORE)
 
 
 @dataclass
@@ -64,7 +62,8 @@ def _text_targets(cands, label: str, store_name: bool = False) -> np.ndarray:
     exact = np.array([normalize_text(correct_text(c.value, store_name=store_name)) == want for c in cands])
     if exact.any() or not want:
         return exact
-    sims = np.array([_similar(normalize_text(correct_text(c.value, store_name=store_name)), want) for c in cands])
+    sims = np.array([_similar(normalize_text(correct_text(c.value, store_name=store_name)), want)
+                     for c in cands])
     return (sims >= max(0.8, sims.max() - 1e-9)) if len(sims) else exact
 
 
@@ -82,22 +81,23 @@ def field_sets(ex: Example, company_lines: list[int] | None = None):
     """{field: (feature dicts, positive mask)} for one receipt."""
     if not ex.lines:
         return {}
-    page = F.Page.of(ex.lines)
+    page = features.Page.of(ex.lines)
     out = {}
-    comp = F.company_candidates(page)
+    comp = features.company_candidates(page)
     comp_pos = _text_targets(comp, ex.label.get("company") or "", store_name=True)
     out["store_name"] = ([c.extra["features"] for c in comp], comp_pos)
     if company_lines is None:
         company_lines = comp[int(np.argmax(comp_pos))].extra["lines"] if comp_pos.any() else []
-    addr = F.address_candidates(page, company_lines)
-    out["store_address"] = ([c.extra["features"] for c in addr], _text_targets(addr, ex.label.get("address") or ""))
+    addr = features.address_candidates(page, company_lines)
+    out["store_address"] = ([c.extra["features"] for c in addr],
+                            _text_targets(addr, ex.label.get("address") or ""))
     dates = date_candidates(ex.lines)
-    F.date_features(page, dates)
+    features.date_features(page, dates)
     want = ex.label.get("date_iso")
     out["date"] = ([c.extra["features"] for c in dates],
                    np.array([c.value.isoformat() == want for c in dates], dtype=bool))
     totals = total_candidates(ex.lines)
-    F.total_features(page, totals)
+    features.total_features(page, totals)
     want_total = ex.label.get("total_decimal")
     out["total"] = ([c.extra["features"] for c in totals],
                     np.array([want_total not in (None, "") and str(c.value) == str(want_total)
@@ -177,11 +177,13 @@ def cross_validate(examples: list[Example], folds: int = 5, seed: int = 0,
     receipts of one store (same normalised company label) do, so every receipt is read
     by a picker that never saw its store: the number for merchants new to the model."""
     sets = sets if sets is not None else [field_sets(ex) for ex in examples]
-    key = {ex.receipt_id: (normalize_text(ex.label.get("company") or "") or ex.group) if by_store else ex.group
+    key = {ex.receipt_id: ((normalize_text(ex.label.get("company") or "") or ex.group) if by_store
+                           else ex.group)
            for ex in examples}
     groups = sorted(set(key.values()))
     rng = np.random.default_rng(seed)
-    fold_of = {g: int(f) for g, f in zip(rng.permutation(groups), np.arange(len(groups)) % folds)}
+    fold_of = {g: int(f)
+               for g, f in zip(rng.permutation(groups), np.arange(len(groups)) % folds, strict=True)}
     predictions: dict[str, dict[str, Any]] = {}
     for k in range(folds):
         train_idx = [i for i, ex in enumerate(examples) if fold_of[key[ex.receipt_id]] != k]
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         reports["cv"] = cross_validate(examples, args.folds, sets=sets, **kw)
         print(f"cv done: {time.perf_counter() - t0:.1f} s", flush=True)
         if args.store_cv:
-            reports["cv, unseen stores"] = cross_validate(examples, args.folds, sets=sets, by_store=True, **kw)
+            reports["cv, unseen stores"] = cross_validate(examples, args.folds, sets=sets,
+                                                          by_store=True, **kw)
             print(f"store cv done: {time.perf_counter() - t0:.1f} s", flush=True)
     picker = train(examples, sets, **kw)
     reports["in-sample"] = score(examples, predict(examples, picker), "picker, in-sample")
@@ -234,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
           + " | company exact, punct. as space | address exact, punct. as space |")
     print("| --- |" + " ---: |" * (2 * len(LABEL_KEYS) + 2))
     for name, rep in reports.items():
-        cells = " | ".join(f"{100 * s.rate('exact'):.1f} | {100 * s.rate('near'):.1f}" for s in rep.fields.values())
+        cells = " | ".join(f"{100 * s.rate('exact'):.1f} | {100 * s.rate('near'):.1f}"
+                           for s in rep.fields.values())
         loose = " | ".join(f"{100 * rep.fields[k].rate('loose'):.1f}" for k in ("company", "address"))
         print(f"| {name} | {cells} | {loose} |")
     if args.out:
@@ -242,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(picker.to_json())
         print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB)")
     if args.report:
-        args.report.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=1, default=str))
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()},
+                                          indent=1, default=str))
 
 
 if __name__ == "__main__":

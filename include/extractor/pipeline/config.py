@@ -1,29 +1,33 @@
 """Pipeline settings: where receipts come from, where results go, how strict to be.
 
-Read inside tasks (never when a DAG file is parsed) from Airflow Variables with the
-environment as fallback, so the same code serves the embedded default (nothing set:
-local folders under ``./var``, DuckDB) and production (Variables and connections set
-by the deployment). This module does not import Airflow: the caller passes a getter for
-Variables (``tasks.py`` passes ``airflow.sdk.Variable.get``; tests pass a dict's ``get``).
+Read inside tasks (never when a DAG file is parsed) from ONE JSON Airflow Variable,
+``receipts_config``, whose keys are those of the CLI's ``receipts.yaml``
+(``extractor.settings``); ``RECEIPT_<KEY>`` in the environment is the fallback, so the same
+code serves the embedded default (nothing set: local folders under ``./var``, DuckDB) and
+production (the Variable, environment and connections set by the deployment). This module
+does not import Airflow: the caller passes a getter for Variables (``tasks.py`` passes
+``airflow.sdk.Variable.get``; tests pass a dict's ``get``).
 
-| setting | Variable | env | default |
-| --- | --- | --- | --- |
-| extractor spec | ``receipt_extractor`` | ``RECEIPT_EXTRACTOR`` | production preset (Llama 3.2 11B Vision Instruct) |
-| receipts source | ``receipts_source`` | ``RECEIPT_SOURCE`` | ``var/incoming`` |
-| S3 connection id | ``receipts_s3_conn_id`` | ``RECEIPT_S3_CONN_ID`` | ``receipts_s3`` (then ``aws_default``) |
-| warehouse | connection ``receipts_warehouse`` | ``RECEIPT_WAREHOUSE_URL`` | ``duckdb:///var/warehouse.duckdb`` |
-| model cache | ``receipts_model_cache`` | ``RECEIPT_MODEL_CACHE`` | ``var/models`` |
-| staging folder | ``receipts_staging_dir`` | ``RECEIPT_STAGING_DIR`` | ``var/staging`` |
-| staging retention, days (0 = keep) | ``receipts_staging_retention_days`` | ``RECEIPT_STAGING_RETENTION_DAYS`` | 30 |
-| Data Docs folder | ``receipts_data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
-| thresholds (JSON) | ``receipts_thresholds`` | ``RECEIPT_THRESHOLDS`` | validation defaults |
-| extra alert callables | ``receipts_alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
-| trend tolerances (JSON) | ``receipts_trend_tolerances`` | ``RECEIPT_TREND_TOLERANCES`` | ``quality.trends`` defaults |
-| model batches per extract task | ``receipts_batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
-| GPU queue (parse time, env only) | | ``RECEIPT_GPU_QUEUE`` | ``default`` |
-| extract task timeout, minutes (parse time, env only) | | ``RECEIPT_EXTRACT_TIMEOUT_MINUTES`` | 120 |
-| run deadline, hours after the data interval ends (parse time, env only; 0 = off) | | ``RECEIPT_DEADLINE_HOURS`` | 0 (compose: 6) |
+| key of ``receipts_config`` | env fallback | default |
+| --- | --- | --- |
+| ``model`` (preset, spec or ``{"model_path": ...}``) | ``RECEIPT_MODEL`` | Llama 3.2 11B Vision Instruct |
+| ``source`` | ``RECEIPT_SOURCE`` | ``var/incoming`` |
+| ``s3_conn_id`` | ``RECEIPT_S3_CONN_ID`` | ``receipts_s3`` (then ``aws_default``) |
+| ``warehouse_url`` (the connection wins) | ``RECEIPT_WAREHOUSE_URL`` | ``var/warehouse.duckdb`` |
+| ``model_cache`` | ``RECEIPT_MODEL_CACHE`` | ``var/models`` |
+| ``staging_dir`` | ``RECEIPT_STAGING_DIR`` | ``var/staging`` |
+| ``staging_retention_days`` (0 = keep) | ``RECEIPT_STAGING_RETENTION_DAYS`` | 30 |
+| ``data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
+| ``thresholds`` (object) | ``RECEIPT_THRESHOLDS`` | validation defaults |
+| ``alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
+| ``batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
+| ``trend_tolerances`` (object, ``quality.trends``) | ``RECEIPT_TREND_TOLERANCES`` | ``quality.trends`` defaults |
+| GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
+| extract task timeout, minutes (parse time, env only) | ``RECEIPT_EXTRACT_TIMEOUT_MINUTES`` | 120 |
+| run deadline, hours after the data interval ends (parse time, env only; 0 = off) | ``RECEIPT_DEADLINE_HOURS`` | 0 (compose: 6) |
 
+The Variables of the previous release (``receipt_extractor``, ``receipts_source`` ...) are
+read where ``receipts_config`` lacks the key, with a deprecation warning (until 0.3).
 Relative paths are resolved against the working directory when the task runs; a
 production deployment sets absolute paths on shared storage (the staging folder and the
 model cache must be visible to every worker).
@@ -34,15 +38,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from extractor.errors import ConfigError
+from extractor.settings import Settings, from_variables, key_of
 
 VariableGetter = Callable[[str], Any]  # returns None when the Variable is not set
 
-EXTRACTOR_VARIABLE = "receipt_extractor"
+EXTRACTOR_VARIABLE = "receipt_extractor"  # deprecated: now the "model" key of CONFIG_VARIABLE
 EXTRACTOR_PARAM = "extractor"
 WAREHOUSE_CONN_ID = "receipts_warehouse"
 HF_CONN_ID = "huggingface_default"
@@ -105,13 +111,12 @@ class PipelineConfig:
         return self.source.startswith("s3://")
 
 
-def _setting(get_variable: VariableGetter, variable: str, env: str, default: Any) -> Any:
-    value = get_variable(variable)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        value = os.environ.get(env)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    return value.strip() if isinstance(value, str) else value
+def _setting(get_variable: VariableGetter | Settings, variable: str, env: str, default: Any) -> Any:
+    """The value of ``receipts_config[key]`` (key: the old Variable name without its
+    ``receipts_`` prefix), else the old Variable ``variable`` (deprecated), else ``env``,
+    else ``default``."""
+    settings = get_variable if isinstance(get_variable, Settings) else from_variables(get_variable)
+    return settings.get(key_of(variable), default, legacy_variable=variable, env=env)
 
 
 def _json_setting(value: Any, name: str) -> dict[str, Any]:
@@ -131,13 +136,15 @@ def _path(value: str | os.PathLike) -> Path:
 
 
 def extractor_setting(get_variable: VariableGetter) -> Any:
-    """The raw value of the extractor Variable (or env), None when neither is set."""
-    return _setting(get_variable, EXTRACTOR_VARIABLE, "RECEIPT_EXTRACTOR", None)
+    """The raw ``model`` setting (JSON Variable, old Variable, RECEIPT_MODEL or the old
+    RECEIPT_EXTRACTOR), None when none is set."""
+    return _setting(get_variable, EXTRACTOR_VARIABLE, "RECEIPT_MODEL", None)
 
 
 def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = False) -> PipelineConfig:
     """Resolve every setting. ``warehouse_conn_exists``: whether the Airflow connection
     ``receipts_warehouse`` is defined (the caller checks; it wins over the env URL)."""
+    get_variable = from_variables(get_variable)  # the JSON Variable, read once
     source = str(_setting(get_variable, "receipts_source", "RECEIPT_SOURCE", "var/incoming"))
     if not source.startswith("s3://"):
         source = str(_path(source))
@@ -147,15 +154,16 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
     batches_per_task = int(_setting(get_variable, "receipts_batches_per_task",
                                     "RECEIPT_BATCHES_PER_TASK", 4))
     if batches_per_task < 1:
-        raise ConfigError("receipts_batches_per_task must be >= 1")
-    retention = _setting(get_variable, "receipts_staging_retention_days", "RECEIPT_STAGING_RETENTION_DAYS", 30)
+        raise ConfigError("batches_per_task must be >= 1")
+    retention = _setting(get_variable, "receipts_staging_retention_days",
+                         "RECEIPT_STAGING_RETENTION_DAYS", 30)
     try:
         retention = int(retention)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"receipts_staging_retention_days must be a whole number of days: {retention!r}") from exc
+        raise ConfigError(f"staging_retention_days must be a whole number of days: {retention!r}") from exc
     if retention < 0:
-        raise ConfigError("receipts_staging_retention_days must be >= 0 (0 keeps staged files forever)")
-    trend = _setting(get_variable, "receipts_trend_tolerances", "RECEIPT_TREND_TOLERANCES", {})
+        raise ConfigError("staging_retention_days must be >= 0 (0 keeps staged files forever)")
+    trend = get_variable.get("trend_tolerances", {}, env="RECEIPT_TREND_TOLERANCES")  # a new key
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -170,12 +178,18 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         staging_dir=_path(_setting(get_variable, "receipts_staging_dir", "RECEIPT_STAGING_DIR",
                                    "var/staging")),
         data_docs_dir=None if str(data_docs).lower() in ("none", "off") else _path(data_docs),
-        thresholds=_json_setting(thresholds, "receipts_thresholds") if thresholds else {},
-        alert_callbacks=tuple(c.strip() for c in str(callbacks).split(",") if c.strip()),
+        thresholds=_json_setting(thresholds, "thresholds") if thresholds else {},
+        alert_callbacks=_names(callbacks),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
-        trend_tolerances=_json_setting(trend, "receipts_trend_tolerances") if trend else {},
+        trend_tolerances=_json_setting(trend, "trend_tolerances") if trend else {},
     )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list (JSON Variable, YAML) or comma-separated text (environment) of names."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def _absolute_duckdb_url(url: str) -> str:

@@ -17,9 +17,10 @@ import importlib
 import logging
 import re
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from extractor.pipeline import config as cfgmod
+from extractor.pipeline import config
 from extractor.pipeline.sources import discovery
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ def _fail(message: str) -> Exception:
     return AirflowFailException(message)
 
 
-def load_config() -> cfgmod.PipelineConfig:
-    return cfgmod.load_config(
-        _variable, warehouse_conn_exists=_connection(cfgmod.WAREHOUSE_CONN_ID) is not None)
+def load_config() -> config.PipelineConfig:
+    return config.load_config(
+        _variable, warehouse_conn_exists=_connection(config.WAREHOUSE_CONN_ID) is not None)
 
 
 _SECRETS: set[str] = set()  # secret values this process has seen: redacted from every alert
@@ -80,35 +81,25 @@ def mask_secrets(values: Iterable[str]) -> None:
             mask_secret(value)
 
 
-def warehouse_url(cfg: cfgmod.PipelineConfig) -> str:
-    """The env/Variable URL, or one built from the ``receipts_warehouse`` connection. Its
-    password is registered with the secrets masker before the URL goes anywhere."""
+def warehouse_url(cfg: config.PipelineConfig) -> str:
+    """The env/Variable URL, or the ``receipts_warehouse`` connection's own URI (its extra
+    rides along as the query: libpq options such as ``sslmode`` reach the server, the
+    Postgres dialect drops the Airflow-only keys). Its password is registered with the
+    secrets masker before the URL goes anywhere."""
     from extractor.redaction import url_secrets
 
     if cfg.warehouse_url:
         mask_secrets(url_secrets(cfg.warehouse_url))
         return cfg.warehouse_url
-    conn = _connection(cfgmod.WAREHOUSE_CONN_ID)
+    conn = _connection(config.WAREHOUSE_CONN_ID)
     if conn is None:
-        raise _fail(f"connection {cfgmod.WAREHOUSE_CONN_ID!r} disappeared")
-    from urllib.parse import quote, urlencode
-
-    auth = quote(conn.login or "", safe="")
-    if conn.password:
-        auth += ":" + quote(conn.password, safe="")
-    host = f"{conn.host or 'localhost'}:{conn.port or 5432}"
-    extra = conn.extra_dejson if conn.extra else {}
-    # libpq options an Airflow postgres connection carries in its extra (TLS, timeouts)
-    options = {k: v for k, v in extra.items()
-               if k in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout",
-                        "application_name", "options")}
-    query = ("?" + urlencode(options)) if options else ""
-    url = f"postgresql://{auth + '@' if auth else ''}{host}/{conn.schema or 'postgres'}{query}"
+        raise _fail(f"connection {config.WAREHOUSE_CONN_ID!r} disappeared")
+    url = conn.get_uri()
     mask_secrets([conn.password or "", *url_secrets(url)])
     return url
 
 
-def open_warehouse(cfg: cfgmod.PipelineConfig):
+def open_warehouse(cfg: config.PipelineConfig):
     from extractor.pipeline.warehouse import open_warehouse as _open
 
     warehouse = _open(warehouse_url(cfg))
@@ -116,16 +107,22 @@ def open_warehouse(cfg: cfgmod.PipelineConfig):
     return warehouse
 
 
-def s3_client(cfg: cfgmod.PipelineConfig):
+def s3_client(cfg: config.PipelineConfig):
     """boto3 S3 client from the Amazon provider's hook (endpoint_url from the connection's
     extra, so MinIO / any S3-compatible store works)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     conn_id = cfg.s3_conn_id
     if conn_id is None:
-        conn_id = next((c for c in cfgmod.DEFAULT_S3_CONN_IDS if _connection(c) is not None),
-                       cfgmod.DEFAULT_S3_CONN_IDS[-1])
+        conn_id = next((c for c in config.DEFAULT_S3_CONN_IDS if _connection(c) is not None),
+                       config.DEFAULT_S3_CONN_IDS[-1])
     return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def _hub_token() -> str | None:
+    """The Hub token of the ``huggingface_default`` connection (gated repos such as Llama 3.2)."""
+    hf_conn = _connection(config.HF_CONN_ID)
+    return hf_conn.password if hf_conn is not None and hf_conn.password else None
 
 
 def _spec(extractor: dict[str, Any]):
@@ -139,30 +136,36 @@ def _safe(name: str) -> str:
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # ----------------------------------------------------------------------------- tasks
 
 def resolve_extractor() -> dict[str, Any]:
-    """DAG-run param ``extractor`` > Variable ``receipt_extractor`` > env RECEIPT_EXTRACTOR >
-    the production default preset. Returned spec is pinned for the whole run (XCom)."""
+    """DAG-run param ``extractor`` > ``model`` of the Variable ``receipts_config`` (old:
+    ``receipt_extractor``) > env RECEIPT_MODEL > the production default preset. A Hub branch
+    is resolved to its commit; the returned spec is pinned for the whole run (XCom)."""
     from extractor.errors import ConfigError
+    from extractor.settings import CONFIG_VARIABLE
     from extractor.spec import DEFAULT_PRESET, resolve_spec
 
-    override = (_context().get("params") or {}).get(cfgmod.EXTRACTOR_PARAM)
+    override = (_context().get("params") or {}).get(config.EXTRACTOR_PARAM)
     if override not in (None, "", {}):
         value, origin = override, "param"  # a DAG-run override: never the active version
     else:
-        value, origin = cfgmod.extractor_setting(_variable), "setting"  # Variable / env
+        value, origin = config.extractor_setting(_variable), "setting"  # Variable / env
     if value is None:
         origin = "default"
-        log.warning("Variable %r is not set: using the production default preset %r",
-                    cfgmod.EXTRACTOR_VARIABLE, DEFAULT_PRESET)
+        log.warning("no model is configured (key 'model' of the Variable %r, or RECEIPT_MODEL): "
+                    "using the production default preset %r", CONFIG_VARIABLE, DEFAULT_PRESET)
     try:
         spec = resolve_spec(value)
     except ConfigError as exc:
         raise _fail(f"extractor setting {value!r} does not resolve: {exc}") from exc
+    from extractor.model_store import needs_pinning, pin_revision
+
+    if needs_pinning(spec):  # a Hub branch -> its commit, so the version names the snapshot
+        spec = pin_revision(spec, token=_hub_token())
     log.info("extractor %s (from the %s)", spec.version, origin)
     return {"spec": spec.model_dump(mode="json"), "version": spec.version, "origin": origin}
 
@@ -173,10 +176,8 @@ def ensure_model(extractor: dict[str, Any]) -> dict[str, str | None]:
     from extractor import model_store
 
     spec, cfg = _spec(extractor), load_config()
-    hf_conn = _connection(cfgmod.HF_CONN_ID)
-    token = hf_conn.password if hf_conn is not None and hf_conn.password else None
     client = s3_client(cfg) if (spec.source or "").startswith("s3://") else None
-    path = model_store.ensure_model(spec, cfg.model_cache_dir, token=token, s3_client=client)
+    path = model_store.ensure_model(spec, cfg.model_cache_dir, token=_hub_token(), s3_client=client)
     log.info("model for %s: %s", spec.version, path or "no weights needed")
     return {"model_dir": str(path) if path is not None else None}
 
@@ -326,7 +327,7 @@ def _run_record(ctx: dict[str, Any], spec, extractor: dict[str, Any], summary: d
         summary=summary, extractor_origin=extractor.get("origin"))
 
 
-def _quality_alert(warehouse, cfg: cfgmod.PipelineConfig, ctx: dict[str, Any], outcome,
+def _quality_alert(warehouse, cfg: config.PipelineConfig, ctx: dict[str, Any], outcome,
                    summary: dict[str, Any], version: str, partition: str,
                    notifiers: Sequence[Notifier]) -> None:
     from extractor.pipeline.quality.alert_text import quality_alert
@@ -389,7 +390,7 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
     from airflow.sdk import Asset
 
     # downstream DAGs scheduled on the Asset learn which extractor version this run wrote
-    ctx["outlet_events"][Asset(cfgmod.RECEIPTS_ASSET_URI)].extra = out
+    ctx["outlet_events"][Asset(config.RECEIPTS_ASSET_URI)].extra = out
     return out
 
 
@@ -410,7 +411,7 @@ def prune_staging() -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- alerts
 
-def alert_callbacks(cfg: cfgmod.PipelineConfig) -> list[Notifier]:
+def alert_callbacks(cfg: config.PipelineConfig) -> list[Notifier]:
     """Extra notifiers named by dotted path (``pkg.module:function``) in the config."""
     out = []
     for path in cfg.alert_callbacks:
@@ -538,7 +539,7 @@ def on_deadline_missed(context: dict[str, Any], notifiers: Sequence[Notifier] = 
     run = RunLink(dag_id=dag_run.get("dag_id", "receipts_daily"),
                   run_id=dag_run.get("dag_run_id") or dag_run.get("run_id") or "unknown",
                   ui_base_url=_ui_base_url())
-    allowed = cfgmod.run_deadline()
+    allowed = config.run_deadline()
     message, details = deadline_alert(
         run, deadline_time=deadline.get("deadline_time"),
         data_interval_end=dag_run.get("data_interval_end"), state=dag_run.get("state"),

@@ -60,7 +60,8 @@ def _truth(rng: random.Random, overrides: dict[str, Any]) -> dict[str, Any]:
         "currency": "MYR", "tax_rate": "6", "line_items": items,
         "payment_method": "CASH",
     }
-    truth.update({k: v for k, v in overrides.items() if k in truth or k in ("subtotal", "tax_amount", "total")})
+    truth.update({k: v for k, v in overrides.items() if k in truth or k in ("subtotal", "tax_amount",
+                                                                            "total")})
     subtotal = sum((Decimal(i["line_total"]) for i in truth["line_items"]), Decimal(0))
     tax = (subtotal * Decimal(truth["tax_rate"]) / 100).quantize(CENT, rounding=ROUND_HALF_UP)
     truth.setdefault("subtotal", _money(subtotal))
@@ -82,31 +83,17 @@ def _wrap(text: str, font, width: int) -> list[str]:
     return lines + ([current] if current else [])
 
 
-def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
-    """Render receipt number ``seed``; returns (JPEG bytes, truth dict).
+MARGIN = 24  # pixels around the printed text
 
-    Overrides: any truth field (``store_name``, ``store_address``, ``date`` as ISO text,
-    ``line_items``, ``tax_rate``, ``total`` ...) and the drawing options ``font_size``
-    (default 22), ``rotate`` (degrees, counter-clockwise, to test de-skewing),
-    ``noise`` (0..1 speckle) and ``quality`` (JPEG quality, default 90).
-    """
-    from PIL import Image, ImageDraw, ImageFont
 
-    rng = random.Random(seed)
-    font_size = int(overrides.pop("font_size", 22))
-    rotate = float(overrides.pop("rotate", 0.0))
-    noise = float(overrides.pop("noise", 0.0))
-    quality = int(overrides.pop("quality", 90))
-    truth = _truth(rng, overrides)
-
-    font = ImageFont.load_default(size=font_size)
-    big = ImageFont.load_default(size=int(font_size * 1.3))
-    margin, step = 24, int(font_size * 1.5)
-    inner = WIDTH - 2 * margin
+def _receipt_rows(truth: dict[str, Any], font, big) -> list[tuple[str, str, Any]]:
+    """The printed lines as (left text, right-aligned text, font); a left text starting
+    with '^' is centred; the right text may be ""."""
+    inner = WIDTH - 2 * MARGIN
     d, m, y = truth["date"][8:10], truth["date"][5:7], truth["date"][:4]
-    rows: list[tuple[str, str, Any]] = []  # (left, right, font) ; right may be ""
+    rows: list[tuple[str, str, Any]] = []
     for part in _wrap(truth["store_name"], big, inner):
-        rows.append(("^" + part, "", big))  # '^' = centred
+        rows.append(("^" + part, "", big))
     for part in _wrap(truth["store_address"], font, inner):
         rows.append(("^" + part, "", font))
     rows += [("^TEL: " + truth["phone"], "", font), ("", "", font), ("^TAX INVOICE", "", font),
@@ -119,25 +106,55 @@ def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
              (f"SST {truth['tax_rate']}%", truth["tax_amount"], font),
              ("TOTAL (RM)", truth["total"], big), (truth["payment_method"], truth["total"], font),
              ("", "", font), ("^THANK YOU, PLEASE COME AGAIN", "", font)]
+    return rows
 
-    height = margin * 2 + step * len(rows) + step
+
+def _draw_rows(rows: list[tuple[str, str, Any]], big, font_size: int):
+    """A white greyscale page with the rows printed in black (big rows a bit taller)."""
+    from PIL import Image, ImageDraw
+
+    step = int(font_size * 1.5)
+    height = MARGIN * 2 + step * len(rows) + step
     image = Image.new("L", (WIDTH, height), 255)
     draw = ImageDraw.Draw(image)
-    y_pos = margin
+    y_pos = MARGIN
     for left, right, f in rows:
         if left.startswith("^"):
             text = left[1:]
             draw.text(((WIDTH - f.getlength(text)) / 2, y_pos), text, fill=0, font=f)
         elif left:
-            draw.text((margin, y_pos), left, fill=0, font=f)
+            draw.text((MARGIN, y_pos), left, fill=0, font=f)
         if right:
-            draw.text((WIDTH - margin - f.getlength(right), y_pos), right, fill=0, font=f)
+            draw.text((WIDTH - MARGIN - f.getlength(right), y_pos), right, fill=0, font=f)
         y_pos += int(step * (1.25 if f is big else 1))
+    return image
+
+
+def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
+    """Render receipt number ``seed``; returns (JPEG bytes, truth dict).
+
+    Overrides: any truth field (``store_name``, ``store_address``, ``date`` as ISO text,
+    ``line_items``, ``tax_rate``, ``total`` ...) and the drawing options ``font_size``
+    (default 22), ``rotate`` (degrees, counter-clockwise, to test de-skewing),
+    ``noise`` (0..1 speckle) and ``quality`` (JPEG quality, default 90).
+    """
+    from PIL import Image, ImageFont
+
+    rng = random.Random(seed)
+    font_size = int(overrides.pop("font_size", 22))
+    rotate = float(overrides.pop("rotate", 0.0))
+    noise = float(overrides.pop("noise", 0.0))
+    quality = int(overrides.pop("quality", 90))
+    truth = _truth(rng, overrides)
+
+    font = ImageFont.load_default(size=font_size)
+    big = ImageFont.load_default(size=int(font_size * 1.3))
+    image = _draw_rows(_receipt_rows(truth, font, big), big, font_size)
     if noise > 0:
         speckle = random.Random(seed + 1)
         px = image.load()
-        for _ in range(int(noise * WIDTH * height * 0.02)):
-            px[speckle.randrange(WIDTH), speckle.randrange(height)] = speckle.choice((0, 128))
+        for _ in range(int(noise * WIDTH * image.height * 0.02)):
+            px[speckle.randrange(WIDTH), speckle.randrange(image.height)] = speckle.choice((0, 128))
     if rotate:
         image = image.rotate(rotate, expand=True, fillcolor=255, resample=Image.Resampling.BICUBIC)
     buf = io.BytesIO()

@@ -18,9 +18,10 @@ import dataclasses
 import datetime as dt
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from extractor.errors import ConfigError
 from extractor.normalize import ISO_4217
@@ -53,7 +54,7 @@ class Thresholds:
     severity: Mapping[str, str] = field(default_factory=dict)  # check name -> error/warn/off
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "Thresholds":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Thresholds:
         """Build from JSON-ish config (an Airflow Variable); unknown keys are an error."""
         values = dict(values or {})
         names = {f.name: f for f in dataclasses.fields(cls)}
@@ -84,7 +85,7 @@ class Thresholds:
         return t
 
     @classmethod
-    def coerce(cls, value: "Thresholds | Mapping[str, Any] | None") -> "Thresholds":
+    def coerce(cls, value: Thresholds | Mapping[str, Any] | None) -> Thresholds:
         return value if isinstance(value, cls) else cls.from_dict(value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +122,16 @@ def _base_type(annotation: Any) -> Any:
 
 def build_checks(thresholds: Any, logical_date: dt.date) -> list[Check]:
     """The suite for one run; ``thresholds`` is a ``validation.Thresholds``."""
-    t = thresholds
+    checks = [*_identity_checks(thresholds), *_field_checks(thresholds, logical_date),
+              *_format_checks(thresholds)]
+    checks += [Check(name, "ExpectColumnValuesToBeInSet", name, {"value_set": [True]},
+                     severity=severity, description=description)
+               for name, description, severity in CROSS_FIELD]
+    return _with_severity_overrides(checks, thresholds)
+
+
+def _identity_checks(t: Any) -> list[Check]:
+    """The receipt id (present, a sha256, unique in the batch) and the required fields."""
     checks: list[Check] = [
         Check("receipt_id_present", "ExpectColumnValuesToNotBeNull", "receipt_id",
               description="receipt_id is present"),
@@ -135,9 +145,14 @@ def build_checks(thresholds: Any, logical_date: dt.date) -> list[Check]:
             raise ValueError(f"required field {name!r} is not a Receipt field")
         checks.append(Check(f"{name}_present", "ExpectColumnValuesToNotBeNull", name,
                             description=f"{name} is present"))
+    return checks
 
+
+def _field_checks(t: Any, logical_date: dt.date) -> list[Check]:
+    """One range or length check per scalar Receipt field, chosen by the field's type."""
     earliest = logical_date - dt.timedelta(days=t.date_window_days)
     latest = logical_date + dt.timedelta(days=t.future_grace_days)
+    checks: list[Check] = []
     for name in scalar_fields():
         kind = _base_type(Receipt.model_fields[name].annotation)
         if kind is dt.date:
@@ -161,9 +176,13 @@ def build_checks(thresholds: Any, logical_date: dt.date) -> list[Check]:
                 f"{name}_length", "ExpectColumnValueLengthsToBeBetween", name,
                 {"min_value": 1, "max_value": t.max_text_length},
                 description=f"{name} at most {t.max_text_length} characters"))
+    return checks
 
+
+def _format_checks(t: Any) -> list[Check]:
+    """Formats and code lists: time, currency, card digits, phone, a positive total."""
     currencies = sorted(t.allowed_currencies or ISO_4217)
-    checks += [
+    return [
         Check("time_format", "ExpectColumnValuesToMatchRegex", "time", {"regex": HH_MM},
               description="time is HH:MM (24 h)"),
         Check("currency_iso4217", "ExpectColumnValuesToBeInSet", "currency",
@@ -176,10 +195,10 @@ def build_checks(thresholds: Any, logical_date: dt.date) -> list[Check]:
               {"min_value": 0, "strict_min": True}, severity="warn",
               description="total is above zero"),
     ]
-    for name, description, severity in CROSS_FIELD:
-        checks.append(Check(name, "ExpectColumnValuesToBeInSet", name, {"value_set": [True]},
-                            severity=severity, description=description))
 
+
+def _with_severity_overrides(checks: list[Check], t: Any) -> list[Check]:
+    """The thresholds' severity per check applied; checks set to "off" dropped."""
     overrides = dict(t.severity)
     unknown = set(overrides) - {c.name for c in checks}
     if unknown:

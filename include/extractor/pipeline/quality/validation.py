@@ -17,9 +17,10 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from extractor.errors import ExtractorError
 from extractor.pipeline.quality.expectations import Check, Thresholds, build_checks, cross_field_flags
@@ -62,7 +63,8 @@ def results_frame(results: Sequence[ExtractionResult], thresholds: Thresholds):
         if dt.date in _args(kind):
             columns[name] = pd.to_datetime(pd.Series(values, dtype=object), errors="coerce")
         elif Decimal in _args(kind):
-            columns[name] = pd.array([float("nan") if v is None else float(v) for v in values], dtype="float64")
+            columns[name] = pd.array([float("nan") if v is None else float(v) for v in values],
+                                     dtype="float64")
         else:
             columns[name] = pd.array(values, dtype=object)
     flags = [cross_field_flags(r, thresholds) for r in results]
@@ -132,21 +134,7 @@ def run_suite(frame, checks: Sequence[Check], *, run_id: str,
                             run_id=gx.RunIdentifier(run_name=run_id))
     t3 = time.perf_counter()
 
-    per_check, errors = [], []
-    docs_path = None
-    for identifier, validation in result.run_results.items():
-        for r in validation.results:
-            meta = r.expectation_config.meta or {}
-            if r.exception_info and r.exception_info.get("raised_exception"):
-                errors.append(f"{meta.get('check')}: {r.exception_info.get('exception_message')}")
-                continue
-            per_check.append({"check": meta["check"], "success": bool(r.success),
-                              "unexpected_index_list": list(r.result.get("unexpected_index_list") or []),
-                              "unexpected_count": int(r.result.get("unexpected_count") or 0)})
-        if data_docs_dir:
-            docs_path = _docs_page(context, identifier)
-    if errors:
-        raise ValidationRunError("expectations could not run: " + "; ".join(errors))
+    per_check, docs_path = _per_check_results(result, context, data_docs_dir)
     timings = {"gx_import_s": t1 - t0, "gx_setup_s": t2 - t1, "gx_run_s": t3 - t2}
     return per_check, docs_path, timings
 
@@ -162,6 +150,27 @@ def _docs_page(context, identifier) -> str | None:
 
 # ----------------------------------------------------------------------------- entry point
 
+def _per_check_results(result, context, data_docs_dir: str | None) -> tuple[list[dict], str | None]:
+    """A checkpoint result as (check name, success, unexpected rows) per check, plus the
+    Data Docs page; an expectation that raised instead of running fails the run."""
+    per_check, errors = [], []
+    docs_path = None
+    for identifier, validation in result.run_results.items():
+        for r in validation.results:
+            meta = r.expectation_config.meta or {}
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                errors.append(f"{meta.get('check')}: {r.exception_info.get('exception_message')}")
+                continue
+            per_check.append({"check": meta["check"], "success": bool(r.success),
+                              "unexpected_index_list": list(r.result.get("unexpected_index_list") or []),
+                              "unexpected_count": int(r.result.get("unexpected_count") or 0)})
+        if data_docs_dir:
+            docs_path = _docs_page(context, identifier)
+    if errors:
+        raise ValidationRunError("expectations could not run: " + "; ".join(errors))
+    return per_check, docs_path
+
+
 def validate_results(results: Sequence[ExtractionResult], *,
                      thresholds: Thresholds | Mapping[str, Any] | None = None,
                      logical_date: dt.date | dt.datetime, run_id: str,
@@ -173,6 +182,43 @@ def validate_results(results: Sequence[ExtractionResult], *,
         logical_date = logical_date.date()
     checks = build_checks(thresholds, logical_date)
 
+    to_validate, quarantined = _quarantine_failed_extractions(results)
+    n_extract_failed = len(quarantined)
+
+    per_check: list[dict] = []
+    docs_path, gx_timings = None, {}
+    valid: list[ExtractionResult] = []
+    if to_validate:
+        frame = results_frame(to_validate, thresholds)
+        per_check, docs_path, gx_timings = run_suite(frame, checks, run_id=run_id,
+                                                     data_docs_dir=data_docs_dir)
+        valid, failed_validation = _split_by_failed_checks(to_validate, per_check, checks)
+        quarantined += failed_validation
+
+    n = len(results)
+    rate = len(quarantined) / n if n else 0.0
+    decision, why = decide(n, rate, thresholds)
+    stats = {
+        "run_id": run_id, "logical_date": logical_date.isoformat(),
+        "rows": n, "validated": len(to_validate), "valid": len(valid),
+        "quarantined": len(quarantined), "extract_failed": n_extract_failed,
+        "validation_failed": len(quarantined) - n_extract_failed,
+        "quarantine_rate": round(rate, 6), "decision": decision, "decision_reason": why,
+        "checks": _check_stats(per_check, checks),
+        "thresholds": thresholds.to_dict(),
+        "timings": {**{k: round(v, 4) for k, v in gx_timings.items()},
+                    "total_s": round(time.perf_counter() - started, 4)},
+        "data_docs_path": docs_path,
+    }
+    log.info("validation run_id=%s rows=%d valid=%d quarantined=%d rate=%.3f decision=%s (%s)",
+             run_id, n, len(valid), len(quarantined), rate, decision, why)
+    return ValidationOutcome(valid=valid, quarantined=quarantined, decision=decision,
+                             stats=stats, data_docs_path=docs_path)
+
+
+def _quarantine_failed_extractions(results: Sequence[ExtractionResult]
+                                   ) -> tuple[list[ExtractionResult], list[QuarantineRecord]]:
+    """(results with a receipt to validate, quarantine rows of those without one)."""
     quarantined: list[QuarantineRecord] = []
     to_validate: list[ExtractionResult] = []
     for r in results:
@@ -184,58 +230,46 @@ def validate_results(results: Sequence[ExtractionResult], *,
         quarantined.append(QuarantineRecord(
             receipt_id=r.receipt_id, source=r.source, extractor_version=r.extractor_version,
             stage="extract", reason=reason, raw_text=r.raw_text, timings=dict(r.timings)))
-    n_extract_failed = len(quarantined)
+    return to_validate, quarantined
 
-    per_check: list[dict] = []
-    docs_path, gx_timings = None, {}
+
+def _split_by_failed_checks(to_validate: Sequence[ExtractionResult], per_check: list[dict],
+                            checks: Sequence[Check]
+                            ) -> tuple[list[ExtractionResult], list[QuarantineRecord]]:
+    """(valid results, quarantine rows of the ones an error-severity check failed on)."""
+    by_name = {c.name: c for c in checks}
+    failed_by_row: dict[int, list[Check]] = {}
+    for pc in per_check:
+        check = by_name[pc["check"]]
+        if check.severity == "error":
+            for row in pc["unexpected_index_list"]:
+                failed_by_row.setdefault(int(row), []).append(check)
     valid: list[ExtractionResult] = []
-    if to_validate:
-        frame = results_frame(to_validate, thresholds)
-        per_check, docs_path, gx_timings = run_suite(frame, checks, run_id=run_id,
-                                                     data_docs_dir=data_docs_dir)
-        by_name = {c.name: c for c in checks}
-        failed_by_row: dict[int, list[Check]] = {}
-        for pc in per_check:
-            check = by_name[pc["check"]]
-            if check.severity == "error":
-                for row in pc["unexpected_index_list"]:
-                    failed_by_row.setdefault(int(row), []).append(check)
-        for i, r in enumerate(to_validate):
-            failed = failed_by_row.get(i)
-            if not failed:
-                valid.append(r)
-                continue
-            quarantined.append(QuarantineRecord(
-                receipt_id=r.receipt_id, source=r.source, extractor_version=r.extractor_version,
-                stage="validate",
-                reason="failed expectations: " + "; ".join(c.description for c in failed),
-                failed_expectations=[c.label for c in failed], raw_text=r.raw_text,
-                receipt=r.receipt.model_dump(mode="json") if r.receipt else None,
-                timings=dict(r.timings)))
+    quarantined: list[QuarantineRecord] = []
+    for i, r in enumerate(to_validate):
+        failed = failed_by_row.get(i)
+        if not failed:
+            valid.append(r)
+            continue
+        quarantined.append(QuarantineRecord(
+            receipt_id=r.receipt_id, source=r.source, extractor_version=r.extractor_version,
+            stage="validate",
+            reason="failed expectations: " + "; ".join(c.description for c in failed),
+            failed_expectations=[c.label for c in failed], raw_text=r.raw_text,
+            receipt=r.receipt.model_dump(mode="json") if r.receipt else None,
+            timings=dict(r.timings)))
+    return valid, quarantined
 
-    n = len(results)
-    rate = len(quarantined) / n if n else 0.0
-    decision, why = decide(n, rate, thresholds)
-    stats = {
-        "run_id": run_id, "logical_date": logical_date.isoformat(),
-        "rows": n, "validated": len(to_validate), "valid": len(valid),
-        "quarantined": len(quarantined), "extract_failed": n_extract_failed,
-        "validation_failed": len(quarantined) - n_extract_failed,
-        "quarantine_rate": round(rate, 6), "decision": decision, "decision_reason": why,
-        "checks": [{"check": pc["check"], "column": by_check(checks, pc["check"]).column,
-                    "expectation": by_check(checks, pc["check"]).label,
-                    "severity": by_check(checks, pc["check"]).severity,
-                    "success": pc["success"], "unexpected_count": pc["unexpected_count"]}
-                   for pc in per_check],
-        "thresholds": thresholds.to_dict(),
-        "timings": {**{k: round(v, 4) for k, v in gx_timings.items()},
-                    "total_s": round(time.perf_counter() - started, 4)},
-        "data_docs_path": docs_path,
-    }
-    log.info("validation run_id=%s rows=%d valid=%d quarantined=%d rate=%.3f decision=%s (%s)",
-             run_id, n, len(valid), len(quarantined), rate, decision, why)
-    return ValidationOutcome(valid=valid, quarantined=quarantined, decision=decision,
-                             stats=stats, data_docs_path=docs_path)
+
+def _check_stats(per_check: list[dict], checks: Sequence[Check]) -> list[dict[str, Any]]:
+    """One entry per check that ran: column, expectation, severity, success, failures."""
+    out = []
+    for pc in per_check:
+        check = by_check(checks, pc["check"])
+        out.append({"check": pc["check"], "column": check.column, "expectation": check.label,
+                    "severity": check.severity, "success": pc["success"],
+                    "unexpected_count": pc["unexpected_count"]})
+    return out
 
 
 def by_check(checks: Sequence[Check], name: str) -> Check:

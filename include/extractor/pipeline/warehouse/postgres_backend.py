@@ -8,7 +8,8 @@ transaction-scoped temp table and deleted with ``DELETE ... USING``, so a load o
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Generator, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import extractor.pipeline.warehouse.ddl as ddl
@@ -20,12 +21,16 @@ _SCHEMA_LOCK_ID = 0x5EC1_2024
 
 
 def normalise_uri(uri: str) -> str:
-    """Accept what Airflow renders (``postgres://``, ``postgresql+psycopg2://``,
-    ``?__extra__=...``) and hand libpq a URI it understands."""
+    """Accept what Airflow renders (``postgres://``, ``postgresql+psycopg2://``, a
+    connection's extra as the query) and hand libpq a URI it understands: the query keeps
+    the parameters libpq knows (``sslmode``, ``connect_timeout`` ...) and drops the rest
+    (``__extra__``, ``sqlalchemy_scheme``, ``cursor`` ...), which libpq would refuse."""
+    import psycopg
+
+    known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
     parts = urlsplit(uri)
-    scheme = "postgresql"
-    query = [(k, v) for k, v in parse_qsl(parts.query) if not k.startswith("__")]
-    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k in known]
+    return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def _clean(value: Any) -> Any:
@@ -58,7 +63,7 @@ class PostgresWarehouse(Warehouse):
         set_json_loads(lambda text: text.decode() if isinstance(text, bytes) else text, self.conn)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self) -> Generator[None, None, None]:
         with self.conn.transaction():
             yield
 
