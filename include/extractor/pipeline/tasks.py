@@ -472,10 +472,13 @@ def _deliver(run_id: str, level: str, message: str, details: dict[str, Any],
         if warehouse is None:
             warehouse = opened = open_warehouse(cfg)
     except Exception as exc:  # noqa: BLE001 - any reason (bad setting, driver error): still alert
-        why = redact_text(f"{type(exc).__name__}: {exc}", _SECRETS)
-        log.error("alert for %s is not recorded in the alerts table (%s); log and notifiers only",
-                  run_id, _airflow_redactor()(why))
-        details = {**details, "not_recorded": why}
+        why = _airflow_redactor()(redact_text(f"{type(exc).__name__}: {exc}", _SECRETS))
+        if warehouse is None:
+            log.error("alert for %s is not recorded in the alerts table (%s); log and notifiers only",
+                      run_id, why)
+            details = {**details, "not_recorded": why}
+        else:
+            log.error("alert for %s: the configured extra notifiers are unavailable (%s)", run_id, why)
     if notify_only_if_unrecorded and warehouse is not None:
         channels = []
     try:
