@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install demo test bench-cpu clean
+.PHONY: browser-deps
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +25,12 @@ test: install
 
 clean:
 	rm -rf $(VENV) var
+
+# The real-browser tests (tests/browser) drive Debian's chromium through chromium-driver:
+# installed when missing (root, or sudo), a no-op when present; the tests skip, saying
+# so, only where they cannot be installed.
+test: browser-deps
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver' \
+	  || echo "browser-deps: chromium / chromium-driver could not be installed; tests/browser will skip"; }

@@ -7,6 +7,8 @@ the extractor (DAG-run param `extractor` > `model` of the Variable `receipts_con
 available, discovers receipts that extractor version has not seen, extracts them (mapped
 tasks, pool `gpu`), validates (Great Expectations), loads, reconciles and reports, then
 prunes staged files of runs older than the retention (`staging_retention_days`).
+Each run's Data Docs page and the quality report over time are in the Data Docs folder,
+linked from the run's **Data Docs** tab and the **Receipt quality** menu (docs/quality.md).
 
 **Idempotent.** A receipt's id is the sha256 of its bytes; rows are keyed by (receipt
 id, extractor version) and written in one transaction; a run only extracts what the
@@ -76,6 +78,10 @@ def receipts_daily():
     def report(summary: dict, reconciliation: dict) -> dict:
         return tasks.report(summary, reconciliation)
 
+    @task(trigger_rule="all_done")  # also after a failed run: that is one the charts must show
+    def quality_report() -> dict:  # quality over time, beside the Data Docs
+        return tasks.refresh_quality_report()
+
     @task
     def prune_staging() -> dict:  # staged files of runs older than the retention
         return tasks.prune_staging()
@@ -90,8 +96,7 @@ def receipts_daily():
         batch=batches)
     summary = validate_and_load(staged, extractor, batches["counts"], batches)
     reported = report(summary, reconcile(batches, extractor, summary))
-    reported >> prune_staging()
-    reported >> quality_gate(summary)
+    reported >> [prune_staging(), quality_report(), quality_gate(summary)]
 
 
 receipts_daily()

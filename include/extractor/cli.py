@@ -1,4 +1,4 @@
-"""Command line: python -m extractor {extract,batch,compare,eval,presets} (or receipt-extractor).
+"""Command line: python -m extractor {extract,batch,compare,eval,report,presets} (or receipt-extractor).
 
 --model takes what the configuration's "model" key takes: a preset name (ocr,
 llama-3.2-11b-vision-instruct ...) or a JSON spec ('{"preset": "ocr", "batch_size": 4}').
@@ -200,6 +200,35 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _days(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days >= 1, not {text!r}")
+    return int(text)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from extractor.pipeline.quality.report import write_report
+    from extractor.pipeline.warehouse import open_warehouse
+
+    if args.warehouse.startswith("duckdb:///") and not Path(args.warehouse[len("duckdb:///"):]).exists():
+        raise UsageError(f"--warehouse {args.warehouse}: no such DuckDB file")  # never create one
+    try:
+        end = dt.date.fromisoformat(args.end) if args.end else None
+        warehouse = open_warehouse(args.warehouse)
+    except ValueError as exc:  # a date that is not YYYY-MM-DD, an unsupported URL
+        raise UsageError(str(exc)) from exc
+    try:
+        warehouse.ensure_schema()
+        result = write_report(warehouse, args.output_dir, days=args.days, end=end)
+    finally:
+        warehouse.close()
+    print(f"quality report {result['start']} .. {result['end']}: {result['runs']} runs, "
+          f"{len(result['versions'])} extractor versions -> {result['page']}")
+    return 0
+
+
 def _s(value: object) -> str:
     return "" if value is None else str(value)
 
@@ -265,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="quality over time from the warehouse: HTML page + PNG charts")
+    p.add_argument("--warehouse", required=True, help="duckdb:///path or postgresql://... URL")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--days", type=_days, default=30, help="days of partitions to show (default 30)")
+    p.add_argument("--end", help="last partition day shown, YYYY-MM-DD (default: today, UTC)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="list the model presets and the revision each is pinned to")
     p.set_defaults(func=cmd_presets)

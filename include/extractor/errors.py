@@ -18,6 +18,10 @@ class ModelSourceError(ExtractorError):
     """A model could not be fetched, or its files do not match the manifest."""
 
 
+class WarehouseBusyError(ExtractorError):
+    """The warehouse stayed locked by another process for the whole wait (one-line message)."""
+
+
 class BadImageError(ExtractorError):
     """Input bytes that are not a usable receipt image (the message is the reason)."""
 

@@ -13,9 +13,10 @@ Guarantees:
 - once: a file lock per target, so parallel tasks on one host (or on hosts that share
   the cache volume) download once and the others wait and reuse it;
 - atomic: the download goes to a temporary sibling directory that is renamed into
-  place only when complete, so a killed task never leaves a half model behind;
+  place only when complete, so a killed task never leaves a half model behind (and the
+  next call removes the temporary folder it left);
 - verified: a manifest (file -> size, sha256) is written after the download and
-  checked on every call. Each call compares sizes and modification times (cheap, even
+  checked on every call; a file the manifest does not list fails the check too. Each call compares sizes and modification times (cheap, even
   for 22 GB); a file whose mtime changed is hashed again. A missing or changed file
   makes the next call download again (``verify="full"`` re-hashes everything).
 
@@ -89,18 +90,46 @@ def ensure_model(spec: ExtractorSpec, cache_dir: str | os.PathLike | None = None
 
     from filelock import FileLock
 
+    _remove_orphans(target, wait=False)  # a killed download's folder, if no one downloads now
     # Fast path, no lock: a complete target never changes except through this function.
     if _valid(target, verify):
         return target
     with FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S):
         if _valid(target, verify):  # another process finished while we waited
             return target
+        _remove_orphans(target, wait=True)
         if source == "hf":
             fetch = lambda tmp: _fetch_hub(spec, tmp, token, hub_download)  # noqa: E731
         else:
             fetch = lambda tmp: _fetch_s3(source, tmp, s3_client)  # noqa: E731
         _download_atomically(target, fetch)
     return target
+
+
+def _remove_orphans(target: Path, *, wait: bool) -> list[Path]:
+    """Delete the temporary folders a killed download left beside ``target``
+    (``<name>.tmp-*``, ``<name>.stale-*``). Only under the target's lock: whoever made
+    them held it, so holding it means they are gone. ``wait=True``: the caller holds the
+    lock already; ``wait=False``: take it only if free (a download under way is left be)."""
+    import glob
+
+    from filelock import FileLock, Timeout
+
+    pattern = glob.escape(target.name)
+    leftovers = sorted(p for suffix in (".tmp-*", ".stale-*")
+                       for p in target.parent.glob(pattern + suffix) if p.is_dir())
+    if not leftovers:
+        return []
+    if not wait:
+        try:
+            with FileLock(str(target) + ".lock", timeout=0):
+                return _remove_orphans(target, wait=True)
+        except Timeout:
+            return []
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by an interrupted download", path)
+    return leftovers
 
 
 def model_path_override() -> Path | None:
@@ -267,6 +296,10 @@ def _valid(root: Path, verify: str = "quick") -> bool:
         entries = json.loads(manifest_path.read_text())["files"]
     except (ValueError, KeyError):
         log.warning("unreadable manifest in %s", root)
+        return False
+    unlisted = sorted({p.relative_to(root).as_posix() for p in _files(root)} - set(entries))
+    if unlisted:  # the manifest is the whole model: an extra file is not ours to load
+        log.warning("model folder %s holds files its manifest does not list: %s", root, unlisted[:5])
         return False
     for rel, entry in entries.items():
         path = root / rel

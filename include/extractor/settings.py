@@ -40,7 +40,9 @@ ENV_PREFIX = "RECEIPT_"
 # ``pipeline.config._setting``; a key not listed here is refused in the file, as a typo).
 KEYS = ("model", "source", "s3_conn_id", "warehouse_url", "model_cache", "staging_dir",
         "staging_retention_days", "data_docs_dir", "thresholds", "alert_callbacks",
-        "batches_per_task", "trend_tolerances")
+        "batches_per_task",
+        "claim_ttl_hours", "warehouse_lock_timeout_s", "warehouse_snapshot",  # re-runs, concurrency
+        "quality_report_days", "trend_tolerances")
 # Variables of the previous release, read (with a warning) until 0.3; the environment
 # names were already RECEIPT_<KEY>, except the model's.
 LEGACY_VARIABLES = {

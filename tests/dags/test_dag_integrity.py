@@ -51,13 +51,15 @@ def test_receipts_daily_shape(receipts_dag):
     dag = receipts_dag
     assert set(dag.task_ids) == {"resolve_extractor", "ensure_model", "discover_new_receipts",
                                  "extract", "validate_and_load", "reconcile", "report", "prune_staging",
-                                 "quality_gate"}
+                                 "quality_report", "quality_gate"}
     extract = dag.get_task("extract")
     assert extract.pool == "gpu"
     assert extract.queue == os.environ.get("RECEIPT_GPU_QUEUE", "default")
     report = dag.get_task("report")
     assert [a.uri for a in report.outlets] == ["receipts_warehouse://receipts"]
     assert dag.get_task("prune_staging").upstream_task_ids == {"report"}  # only a finished run prunes
+    quality = dag.get_task("quality_report")  # redrawn after every run, failed ones included
+    assert quality.upstream_task_ids == {"report"} and quality.trigger_rule == "all_done"
     assert dag.params["extractor"] is None
     assert dag.max_active_runs >= 1 and not dag.catchup
     assert dag.on_failure_callback, "a failed run must alert"

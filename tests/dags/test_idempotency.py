@@ -17,8 +17,19 @@ def _fill(pipeline: Pipeline) -> None:
 
 def test_the_same_day_twice_adds_nothing(pipeline):
     pipeline.put(DAYS[0], "a.jpg", synthetic_receipt(1, date="2026-02-27"))
+    began = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     first = pipeline.run(DAYS[0])
+    ended = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     assert first.state == "success", pipeline.task_states(first)
+    # wall-clock times, not the logical date dag.test gives the run's start_date
+    ((started, finished),) = pipeline.fetch("SELECT started_at, finished_at FROM runs")
+    assert began <= started <= finished <= ended
+    stamps = pipeline.fetch("SELECT loaded_at FROM receipts UNION ALL SELECT quarantined_at FROM quarantine")
+    assert stamps == [(started,)]
+    # staged per model batch and per task, the task's file named by its batch's content
+    staged = list((pipeline.root / "staging").rglob("*.jsonl"))
+    assert sorted(p.parent.name == "chunks" for p in staged) == [False, True], staged
+    assert any(p.name.startswith("batch-00000-") for p in staged), staged
     before = table_state(pipeline)
     assert len(before["receipts"]) + len(before["quarantine"]) == 1
 

@@ -140,6 +140,9 @@ class AirflowCluster:
     work_dir: Path
     dags_folder: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    # "LocalExecutor" runs tasks in the scheduler's own worker processes: no broker, so
+    # the Redis database is neither claimed nor flushed.
+    executor: str = "CeleryExecutor"
     run_tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     processes: list[ManagedProcess] = field(default_factory=list)
 
@@ -171,7 +174,7 @@ class AirflowCluster:
         broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
         env.update({
             "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # Runs are only created by the test's trigger: no scheduled run for "yesterday"
@@ -207,6 +210,12 @@ class AirflowCluster:
     def prepare_services(self) -> None:
         """Claim the Redis database (one test deployment at a time) and create the
         metadata database."""
+        if self.executor == "CeleryExecutor":
+            self._claim_redis()
+        create_database(self.metadata_db)
+        self._db_created = True
+
+    def _claim_redis(self) -> None:
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
         if not client.set(_REDIS_OWNER_KEY, self.run_tag, nx=True, ex=1200):
             raise RuntimeError(f"Redis db {REDIS_DB} is in use by another test deployment "
@@ -222,8 +231,6 @@ class AirflowCluster:
             if key != _REDIS_OWNER_KEY.encode():
                 client.delete(key)
         self._redis_claimed = True
-        create_database(self.metadata_db)
-        self._db_created = True
 
     def release_services(self) -> None:
         if self._redis_claimed:

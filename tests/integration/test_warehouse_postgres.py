@@ -85,3 +85,31 @@ def test_concurrent_ensure_schema_does_not_race(pg_url):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_concurrent_claims_of_the_same_receipts_give_each_to_exactly_one_run(pg_url):
+    # Two runs' discoveries claim the same 300 receipts at the same moment, on two sessions.
+    ids = [contract.rid(i) for i in range(300)]
+    setup = open_warehouse(pg_url)
+    setup.ensure_schema()
+    setup.close()
+    barrier, held, errors = threading.Barrier(2), {}, []
+
+    def discover(run_id):
+        w = open_warehouse(pg_url)
+        try:
+            barrier.wait(timeout=30)
+            held[run_id] = w.claim(contract.V1, ids, run_id, ttl_s=3600)
+        except Exception as exc:  # noqa: BLE001 - reported below, with the thread's run id
+            errors.append(f"{run_id}: {exc!r}")
+        finally:
+            w.close()
+
+    threads = [threading.Thread(target=discover, args=(name,)) for name in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert held["run-a"] | held["run-b"] == set(ids)
+    assert not held["run-a"] & held["run-b"]

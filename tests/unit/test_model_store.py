@@ -311,3 +311,87 @@ def test_llama_model_path_loads_the_chosen_model_from_that_folder(tmp_path, monk
     monkeypatch.setenv("LLAMA_MODEL_PATH", str(tmp_path / "gone"))
     with pytest.raises(ModelSourceError, match=r"^LLAMA_MODEL_PATH=.*gone: no such model folder$"):
         ensure_model(_spec(), tmp_path / "cache")
+
+
+# --- crash leftovers and unlisted files ------------------------------------------------
+def slow_snapshot_download(*, local_dir, ready_file, **_):
+    """A Hub stand-in that writes part of a model, says so, then hangs (to be killed)."""
+    (Path(local_dir) / "config.json").write_text("{}")
+    Path(ready_file).write_text(local_dir)
+    time.sleep(600)
+
+
+def _download_until_killed(cache, ready_file):
+    import functools
+
+    from extractor.model_store import ensure_model as ensure
+
+    ensure(_spec(), cache, hub_download=functools.partial(slow_snapshot_download, ready_file=ready_file))
+
+
+def test_a_download_killed_with_sigkill_leaves_a_folder_the_next_call_removes(tmp_path):
+    import signal
+
+    ready = tmp_path / "ready"
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_download_until_killed, args=(tmp_path / "cache", str(ready)))
+    proc.start()
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline and proc.is_alive()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL
+    orphan = Path(ready.read_text())
+    assert orphan.is_dir() and orphan.name.startswith(target_name(_spec()) + ".tmp-")
+
+    calls = tmp_path / "calls.jsonl"
+    path = ensure_model(_spec(), tmp_path / "cache", hub_download=_hub(calls))
+
+    assert not orphan.exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".lock"]
+
+
+def test_leftovers_beside_a_valid_model_are_removed_unless_a_download_holds_the_lock(tmp_path):
+    from filelock import FileLock
+
+    calls = tmp_path / "calls.jsonl"
+    path = ensure_model(_spec(), tmp_path, hub_download=_hub(calls))
+    leftover = path.with_name(path.name + ".tmp-4242-1")  # what a SIGKILLed download leaves
+    (leftover / "sub").mkdir(parents=True)
+    with FileLock(str(path) + ".lock"):  # another process is downloading: its folder stays
+        ctx = multiprocessing.get_context("spawn")
+        proc = ctx.Process(target=_ensure_quietly, args=(tmp_path, str(calls)))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0 and leftover.exists()
+    assert ensure_model(_spec(), tmp_path, hub_download=_hub(calls)) == path
+    assert not leftover.exists()
+    assert len(_calls(calls)) == 1  # the model itself was never fetched again
+
+
+def _ensure_quietly(cache, calls_file):
+    from extractor.model_store import ensure_model as ensure
+
+    ensure(_spec(), cache, hub_download=_hub(calls_file))
+
+
+def test_a_file_the_manifest_does_not_list_fails_the_check(tmp_path):
+    calls = tmp_path / "calls.jsonl"
+    path = ensure_model(_spec(), tmp_path / "cache", hub_download=_hub(calls))
+    (path / "extra.safetensors").write_bytes(b"not from the source")
+
+    assert ensure_model(_spec(), tmp_path / "cache", hub_download=_hub(calls)) == path
+    assert len(_calls(calls)) == 2  # fetched again: the cache held something unlisted
+    assert not (path / "extra.safetensors").exists()
+
+    local = tmp_path / "provisioned"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    from extractor.model_store import write_manifest
+
+    write_manifest(local)
+    (local / "injected.py").write_text("import os")
+    with pytest.raises(ModelSourceError, match="do not match their manifest"):
+        ensure_model(resolve_spec({"backend": "hf", "model_id": "x/y", "source": str(local)}))

@@ -8,6 +8,7 @@ once per process, so the rule cases share one validated batch.
 import datetime as dt
 import hashlib
 import os
+import re
 from decimal import Decimal
 
 import pytest
@@ -130,17 +131,48 @@ def test_stats_decision_and_warnings(outcome):
 
 def test_data_docs_page_is_written(outcome):
     page = outcome.data_docs_path
-    assert page and page.endswith(".html")
+    assert page and page.endswith(".html") and outcome.stats["data_docs_path"] == page
     html = open(page, encoding="utf-8").read()
-    assert "values must belong to this set" in html and "check_total_arithmetic" in html
-    assert "manual__2024-06-30" in page
+    # cross-field checks read as rules, not "values must belong to this set: True"
+    assert "values must belong to this set" not in html
+    assert "line totals sum to the subtotal or total" in html and "check_total_arithmetic" in html
+    # every receipt that did not load is listed, the extraction failure with its stage
+    assert html.count('class="quarantine-row"') == len(outcome.quarantined)
+    assert "unreadable.jpg" in html and "not a JPEG" in html and 'class="stage-extract"' in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     # a later run into the same folder: its own page, and the index lists both runs
-    root = page.split("/validations/")[0]
+    root = os.path.dirname(os.path.dirname(page))
     later = validate_results([result("later")], logical_date=LOGICAL,
                              run_id="scheduled__2024-07-01T00:00:00+00:00", data_docs_dir=root)
     assert later.data_docs_path != page and os.path.exists(later.data_docs_path)
     index = open(os.path.join(root, "index.html"), encoding="utf-8").read()
-    assert "manual__2024-06-30" in index and "scheduled__2024-07-01" in index
+    assert "manual__2024-06-30" in index and "scheduled__2024-07-01T00:00:00+00:00" in index
+    assert os.path.basename(page) in index and os.path.basename(later.data_docs_path) in index
+
+
+CHATTER_PROBE = """
+import logging, sys, datetime as dt
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+from extractor.pipeline.quality.validation import validate_results
+from extractor.schema import ExtractionResult, Receipt
+r = ExtractionResult(receipt_id="a" * 64, source="a.jpg", status="ok", extractor_version="v",
+                     receipt=Receipt(store_name="S", date="2024-06-29", total="1.00"))
+print("decision", validate_results([r], logical_date=dt.date(2024, 6, 30), run_id="r").decision)
+"""
+
+
+def test_gx_registration_chatter_is_silenced():
+    """A fresh process (GX not yet imported), logging at INFO as a task log does: GX's
+    one-line-per-function "Skipping registering function" chatter stays out."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CHATTER_PROBE], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "decision pass" in out.stdout
+    assert "validation run_id=r" in out.stdout  # INFO logging really was on
+    assert "Skipping registering function" not in out.stdout + out.stderr
 
 
 def test_suite_is_derived_from_the_schema():

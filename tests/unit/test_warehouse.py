@@ -99,7 +99,7 @@ class WarehouseContract:
         assert second["replaced_receipts"] == 3 and second["replaced_quarantine"] == 2
         assert wh.snapshot() == before
         assert wh.table_counts() == {"receipts": 3, "receipt_line_items": 4, "quarantine": 2,
-                                     "runs": 1, "alerts": 0}
+                                     "runs": 1, "alerts": 0, "extraction_claims": 0}
 
     def test_values_and_lineage_columns(self, wh):
         wh.load([ok(1, total="9999999999.9999")], [], run())
@@ -230,6 +230,26 @@ class WarehouseContract:
         q = "SELECT count(*) FROM receipts WHERE receipt_id = {} AND store_name <> '?'"
         assert wh.fetch(q.format("?"), (rid(1),)) == [(1,)]
         assert wh.fetch(q.format("%s"), (rid(1),)) == [(1,)]
+
+
+    def test_claims_keep_a_receipt_to_one_run_until_it_is_loaded(self, wh):
+        ids, now = [rid(1), rid(2), rid(3)], dt.datetime(2026, 3, 2, 1, 0)
+        assert wh.claim(V1, ids[:2], "run-a", ttl_s=3600, now=now) == {rid(1), rid(2)}
+        assert wh.claim(V1, ids, "run-b", ttl_s=3600, now=now) == {rid(3)}  # a's stay a's
+        assert wh.claim(V1, ids, "run-a", ttl_s=3600, now=now) == {rid(1), rid(2)}  # a retry keeps its own
+        assert wh.claim(V2, ids[:1], "run-b", ttl_s=3600, now=now) == {rid(1)}  # per extractor version
+        wh.load([ok(1)], [bad(2)], run("run-a"))  # loaded: the claims go in the same transaction
+        assert sorted(wh.fetch("SELECT receipt_id, extractor_version, run_id FROM extraction_claims")) == \
+            sorted([(rid(3), V1, "run-b"), (rid(1), V2, "run-b")])
+
+    def test_an_expired_or_released_claim_can_be_taken_over(self, wh):
+        now = dt.datetime(2026, 3, 2, 1, 0)
+        assert wh.claim(V1, [rid(1), rid(2)], "killed-run", ttl_s=3600, now=now) == {rid(1), rid(2)}
+        assert wh.claim(V1, [rid(1)], "next-run", ttl_s=3600, now=now + dt.timedelta(minutes=59)) == set()
+        assert wh.claim(V1, [rid(1)], "next-run", ttl_s=3600, now=now + dt.timedelta(minutes=61)) == {rid(1)}
+        wh.release_claims("killed-run")  # its failure callback
+        assert wh.claim(V1, [rid(2)], "next-run", ttl_s=3600, now=now) == {rid(2)}
+        assert wh.claim(V1, [], "next-run", ttl_s=3600) == set()
 
 
 class TestDuckDBWarehouse(WarehouseContract):

@@ -18,9 +18,13 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``staging_dir`` | ``RECEIPT_STAGING_DIR`` | ``var/staging`` |
 | ``staging_retention_days`` (0 = keep) | ``RECEIPT_STAGING_RETENTION_DAYS`` | 30 |
 | ``data_docs_dir`` | ``RECEIPT_DATA_DOCS_DIR`` | ``var/data_docs`` |
+| ``quality_report_days`` (the quality report's window) | ``RECEIPT_QUALITY_REPORT_DAYS`` | 30 |
 | ``thresholds`` (object) | ``RECEIPT_THRESHOLDS`` | validation defaults |
 | ``alert_callbacks`` | ``RECEIPT_ALERT_CALLBACKS`` | none |
 | ``batches_per_task`` | ``RECEIPT_BATCHES_PER_TASK`` | 4 |
+| ``claim_ttl_hours`` (a run's claim on a receipt in flight) | ``RECEIPT_CLAIM_TTL_HOURS`` | 12 |
+| ``warehouse_lock_timeout_s`` (DuckDB: wait for the file lock) | ``RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S`` | 60 |
+| ``warehouse_snapshot`` (DuckDB: readers' copy; a path or ``off``) | ``RECEIPT_WAREHOUSE_SNAPSHOT`` | ``auto``: ``<warehouse>.snapshot.duckdb`` |
 | ``trend_tolerances`` (object, ``quality.trends``) | ``RECEIPT_TREND_TOLERANCES`` | ``quality.trends`` defaults |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 | extract task timeout, minutes (parse time, env only) | ``RECEIPT_EXTRACT_TIMEOUT_MINUTES`` | 120 |
@@ -104,6 +108,10 @@ class PipelineConfig:
     alert_callbacks: tuple[str, ...] = ()
     batches_per_task: int = 4  # a mapped extract task gets batch_size * this many receipts
     staging_retention_days: int = 30  # run folders untouched this long are pruned; 0 keeps all
+    claim_ttl_hours: float = 12.0  # a run's claim on a receipt in flight expires after this
+    warehouse_lock_timeout_s: float = 60.0  # DuckDB: how long a task waits for the file lock
+    warehouse_snapshot: str | None = "auto"  # DuckDB copy for readers after each load; None: off
+    quality_report_days: int = 30  # days of partitions the quality report shows
     trend_tolerances: dict[str, Any] = field(default_factory=dict)  # see quality.trends
 
     @property
@@ -163,6 +171,10 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         raise ConfigError(f"staging_retention_days must be a whole number of days: {retention!r}") from exc
     if retention < 0:
         raise ConfigError("staging_retention_days must be >= 0 (0 keeps staged files forever)")
+    concurrency = _concurrency_settings(get_variable)
+    report_days = _setting(get_variable, "receipts_quality_report_days", "RECEIPT_QUALITY_REPORT_DAYS", 30)
+    if not str(report_days).isdigit() or int(report_days) < 1:
+        raise ConfigError(f"quality_report_days must be a whole number >= 1: {report_days!r}")
     trend = get_variable.get("trend_tolerances", {}, env="RECEIPT_TREND_TOLERANCES")  # a new key
     warehouse_url = None
     if not warehouse_conn_exists:
@@ -182,8 +194,32 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         alert_callbacks=_names(callbacks),
         batches_per_task=batches_per_task,
         staging_retention_days=retention,
+        **concurrency,
+        quality_report_days=int(report_days),
         trend_tolerances=_json_setting(trend, "trend_tolerances") if trend else {},
     )
+
+
+def _concurrency_settings(get_variable: Settings) -> dict[str, Any]:
+    """Claims of receipts in flight, the DuckDB lock wait and the readers' snapshot."""
+    out = {"claim_ttl_hours": _setting(get_variable, "receipts_claim_ttl_hours",
+                                       "RECEIPT_CLAIM_TTL_HOURS", 12.0),
+           "warehouse_lock_timeout_s": _setting(get_variable, "receipts_warehouse_lock_timeout_s",
+                                                "RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S", 60.0)}
+    for name, raw in out.items():
+        try:
+            out[name] = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a number: {raw!r}") from exc
+        if out[name] <= 0:
+            raise ConfigError(f"{name} must be > 0")
+    snapshot = str(_setting(get_variable, "receipts_warehouse_snapshot", "RECEIPT_WAREHOUSE_SNAPSHOT",
+                            "auto"))
+    if snapshot.lower() in ("off", "none"):
+        out["warehouse_snapshot"] = None
+    else:  # "auto": <warehouse>.snapshot.duckdb beside the warehouse file
+        out["warehouse_snapshot"] = "auto" if snapshot == "auto" else str(_path(snapshot))
+    return out
 
 
 def _names(value: Any) -> tuple[str, ...]:

@@ -100,9 +100,16 @@ def warehouse_url(cfg: config.PipelineConfig) -> str:
 
 
 def open_warehouse(cfg: config.PipelineConfig):
+    from airflow.sdk.exceptions import AirflowException
+    from extractor.errors import WarehouseBusyError
     from extractor.pipeline.warehouse import open_warehouse as _open
 
-    warehouse = _open(warehouse_url(cfg))
+    url = warehouse_url(cfg)
+    options = {"lock_timeout_s": cfg.warehouse_lock_timeout_s} if url.startswith("duckdb") else {}
+    try:
+        warehouse = _open(url, **options)
+    except WarehouseBusyError as exc:  # one line, no driver traceback; the task retries
+        raise AirflowException(str(exc)) from None
     warehouse.ensure_schema()
     return warehouse
 
@@ -167,7 +174,8 @@ def resolve_extractor() -> dict[str, Any]:
     if needs_pinning(spec):  # a Hub branch -> its commit, so the version names the snapshot
         spec = pin_revision(spec, token=_hub_token())
     log.info("extractor %s (from the %s)", spec.version, origin)
-    return {"spec": spec.model_dump(mode="json"), "version": spec.version, "origin": origin}
+    return {"spec": spec.model_dump(mode="json"), "version": spec.version, "origin": origin,
+            "run_started_at": _utc_now().isoformat()}  # wall clock: the run's first task
 
 
 def ensure_model(extractor: dict[str, Any]) -> dict[str, str | None]:
@@ -194,41 +202,70 @@ def discover_new_receipts(extractor: dict[str, Any]) -> list[list[dict[str, Any]
                                    already_extracted=warehouse.already_extracted,
                                    batch_size=spec.batch_size * cfg.batches_per_task,
                                    s3_client=client)
+        batches, elsewhere = _claim(warehouse, found.batches, spec, cfg, ctx["run_id"])
     finally:
         warehouse.close()
-    ctx["ti"].xcom_push(key="counts", value={**found.counts(), "partitions": found.partitions,
-                                             "source": cfg.source})
-    return [[r.to_dict() for r in batch] for batch in found.batches]
+    ctx["ti"].xcom_push(key="counts", value={
+        **found.counts(), "new": sum(map(len, batches)), "batches": len(batches),
+        "claimed_by_other_run": elsewhere, "partitions": found.partitions, "source": cfg.source})
+    return [[r.to_dict() for r in batch] for batch in batches]
+
+
+def _claim(warehouse, batches, spec, cfg: config.PipelineConfig, run_id: str):
+    """The discovered batches this run holds claims on (see sources/claims.py)."""
+    from extractor.pipeline.sources.claims import claim_batches
+
+    def claim(ids: list[str]) -> set[str]:
+        return warehouse.claim(spec.version, ids, run_id, ttl_s=cfg.claim_ttl_hours * 3600)
+
+    batches, elsewhere = claim_batches(batches, claim, spec.batch_size * cfg.batches_per_task,
+                                       receipt_id=lambda r: r.receipt_id)
+    if elsewhere:
+        log.info("%d receipt(s) are being extracted by another run of this partition: left to it",
+                 elsewhere)
+    return batches, elsewhere
 
 
 def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
                   model: dict[str, str | None]) -> dict[str, Any]:
     """Read a task's receipts, run the backend one model batch at a time (so only one
-    batch of decoded images is in memory), stage one JSONL line per receipt."""
+    batch of decoded images is in memory), staging each model batch as it finishes (a
+    retry after a kill extracts only what was not staged), then the task's JSONL file."""
     from extractor.backends import load_backend
+    from extractor.pipeline.sources import batch_staging
     from extractor.pipeline.sources.staging import write_staged
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
     client = s3_client(cfg) if any(b["uri"].startswith("s3://") for b in batch) else None
     t_start = time.perf_counter()
-    backend = load_backend(spec, model["model_dir"])  # loaded once per worker process
-    model_load_s = time.perf_counter() - t_start
-    results, read_s, extract_s = [], 0.0, 0.0
-    for i in range(0, len(batch), spec.batch_size):
+    backend, seconds = None, {"read_s": 0.0, "extract_s": 0.0, "model_load_s": 0.0}
+
+    def extract_chunk(chunk):
+        nonlocal backend
+        if backend is None:  # loaded once per worker process, and only if something is left
+            t0 = time.perf_counter()
+            backend = load_backend(spec, model["model_dir"])
+            seconds["model_load_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        chunk_results, inputs = _read_chunk(batch[i:i + spec.batch_size], spec.version, client)
+        chunk_results, inputs = _read_chunk(chunk, spec.version, client)
         t1 = time.perf_counter()
         extracted = iter(backend.extract([x for x in inputs if x is not None]))
-        results.extend(r if r is not None else next(extracted) for r in chunk_results)
-        read_s, extract_s = read_s + t1 - t0, extract_s + time.perf_counter() - t1
-    ti = ctx["ti"]
-    path = cfg.staging_dir / _safe(ctx["dag"].dag_id) / _safe(ctx["run_id"]) / f"batch-{ti.map_index:05d}.jsonl"
-    staged = write_staged(results, path)
+        out = [r if r is not None else next(extracted) for r in chunk_results]
+        seconds["read_s"] += t1 - t0
+        seconds["extract_s"] += time.perf_counter() - t1
+        return out
+
+    run_dir = cfg.staging_dir / _safe(ctx["dag"].dag_id) / _safe(ctx["run_id"])
+    done = batch_staging.extract_resumable(batch, model_batch_size=spec.batch_size, run_dir=run_dir,
+                                           extractor_version=spec.version, extract_chunk=extract_chunk)
+    results, ti, key = done.results, ctx["ti"], batch_staging.batch_key(batch)
+    staged = write_staged(results, run_dir / f"batch-{ti.map_index:05d}-{key}.jsonl")
     if staged["ok"] + staged["failed"] != len(batch) or \
             [r.receipt_id for r in results] != [b["receipt_id"] for b in batch]:
         raise RuntimeError(f"staged {staged} for a batch of {len(batch)}: a receipt went missing")
-    return {**staged, "receipts": len(batch), "read_s": round(read_s, 4),
-            "model_load_s": round(model_load_s, 4), "extract_s": round(extract_s, 4),
+    return {**staged, "receipts": len(batch), "map_index": ti.map_index, "batch_key": key,
+            "extracted": done.extracted, "resumed": done.resumed,
+            **{k: round(v, 4) for k, v in seconds.items()},
             "task_s": round(time.perf_counter() - t_start, 4)}
 
 
@@ -270,8 +307,7 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
     from extractor.pipeline.warehouse.base import utc_naive
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
-    # a lazy XCom sequence (one entry per mapped extract), empty when extract was skipped
-    staged = [staged[i] for i in range(len(staged))] if staged else []
+    staged = _current_staged(staged, batches)
     results = [r for s in staged for r in read_staged(s["uri"])]
     start, end = ctx["data_interval_start"], ctx["data_interval_end"]
     # "not in the future" is judged against the partition's last day (plus the suite's grace)
@@ -305,6 +341,7 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         if decision in ALERT_LEVEL:
             _quality_alert(warehouse, cfg, ctx, outcome, summary, spec.version, str(partition_day),
                            notifiers)
+        _publish_snapshot(warehouse, cfg)
     finally:
         warehouse.close()
     if decision == "fail":
@@ -322,7 +359,7 @@ def _run_record(ctx: dict[str, Any], spec, extractor: dict[str, Any], summary: d
         partition_start=ctx["data_interval_start"], partition_end=ctx["data_interval_end"],
         extractor_version=spec.version, model_id=spec.model_id, revision=spec.revision,
         prompt_version=spec.prompt_version,
-        started_at=getattr(dag_run, "start_date", None) or _utc_now(), finished_at=_utc_now(),
+        started_at=_run_started_at(extractor, dag_run), finished_at=_utc_now(),
         counts=summary["counts"], timings=summary["timings"], decision=summary["decision"],
         summary=summary, extractor_origin=extractor.get("origin"))
 
@@ -342,6 +379,45 @@ def _quality_alert(warehouse, cfg: config.PipelineConfig, ctx: dict[str, Any], o
     send_alert(warehouse, run_id=ctx["run_id"], level=ALERT_LEVEL[summary["decision"]], message=message,
                details=details, notifiers=[*notifiers, *alert_callbacks(cfg)], secrets=_SECRETS,
                redactor=_airflow_redactor())
+
+
+def _run_started_at(extractor: dict[str, Any], dag_run: Any) -> dt.datetime:
+    """When the run began, by the wall clock: ``resolve_extractor``'s stamp (the run's
+    first task; the same for every re-run of a later task, so a re-load writes identical
+    rows). Not ``dag_run.start_date``: ``dag.test`` / ``airflow dags test`` set that to
+    the logical date, which made a test run "start" after it finished."""
+    stamp = extractor.get("run_started_at")
+    if stamp:
+        return dt.datetime.fromisoformat(stamp)
+    return getattr(dag_run, "start_date", None) or _utc_now()  # an extractor XCom from before
+
+
+def _publish_snapshot(warehouse, cfg: config.PipelineConfig) -> None:
+    """Refresh the readers' copy of a DuckDB warehouse (a failure is logged, not raised:
+    the load is committed, and the next run publishes again)."""
+    try:
+        path = warehouse.publish_snapshot(cfg.warehouse_snapshot)
+    except OSError as exc:
+        log.error("warehouse snapshot for readers not refreshed: %s", exc)
+        return
+    if path is not None:
+        log.info("warehouse snapshot for readers: %s", path)
+
+
+def _current_staged(staged: Sequence[dict[str, Any]] | None,
+                    batches: Sequence[Sequence[dict[str, Any]]] | None) -> list[dict[str, Any]]:
+    """The staged results of the run's current batches. ``staged`` is a lazy XCom sequence
+    (one entry per mapped extract, empty when extract was skipped) that also holds the
+    results of task instances an earlier try of this run mapped and the current mapping
+    removed (a cleared or reprocessed run): those are dropped, never loaded."""
+    from extractor.pipeline.sources.batch_staging import StagingMismatch, select_current
+
+    entries = [staged[i] for i in range(len(staged))] if staged else []
+    try:
+        current, _stale = select_current(entries, batches or [])
+    except StagingMismatch as exc:
+        raise _fail(f"staged results do not match discovery: {exc}") from exc
+    return current
 
 
 def reconcile(batches: Sequence[Sequence[dict[str, Any]]] | None, extractor: dict[str, Any]) -> dict[str, Any]:
@@ -386,12 +462,48 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
              reconciliation)
     out = {"run_id": ctx["run_id"], "counts": counts, "decision": summary.get("decision"),
            "extractor_version": reconciliation.get("extractor_version"),
-           "reconciliation": reconciliation}
+           "reconciliation": reconciliation, **quality_pages(load_config(), ctx["run_id"])}
     from airflow.sdk import Asset
 
     # downstream DAGs scheduled on the Asset learn which extractor version this run wrote
     ctx["outlet_events"][Asset(config.RECEIPTS_ASSET_URI)].extra = out
     return out
+
+
+def quality_pages(cfg: cfgmod.PipelineConfig, run_id: str) -> dict[str, str | None]:
+    """Where the run's Data Docs page and the quality report are (files on shared storage;
+    the ``receipts_quality_docs`` plugin serves them in the Airflow UI)."""
+    if cfg.data_docs_dir is None:
+        return {"data_docs": None, "quality_report": None}
+    from extractor.pipeline.quality.datadocs import REPORT_SUBDIR, RUNS_SUBDIR, run_page_name
+
+    return {"data_docs": str(cfg.data_docs_dir / RUNS_SUBDIR / run_page_name(run_id)),
+            "quality_report": str(cfg.data_docs_dir / REPORT_SUBDIR / "index.html")}
+
+
+def refresh_quality_report() -> dict[str, Any]:
+    """Redraw the quality report beside the Data Docs (``<data docs>/report/``): the
+    configured window of days ending at the newest partition in the warehouse, so a
+    backfill of an old day never replaces the report with an older window."""
+    from extractor.pipeline.quality.datadocs import REPORT_SUBDIR, write_index
+    from extractor.pipeline.quality.history import latest_day
+    from extractor.pipeline.quality.report import write_report
+
+    cfg = load_config()
+    if cfg.data_docs_dir is None:
+        log.info("Data Docs are off (receipts_data_docs_dir=none): no quality report")
+        return {"page": None}
+    warehouse = open_warehouse(cfg)
+    try:
+        result = write_report(warehouse, cfg.data_docs_dir / REPORT_SUBDIR,
+                              days=cfg.quality_report_days, end=latest_day(warehouse),
+                              data_docs_link="../index.html")
+    finally:
+        warehouse.close()
+    write_index(cfg.data_docs_dir)  # the index links the report once it exists
+    log.info("quality report %s .. %s (%d runs, versions %s): %s", result["start"], result["end"],
+             result["runs"], ", ".join(result["versions"]) or "none", result["page"])
+    return result
 
 
 def prune_staging() -> dict[str, Any]:
@@ -521,6 +633,7 @@ def on_run_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) 
                       f"({type(exc).__name__}: {exc}); see each task's failure alert and log")
     try:
         if warehouse is not None:
+            warehouse.release_claims(run.run_id)  # the day's next run may extract what this one held
             since = getattr(context.get("dag_run"), "start_date", None)
             for item in recorded_task_failures(warehouse.fetch, run.run_id, since=since):
                 task = FailedTask(**item)

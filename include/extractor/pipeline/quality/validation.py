@@ -2,7 +2,8 @@
 
 One call = one ephemeral GX context, one pandas batch holding every staged receipt of
 the run, one checkpoint run with ``result_format="COMPLETE"`` (so each failing
-expectation names its failing rows), and optionally Data Docs written to a folder.
+expectation names its failing rows), and optionally the run's Data Docs page
+(``quality.datadocs``: the project's own offline HTML, not GX's CDN-backed site).
 Failing rows become ``QuarantineRecord``s listing the failed expectations; extraction
 failures are quarantined without being validated; ``Thresholds`` turn the quarantine
 rate into a decision: pass, alert or fail.
@@ -31,8 +32,6 @@ __all__ = ["Thresholds", "ValidationOutcome", "QuarantineRecord", "validate_resu
 
 log = logging.getLogger(__name__)
 SUITE_NAME = "receipts"
-RESULTS_SUBDIR = "_validation_results"  # under data_docs_dir
-DOCS_INDEX_LIMIT = 60  # runs listed on the Data Docs index page
 
 
 @dataclass
@@ -80,11 +79,11 @@ def _args(annotation: Any) -> tuple:
 
 # ----------------------------------------------------------------------------- GX run
 
-def run_suite(frame, checks: Sequence[Check], *, run_id: str,
-              data_docs_dir: str | None) -> tuple[list[dict], str | None, dict[str, float]]:
+def run_suite(frame, checks: Sequence[Check], *, run_id: str) -> tuple[list[dict], dict[str, float]]:
     """Run the checks with GX on one batch; returns per-check results (check name,
-    success, unexpected row positions), the Data Docs page, and timings."""
+    success, unexpected row positions) and timings."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    quiet_gx_logging()
     t0 = time.perf_counter()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -93,25 +92,10 @@ def run_suite(frame, checks: Sequence[Check], *, run_id: str,
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     # The ephemeral context comes with a docs site in a fresh temp dir that every docs
-    # build would fill (megabytes per run, never removed): only our own site is built.
+    # build would fill (megabytes per run, never removed). Our Data Docs are our own
+    # static pages (quality.datadocs), so no GX site is built at all.
     for site in list(context.list_data_docs_sites()):
         context.delete_data_docs_site(site)
-    if data_docs_dir:
-        docs_root = os.path.abspath(data_docs_dir)
-        # Validation results persist next to the site (JSON), so each run's index page
-        # lists earlier runs too; the index shows the newest DOCS_INDEX_LIMIT of them.
-        context.add_store(context.validation_results_store_name, {
-            "class_name": "ValidationResultsStore",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": os.path.join(docs_root, RESULTS_SUBDIR)},
-        })
-        context.add_data_docs_site(SUITE_NAME, {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": docs_root},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder",
-                                   "validation_results_limit": DOCS_INDEX_LIMIT},
-        })
     batch = (context.data_sources.add_pandas("staged")
              .add_dataframe_asset("staged_results")
              .add_batch_definition_whole_dataframe("run"))
@@ -124,38 +108,32 @@ def run_suite(frame, checks: Sequence[Check], *, run_id: str,
         for c in checks]))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="staged_results", data=batch, suite=suite))
-    actions = ([gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SUITE_NAME])]
-               if data_docs_dir else [])
     checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="receipts_run", validation_definitions=[definition], actions=actions,
+        name="receipts_run", validation_definitions=[definition], actions=[],
         result_format="COMPLETE"))
     t2 = time.perf_counter()
     result = checkpoint.run(batch_parameters={"dataframe": frame},
                             run_id=gx.RunIdentifier(run_name=run_id))
     t3 = time.perf_counter()
 
-    per_check, docs_path = _per_check_results(result, context, data_docs_dir)
+    per_check = _per_check_results(result)
     timings = {"gx_import_s": t1 - t0, "gx_setup_s": t2 - t1, "gx_run_s": t3 - t2}
-    return per_check, docs_path, timings
+    return per_check, timings
 
 
-def _docs_page(context, identifier) -> str | None:
-    for site in context.get_docs_sites_urls(resource_identifier=identifier, site_name=SUITE_NAME):
-        url = site.get("site_url")
-        if url:
-            from urllib.parse import unquote, urlsplit
-            return unquote(urlsplit(url).path) if url.startswith("file://") else url
-    return None
+def quiet_gx_logging() -> None:
+    """GX logs one INFO line per public-API function it registers at import ("Skipping
+    registering function ...": 214 of the 234 lines of a validate_and_load log)."""
+    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
 
 
 # ----------------------------------------------------------------------------- entry point
 
-def _per_check_results(result, context, data_docs_dir: str | None) -> tuple[list[dict], str | None]:
-    """A checkpoint result as (check name, success, unexpected rows) per check, plus the
-    Data Docs page; an expectation that raised instead of running fails the run."""
+def _per_check_results(result) -> list[dict]:
+    """A checkpoint result as (check name, success, unexpected rows) per check; an
+    expectation that raised instead of running fails the run."""
     per_check, errors = [], []
-    docs_path = None
-    for identifier, validation in result.run_results.items():
+    for validation in result.run_results.values():
         for r in validation.results:
             meta = r.expectation_config.meta or {}
             if r.exception_info and r.exception_info.get("raised_exception"):
@@ -164,11 +142,9 @@ def _per_check_results(result, context, data_docs_dir: str | None) -> tuple[list
             per_check.append({"check": meta["check"], "success": bool(r.success),
                               "unexpected_index_list": list(r.result.get("unexpected_index_list") or []),
                               "unexpected_count": int(r.result.get("unexpected_count") or 0)})
-        if data_docs_dir:
-            docs_path = _docs_page(context, identifier)
     if errors:
         raise ValidationRunError("expectations could not run: " + "; ".join(errors))
-    return per_check, docs_path
+    return per_check
 
 
 def validate_results(results: Sequence[ExtractionResult], *,
@@ -186,12 +162,11 @@ def validate_results(results: Sequence[ExtractionResult], *,
     n_extract_failed = len(quarantined)
 
     per_check: list[dict] = []
-    docs_path, gx_timings = None, {}
+    gx_timings: dict[str, float] = {}
     valid: list[ExtractionResult] = []
     if to_validate:
         frame = results_frame(to_validate, thresholds)
-        per_check, docs_path, gx_timings = run_suite(frame, checks, run_id=run_id,
-                                                     data_docs_dir=data_docs_dir)
+        per_check, gx_timings = run_suite(frame, checks, run_id=run_id)
         valid, failed_validation = _split_by_failed_checks(to_validate, per_check, checks)
         quarantined += failed_validation
 
@@ -208,8 +183,10 @@ def validate_results(results: Sequence[ExtractionResult], *,
         "thresholds": thresholds.to_dict(),
         "timings": {**{k: round(v, 4) for k, v in gx_timings.items()},
                     "total_s": round(time.perf_counter() - started, 4)},
-        "data_docs_path": docs_path,
     }
+    # Every run gets its page, also one where nothing reached validation (all bad images).
+    docs_path = _write_data_docs(data_docs_dir, stats, quarantined, results)
+    stats["data_docs_path"] = docs_path
     log.info("validation run_id=%s rows=%d valid=%d quarantined=%d rate=%.3f decision=%s (%s)",
              run_id, n, len(valid), len(quarantined), rate, decision, why)
     return ValidationOutcome(valid=valid, quarantined=quarantined, decision=decision,
@@ -267,9 +244,21 @@ def _check_stats(per_check: list[dict], checks: Sequence[Check]) -> list[dict[st
     for pc in per_check:
         check = by_check(checks, pc["check"])
         out.append({"check": pc["check"], "column": check.column, "expectation": check.label,
-                    "severity": check.severity, "success": pc["success"],
+                    "severity": check.severity, "description": check.description,
+                    "success": pc["success"],
                     "unexpected_count": pc["unexpected_count"]})
     return out
+
+
+def _write_data_docs(data_docs_dir: str | None, stats: dict[str, Any],
+                     quarantined: Sequence[QuarantineRecord],
+                     results: Sequence[ExtractionResult]) -> str | None:
+    if not data_docs_dir:
+        return None
+    from extractor.pipeline.quality.datadocs import docs_record, write_run_docs
+
+    record = docs_record(stats, quarantined, (r.extractor_version for r in results))
+    return str(write_run_docs(data_docs_dir, record))
 
 
 def by_check(checks: Sequence[Check], name: str) -> Check:

@@ -186,6 +186,11 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def publish_snapshot(self, target: str | None) -> Any:
+        """A copy for readers that must not hold the live database (DuckDB only; on
+        PostgreSQL readers never block the load, so there is nothing to publish)."""
+        return None
+
     def _lock_schema(self) -> None:
         """Serialise concurrent ensure_schema calls (PostgreSQL: an advisory lock)."""
 
@@ -226,8 +231,8 @@ class Warehouse(abc.ABC):
         items = [row for r in valid for row in line_item_rows(r, run)]
         q_rows = [quarantine_row(q, run) for q in quarantined]
         with self._transaction():
-            deleted = self._delete_keys((ddl.RECEIPTS, ddl.LINE_ITEMS, ddl.QUARANTINE),
-                                        valid_keys + q_keys)
+            deleted = self._delete_keys((ddl.RECEIPTS, ddl.LINE_ITEMS, ddl.QUARANTINE, ddl.CLAIMS),
+                                        valid_keys + q_keys)  # loaded: no longer claimed
             self._execute('DELETE FROM "runs" WHERE "run_id" = ?', (run.run_id,))
             self._insert_rows(ddl.RECEIPTS, receipts)
             self._insert_rows(ddl.LINE_ITEMS, items)
@@ -248,6 +253,40 @@ class Warehouse(abc.ABC):
         for table in ("receipts", "quarantine"):
             found.update(r[0] for r in self._fetch_ids(table, extractor_version, ids))
         return found
+
+    def claim(self, extractor_version: str, receipt_ids: Sequence[str], run_id: str, *,
+              ttl_s: float, now: dt.datetime | None = None) -> set[str]:
+        """Claim the ids for ``run_id``; returns those the run holds (new claims, its own
+        earlier ones, expired ones taken over). Ids held by another run are left out.
+
+        One transaction; concurrent claims of one id serialise on its primary key (the
+        second insert waits for the first to commit, then does nothing)."""
+        ids = sorted(set(receipt_ids))
+        if not ids:
+            return set()
+        now = utc_naive(now or dt.datetime.now(dt.timezone.utc))
+        expires = now + dt.timedelta(seconds=ttl_s)
+        listed = self._ids_from_array()
+        with self._transaction():
+            self._execute('DELETE FROM "extraction_claims" WHERE "expires_at" < ? '
+                          f'AND "extractor_version" = ? AND "receipt_id" IN ({listed})',
+                          (now, extractor_version, ids))
+            self._execute('INSERT INTO "extraction_claims" ("receipt_id", "extractor_version", '
+                          '"run_id", "claimed_at", "expires_at") '
+                          f'SELECT receipt_id, ?, ?, ?, ? FROM ({listed}) AS ids '
+                          'ON CONFLICT DO NOTHING', (extractor_version, run_id, now, expires, ids))
+            rows = self.fetch('SELECT "receipt_id" FROM "extraction_claims" WHERE "run_id" = ? '
+                              f'AND "extractor_version" = ? AND "receipt_id" IN ({listed})',
+                              (run_id, extractor_version, ids))
+        return {r[0] for r in rows}
+
+    def release_claims(self, run_id: str) -> None:
+        """Drop every claim a run holds (it failed: the day's next run may take them)."""
+        self.execute('DELETE FROM "extraction_claims" WHERE "run_id" = ?', (run_id,))
+
+    def _ids_from_array(self) -> str:
+        """A SELECT of one ``receipt_id`` column from a list parameter (``?``)."""
+        return "SELECT unnest(CAST(? AS TEXT[])) AS receipt_id"
 
     @abc.abstractmethod
     def _fetch_ids(self, table: str, extractor_version: str, ids: list[str]) -> list[tuple]: ...

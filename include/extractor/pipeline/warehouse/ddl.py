@@ -171,7 +171,18 @@ ALERTS = Table(
     "every alert the pipeline raised, whether or not a notifier delivered it",
 )
 
-TABLES: tuple[Table, ...] = (RECEIPTS, LINE_ITEMS, QUARANTINE, RUNS, ALERTS)
+CLAIMS = Table(
+    "extraction_claims",
+    KEY + (Column("run_id", "TEXT", True, "the run extracting the receipt now"),
+           Column("claimed_at", "TIMESTAMP", True, "wall-clock UTC"),
+           Column("expires_at", "TIMESTAMP", True, "after this another run may take it over "
+                  "(a run killed before its failure callback ran)")),
+    ("receipt_id", "extractor_version"),
+    "receipts a run has discovered and not yet loaded: another run of the same day skips them "
+    "(see sources/claims.py); the load and a failed run's callback delete them",
+)
+
+TABLES: tuple[Table, ...] = (RECEIPTS, LINE_ITEMS, QUARANTINE, RUNS, ALERTS, CLAIMS)
 
 # The active extractor version: that of the latest finished run whose extractor came from
 # the setting (not a DAG-run override such as a comparison backfill) and did not fail.

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
+import shutil
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import extractor.pipeline.warehouse.ddl as ddl
+from extractor.errors import WarehouseBusyError
 from extractor.pipeline.warehouse.base import Row, Warehouse, convert_placeholders
 
 log = logging.getLogger(__name__)
@@ -30,27 +34,67 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _connect(path: str, lock_timeout_s: float):
+    """A read-write connection. Another process holding the file (a writer, or a reader:
+    DuckDB's read-only connections lock it too) makes this wait with growing pauses, one
+    log line, then raise ``WarehouseBusyError`` with one line that names the holder."""
+    import duckdb
+
+    started, pause, logged = time.monotonic(), 0.2, False
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            holder = _lock_holder(str(exc))
+        waited = time.monotonic() - started
+        if waited >= lock_timeout_s:
+            raise WarehouseBusyError(
+                f"warehouse {path} is locked by {holder} (waited {waited:.0f} s): close that "
+                f"connection; analysts read the snapshot copy (see docs/reliability.md)") from None
+        if not logged:
+            log.warning("warehouse %s is locked by %s: waiting up to %.0f s", path, holder, lock_timeout_s)
+            logged = True
+        time.sleep(min(pause, max(0.0, lock_timeout_s - waited)))
+        pause = min(pause * 2, 5.0)
+
+
+def _lock_holder(message: str) -> str:
+    """"PID 123 (/usr/bin/python3)" from DuckDB's lock error, or "another process"."""
+    found = re.search(r"held in (.+?) \(PID (\d+)\)", message)
+    return f"PID {found.group(2)} ({found.group(1)})" if found else "another process"
+
+
 class DuckDBWarehouse(Warehouse):
     dialect = "duckdb"
 
     def __init__(self, path: str, *, lock_timeout_s: float = 60.0):
-        import duckdb
-
         self.path = path
         self._registered: set[str] = set()
         if path not in ("", ":memory:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # One writer process per file: parallel tasks wait for the lock instead of failing.
-        deadline = time.monotonic() + lock_timeout_s
-        while True:
-            try:
-                self.con = duckdb.connect(path or ":memory:")
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                log.info("duckdb file %s is locked by another process; waiting", path)
-                time.sleep(0.5)
+        self.con = _connect(path or ":memory:", lock_timeout_s)
+
+    def publish_snapshot(self, target: str | None) -> Path | None:
+        """Copy the file, as of now, to ``target`` ("auto": ``<name>.snapshot.duckdb`` beside
+        it) for readers: analysts open the copy read-only at any time, and their lock is on
+        the copy, never on the file the pipeline writes. Written to a temporary sibling and
+        renamed into place, so a reader opens the old copy or the new one, never half of it."""
+        if target is None or self.path in ("", ":memory:"):
+            return None
+        source = Path(self.path)
+        dest = source.with_suffix(".snapshot.duckdb") if target == "auto" else Path(target)
+        self.con.execute("CHECKPOINT")  # everything committed is in the main file, not the WAL
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
