@@ -70,8 +70,12 @@ def test_a_mistyped_warehouse_url_alerts_with_the_error_and_never_the_password(
 
     assert dag_run.state == "failed"
     assert pipeline.task_states(dag_run)["discover_new_receipts"] == "failed"
-    # the warehouse is what broke: the task's alert cannot be recorded, so it goes to people
-    (task_msg, task_details), (run_msg, run_details) = pipeline.alerts_seen
+    # the warehouse is what broke: the tasks' alerts cannot be recorded, so they go to people
+    # (discover_new_receipts, and quality_report, which runs whatever happened upstream)
+    *task_alerts, (run_msg, run_details) = pipeline.alerts_seen
+    assert [d["failed_tasks"][0]["task_id"] for _, d in task_alerts] == ["discover_new_receipts",
+                                                                         "quality_report"]
+    task_msg, task_details = task_alerts[0]
     run_path = f"{UI}dags/receipts_daily/runs/{dag_run.run_id.replace(':', '%3A').replace('+', '%2B')}"
     assert task_msg.startswith(f"receipts_daily run {dag_run.run_id}: task discover_new_receipts "
                                "(try 1 of 1) failed: ValueError: unsupported warehouse URL "
@@ -81,7 +85,7 @@ def test_a_mistyped_warehouse_url_alerts_with_the_error_and_never_the_password(
     assert task_details["failed_tasks"][0]["exception_type"] == "ValueError"
     assert "not_recorded" in task_details
     assert run_msg.startswith(f"receipts_daily run {dag_run.run_id} failed (task_failure): 1 failed task")
-    assert "discover_new_receipts (try 1 of 1)" in run_msg and "/tasks/discover_new_receipts" in run_msg
+    assert run_msg.splitlines()[1].startswith("  - ") and "/tasks/" in run_msg  # the last failed task
     text = everything_written(pipeline, dag_run, capfd, caplog)
     assert "unsupported warehouse URL" in text  # the scan reads what was written
     assert CANARY not in text
