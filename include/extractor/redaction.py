@@ -18,7 +18,8 @@ masker (``airflow.sdk.log.mask_secret``), which redacts the task log as it is wr
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 MASK = "***"

@@ -13,10 +13,9 @@ import json
 
 import pytest
 import structlog
-
 from receipts_dag_helpers import REPO
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture
@@ -34,9 +33,9 @@ def deadline_dag(airflow_db, monkeypatch):
 
 def test_the_dag_carries_its_deadline_and_extract_guard_rails(deadline_dag):
     from airflow.sdk import SyncCallback
+    from receipts_deadline import DailyRunIntervalEnd
 
     from extractor.spec import PRESETS
-    from receipts_deadline import DailyRunIntervalEnd
 
     dag = deadline_dag.get_dag("receipts_daily")
     [alert] = dag.deadline
@@ -46,7 +45,8 @@ def test_the_dag_carries_its_deadline_and_extract_guard_rails(deadline_dag):
     assert alert.callback.path == "receipts_notifiers.on_deadline_missed"
     extract = dag.get_task("extract")
     assert extract.execution_timeout == dt.timedelta(minutes=45)
-    assert extract.map_index_template == "batch {{ ti.map_index }}: {{ task.op_kwargs['batch'] | length }} receipts"
+    assert extract.map_index_template == (
+        "batch {{ ti.map_index }}: {{ task.op_kwargs['batch'] | length }} receipts")
     assert dag.params.get_param("extractor").schema["examples"] == sorted(PRESETS)
     assert dag.default_args["on_failure_callback"].__name__ == "on_task_failure"
 

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from receipts_dag_helpers import synthetic_receipt
 
 DAY = dt.date(2026, 3, 1)
@@ -80,7 +79,8 @@ def test_a_mistyped_warehouse_url_alerts_with_the_error_and_never_the_password(
     assert task_msg.startswith(f"receipts_daily run {dag_run.run_id}: task discover_new_receipts "
                                "(try 1 of 1) failed: ValueError: unsupported warehouse URL "
                                "'postgresq://receipts:***@127.0.0.1:5432/receipts'")
-    assert f"log: {UI}dags/receipts_daily/runs/" in task_msg and "/tasks/discover_new_receipts?try_number=1" in task_msg
+    assert f"log: {UI}dags/receipts_daily/runs/" in task_msg
+    assert "/tasks/discover_new_receipts?try_number=1" in task_msg
     assert f"run: {run_path}" in task_msg
     assert task_details["failed_tasks"][0]["exception_type"] == "ValueError"
     assert "not_recorded" in task_details

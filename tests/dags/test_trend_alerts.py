@@ -11,7 +11,6 @@ import datetime as dt
 import json
 
 import pytest
-
 from receipts_dag_helpers import synthetic_receipt
 
 FIRST_DAY = dt.date(2026, 3, 1)
@@ -49,6 +48,7 @@ def test_a_falling_fill_rate_raises_a_trend_alert_on_the_fifth_run(pipeline, mon
     [(level, message)] = pipeline.fetch("SELECT level, message FROM alerts")
     assert level == "warning"
     assert message.splitlines()[0].endswith(
-        "validation decision 'alert': trend: fill rate of phone 0% vs 75% trailing mean (drop 75 pts > 40 pts)")
+        "validation decision 'alert': trend: "
+        "fill rate of phone 0% vs 75% trailing mean (drop 75 pts > 40 pts)")
     assert "  fill rates that dropped (vs trailing mean): phone 75% -> 0%" in message
     assert [m for m, _ in pipeline.alerts_seen] == [message]

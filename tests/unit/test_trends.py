@@ -7,7 +7,7 @@ import json
 import pytest
 
 from extractor.errors import ConfigError
-from extractor.pipeline.quality.trends import (RunFigures, TrendTolerances, compare, escalate, judge)
+from extractor.pipeline.quality.trends import RunFigures, TrendTolerances, compare, escalate, judge
 
 T = TrendTolerances(min_receipts=1, min_runs=3, window=7)
 

@@ -13,8 +13,9 @@ Nothing here redacts: ``alerts.send_alert`` redacts every message and detail it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 MAX_TASKS_LISTED = 20
@@ -48,7 +49,7 @@ class FailedTask:
     @classmethod
     def from_exception(cls, *, task_id: str, map_index: int | None, try_number: int | None,
                        max_tries: int | None, exception: BaseException | str | None,
-                       log_url: str | None) -> "FailedTask":
+                       log_url: str | None) -> FailedTask:
         if isinstance(exception, BaseException):
             kind, text = type(exception).__name__, str(exception)
         else:

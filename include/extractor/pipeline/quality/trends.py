@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from extractor.errors import ConfigError
 
@@ -42,7 +43,7 @@ class TrendTolerances:
     throughput_drop: float | None = 0.50         # relative: below half the mean receipts/s
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "TrendTolerances":
+    def from_dict(cls, values: Mapping[str, Any] | None) -> TrendTolerances:
         values = dict(values or {})
         names = {f.name for f in dataclasses.fields(cls)}
         if unknown := set(values) - names:
@@ -73,7 +74,7 @@ class RunFigures:
     receipts_per_s: float | None = None
 
     @classmethod
-    def from_summary(cls, run_id: str, summary: Mapping[str, Any]) -> "RunFigures":
+    def from_summary(cls, run_id: str, summary: Mapping[str, Any]) -> RunFigures:
         counts = summary.get("counts") or {}
         return cls(run_id=run_id, receipts=int(counts.get("results") or 0),
                    quarantine_rate=summary.get("quarantine_rate"),
@@ -142,7 +143,8 @@ def compare(current: RunFigures, history: Sequence[RunFigures], t: TrendToleranc
     history = [h for h in history if h.receipts >= t.min_receipts][:t.window]
     ids = tuple(h.run_id for h in history)
     if current.receipts < t.min_receipts:
-        return TrendReport(False, f"{current.receipts} receipts < min_receipts {t.min_receipts}: not judged", ids)
+        return TrendReport(False, f"{current.receipts} receipts < min_receipts {t.min_receipts}: "
+                                  "not judged", ids)
     if len(history) < t.min_runs:
         return TrendReport(False, f"{len(history)} trailing runs < min_runs {t.min_runs}: not judged", ids)
     drifts: list[Drift] = []
