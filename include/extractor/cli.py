@@ -1,4 +1,5 @@
-"""Command line: python -m extractor {extract,batch,compare,eval,report,presets} (or receipt-extractor).
+"""Command line: python -m extractor {extract,batch,compare,eval,report,export-labels,presets}
+(or receipt-extractor).
 
 --model takes what the configuration's "model" key takes: a preset name (ocr,
 llama-3.2-11b-vision-instruct ...) or a JSON spec ('{"preset": "ocr", "batch_size": 4}').
@@ -185,6 +186,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_labels(args: argparse.Namespace) -> int:
+    import boto3  # receipts on S3: credentials and endpoint from the usual AWS environment
+
+    from extractor.pipeline.review.export import export_labels
+    from extractor.pipeline.warehouse import open_warehouse
+
+    warehouse = open_warehouse(args.warehouse)
+    try:
+        warehouse.ensure_schema()
+        summary = export_labels(warehouse, args.output_dir, s3_client=boto3.client("s3"))
+    finally:
+        warehouse.close()
+    for receipt_id, reason in summary.missing_images.items():
+        print(f"not exported: {receipt_id}: {reason}", file=sys.stderr)
+    print(json.dumps({**summary.to_dict(), "output_dir": args.output_dir}))
+    return 1 if summary.missing_images else 0
+
+
+def _add_export_labels(sub) -> None:
+    p = sub.add_parser("export-labels", help="reviewed receipts as an eval dataset (images/ + labels/)")
+    p.add_argument("--warehouse", required=True, help="duckdb:///path or postgresql://... URL")
+    p.add_argument("--output-dir", required=True)
+    p.set_defaults(func=cmd_export_labels)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from extractor.model_store import COMMIT_SHA
 
@@ -301,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_days, default=30, help="days of partitions to show (default 30)")
     p.add_argument("--end", help="last partition day shown, YYYY-MM-DD (default: today, UTC)")
     p.set_defaults(func=cmd_report)
+
+    _add_export_labels(sub)
 
     p = sub.add_parser("presets", help="list the model presets and the revision each is pinned to")
     p.set_defaults(func=cmd_presets)

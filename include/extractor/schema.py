@@ -147,6 +147,9 @@ class ExtractionResult(BaseModel):
     raw_text: str | None = None
     extractor_version: str
     timings: dict[str, float] = Field(default_factory=dict)
+    review_reason: str | None = Field(
+        None, description="set when the receipt is loaded but flagged for a person to check "
+                          "(a required field's confidence below the review threshold)")
 
     @classmethod
     def failed(cls, *, receipt_id: str, source: str, reason: str, extractor_version: str,

@@ -10,7 +10,7 @@ so switching back to an earlier spec is a rollback.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -96,23 +96,11 @@ def resolve_spec(value: str | Mapping[str, Any] | ExtractorSpec | None,
     ``{"preset": "ocr", "batch_size": 4}`` starts from a preset; ``{"model_path": DIR, ...}``
     loads the weights from a local folder (the production preset's model unless ``preset``
     or ``backend`` says otherwise); any other dict must be a full spec. Overrides (DAG-run
-    params for a backfill) win.
+    params for a backfill) win. A spec that changes a remote-code preset's ``model_id``
+    without saying ``trust_remote_code: true`` itself is refused: it would run another
+    repository's code under a permission given for the preset's own.
     """
-    if isinstance(value, ExtractorSpec):
-        data: dict[str, Any] = value.model_dump()
-    elif value is None or (isinstance(value, str) and not value.strip()):
-        data = {"preset": DEFAULT_PRESET}
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"extractor spec is not valid JSON: {exc}") from exc
-        else:
-            data = {"preset": text}
-    else:
-        data = dict(value)
+    data = _spec_data(value)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     model_path = data.pop("model_path", None)
     if model_path is not None:
@@ -123,8 +111,65 @@ def resolve_spec(value: str | Mapping[str, Any] | ExtractorSpec | None,
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown extractor preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
-        data = {**PRESETS[preset], **data}
+        base = PRESETS[preset]
+        if base.get("trust_remote_code") and "trust_remote_code" not in data \
+                and data.get("model_id", base["model_id"]) != base["model_id"]:
+            raise ConfigError(f"preset {preset!r} trusts its own repository's code; a spec that changes "
+                              f"its model_id to {data['model_id']!r} must set trust_remote_code itself")
+        data = {**base, **data}
     try:
         return ExtractorSpec(**data)
     except ValidationError as exc:
         raise ConfigError(f"invalid extractor spec: {exc}") from exc
+
+
+def _spec_data(value: str | Mapping[str, Any] | ExtractorSpec | None) -> dict[str, Any]:
+    """A setting's value (spec, preset name, JSON text or dict) as a dict to resolve."""
+    if isinstance(value, ExtractorSpec):
+        return value.model_dump()
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {"preset": DEFAULT_PRESET}
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("{"):
+            return {"preset": text}
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"extractor spec is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"extractor spec must be a JSON object, got {type(data).__name__}")
+        return data
+    return dict(value)
+
+
+ALLOWED_MODELS_KEY = "allowed_models"  # of receipts_config / receipts.yaml (RECEIPT_ALLOWED_MODELS)
+
+
+def resolve_run_override(value: str | Mapping[str, Any], allowed_model_ids: Iterable[str] = ()
+                         ) -> ExtractorSpec:
+    """A DAG run's ``extractor`` conf as a spec, or ``ConfigError`` (one line) when it asks
+    for what only the admin configuration may choose: ``trust_remote_code`` (running a
+    repository's own code), or a model repository that is neither a preset's nor in the
+    admin's ``allowed_model_ids`` (key ``allowed_models`` of the configuration), or other weights
+    (``source``) for a repository the admin did not list. Presets, pinned revisions and
+    tuning (batch size, dtype, ...) are a run's to pick. Called before anything is
+    downloaded."""
+    data = _spec_data(value)  # the admin configuration: the "model" key of receipts_config
+    if data.get("trust_remote_code"):
+        raise ConfigError("a run's conf may not set trust_remote_code: only the admin configuration "
+                          "(the model key of the Variable receipts_config, or RECEIPT_MODEL) may")
+    spec = resolve_spec(data)
+    if spec.trust_remote_code:
+        raise ConfigError(f"{spec.model_id!r} runs its repository's own code (trust_remote_code): only "
+                          f"the admin configuration may choose it, not a run's conf")
+    admin_listed = spec.model_id in set(allowed_model_ids)
+    presets = {p["model_id"] for p in PRESETS.values() if not p.get("trust_remote_code")}
+    if not admin_listed and spec.model_id not in presets:
+        raise ConfigError(f"model {spec.model_id!r} is not a preset's: a run's conf may pick presets and "
+                          f"revisions; an admin lists other repositories under {ALLOWED_MODELS_KEY!r}")
+    weights = data.get("source") or data.get("model_path")
+    if not admin_listed and weights is not None:
+        raise ConfigError(f"a run's conf may not point {spec.model_id!r} at other weights "
+                          f"({weights!r}) unless an admin lists it under {ALLOWED_MODELS_KEY!r}")
+    return spec

@@ -41,7 +41,7 @@ def test_bad_files_are_quarantined_with_reasons_and_the_rest_loads(pipeline, mon
     expected_reasons = {
         "empty.jpg": (b"", "empty file"),
         "truncated.jpg": (sample[: len(sample) // 2], "truncated"),
-        "notes.jpg": (b"these are my notes, not a photo\n", "not an image"),
+        "notes.jpg": (b"these are my notes, not a photo\n", "unsupported format"),
         "bomb.png": (png_bomb(), "decompression bomb"),
         "pixel.jpg": (one_pixel_jpeg(), "too small"),
         "huge.jpg": (b"\xff\xd8\xff\xe0" + b"\x00" * (26 * 1024 * 1024), "file too large"),

@@ -29,6 +29,7 @@ def tiny_mllama(tmp_path_factory):
 @pytest.mark.slow
 def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatch):
     monkeypatch.setenv("RECEIPT_BATCHES_PER_TASK", "1")  # one model batch (2) per mapped task
+    monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "tiny/mllama")  # admin: a run may name it
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",
                        json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
     pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
@@ -94,12 +95,14 @@ def test_hub_model_downloaded_once_with_the_token_from_the_connection(pipeline, 
         return local_dir
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "tiny/mllama")  # admin: a run may name it
     monkeypatch.setenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT",
                        json.dumps({"conn_type": "generic", "password": "hf_test_token_123"}))
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",
                        json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
     pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
-    spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": "0123abcd", "dtype": "float32",
+    sha = "0123abcd" * 5  # a commit: a branch would be resolved on the Hub first (unreachable here)
+    spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": sha, "dtype": "float32",
             "device_map": None, "batch_size": 2, "max_new_tokens": 4}
 
     first = pipeline.run(DAY, conf={"extractor": spec})
@@ -107,8 +110,8 @@ def test_hub_model_downloaded_once_with_the_token_from_the_connection(pipeline, 
     second = pipeline.run(DAY, conf={"extractor": spec})
 
     assert first.state == second.state == "success"
-    assert calls == [{"repo_id": "tiny/mllama", "revision": "0123abcd", "token": "hf_test_token_123"}]
-    cached = pipeline.root / "models" / "tiny--mllama@0123abcd"
+    assert calls == [{"repo_id": "tiny/mllama", "revision": sha, "token": "hf_test_token_123"}]
+    cached = pipeline.root / "models" / f"tiny--mllama@{sha}"
     assert (cached / "model.safetensors").is_file()
     assert pipeline.fetch("SELECT count(*) FROM quarantine WHERE extractor_version = ?",
-                          ("hf:tiny/mllama@0123abcd:v1",)) == [(2,)]
+                          (f"hf:tiny/mllama@{sha}:v1",)) == [(2,)]

@@ -86,6 +86,7 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
             s3.upload_file(str(path), "models", f"tiny-mllama/{path.relative_to(model_dir)}")
     monkeypatch.setenv("AIRFLOW_VAR_RECEIPTS_THRESHOLDS",  # random output: all quarantined
                        json.dumps({"max_quarantine_rate_alert": 1.0, "max_quarantine_rate_fail": 1.0}))
+    monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "tiny/mllama")  # admin: a run may name it
     hf = {"backend": "hf", "model_id": "tiny/mllama", "revision": "s3test",
           "source": "s3://models/tiny-mllama", "dtype": "float32", "device_map": None,
           "batch_size": 4, "max_new_tokens": 4}

@@ -31,7 +31,7 @@ def test_batch_writes_jsonl_csv_and_summary(tmp_path):
     assert main(["batch", "--input-dir", str(inp), "--output-dir", out, "--model", "ocr"]) == 1
     lines = [json.loads(line) for line in (tmp_path / "out" / "receipts.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in lines) == ["failed", "ok"]
-    assert "not an image" in next(r["reason"] for r in lines if r["status"] == "failed")
+    assert "unsupported format" in next(r["reason"] for r in lines if r["status"] == "failed")
     csv_rows = (tmp_path / "out" / "receipts.csv").read_text().splitlines()
     assert len(csv_rows) == 3 and csv_rows[0].startswith("source,receipt_id,status")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -56,8 +56,12 @@ def test_discover_hashes_dedupes_skips_and_batches(tmp_path):
     found = discovery.discover(str(tmp_path), [day], extractor_version="v1",
                                already_extracted=already, batch_size=2)
 
-    assert found.counts() == {"listed": 7, "duplicates": 1, "already_extracted": 1, "new": 5,
-                              "batches": 3, "ids_from_checksum": 0}
+    counts = found.counts()
+    assert {k: counts[k] for k in ("listed", "duplicates", "already_extracted", "new", "batches",
+                                   "ids_from_checksum", "page_receipts", "skipped")} == {
+        "listed": 7, "duplicates": 1, "already_extracted": 1, "new": 5, "batches": 3,
+        "ids_from_checksum": 0, "page_receipts": 0, "skipped": 2}
+    assert counts["skipped_reasons"] == {"marker file (name starts with '.' or '_')": 2}
     assert [len(b) for b in found.batches] == [2, 2, 1]
     items = [r for b in found.batches for r in b]
     names = [r.uri.rsplit("/", 1)[-1] for r in items]
@@ -155,14 +159,15 @@ def test_s3_objects_with_a_stored_sha256_are_not_read_at_discovery(s3):
                                     "ChecksumSHA256": sent["ChecksumSHA256"]}]})
     gets: list[str] = []
     s3.meta.events.register("before-parameter-build.s3.GetObject",
-                            lambda params, **kw: gets.append(params["Key"]))
+                            lambda params, **kw: gets.append((params["Key"], params.get("Range"))))
 
     found = discovery.discover("s3://landing/in", [dt.date(2026, 3, 1)], extractor_version="v",
                                already_extracted=lambda v, ids: set(), batch_size=10, s3_client=s3)
 
     assert {r.uri.rsplit("/", 1)[-1]: r.receipt_id for r in found.batches[0]} == {
         name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
-    assert sorted(gets) == [part + "b.jpg", part + "c.jpg"]  # a.jpg was not read
+    # a.jpg was not read: only its first KiB, to tell whether it is a multi-page document
+    assert sorted(gets) == [(part + "a.jpg", "bytes=0-1023"), (part + "b.jpg", None), (part + "c.jpg", None)]
     assert found.ids_from_checksum == 1
     # what discovery trusted is what extract will read
     trusted = discovery.s3_sha256(s3, "s3://landing/" + part + "a.jpg")

@@ -185,7 +185,7 @@ def test_bad_images_fail_with_reasons_while_the_rest_of_the_batch_is_read(backen
     items = [ReceiptInput.from_bytes(data, name) for name, data in inputs.items()]
     results = {r.source: r for r in backends["mllama"].extract(items)}
     assert list(results) == list(inputs)
-    expected = {"empty": "empty file", "truncated": "truncated", "text": "not an image",
+    expected = {"empty": "empty file", "truncated": "truncated", "text": "unsupported format",
                 "bomb": "decompression bomb", "tiny": "too small"}
     for name, words in expected.items():
         assert results[name].status == "failed"

@@ -32,7 +32,7 @@ def test_decodes_a_good_image_to_rgb():
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"),
-    (b"TOTAL 12.00\nthanks", "not an image"),
+    (b"TOTAL 12.00\nthanks", "unsupported format"),
     (jpeg()[:400], "truncated"),
     (png_header_only(100_000, 100_000), "too large"),
     (jpeg(1, 1), "too small"),
@@ -52,3 +52,12 @@ def test_receipt_id_is_sha256_of_bytes():
     item = ReceiptInput.from_bytes(data, "s3://b/k.jpg")
     assert item.receipt_id == receipt_id_of(data) and len(item.receipt_id) == 64
     assert ReceiptInput.from_bytes(jpeg(color=0), "x").receipt_id != item.receipt_id
+
+
+def test_page_ids_and_sources_round_trip():
+    from extractor.images import file_id_of, page_receipt_id, page_source, split_page_source
+
+    sha = receipt_id_of(b"a document")
+    assert page_receipt_id(sha, None) == sha and file_id_of(page_receipt_id(sha, 3)) == sha
+    assert split_page_source(page_source("s3://b/k#1.pdf", 2)) == ("s3://b/k#1.pdf", 2)
+    assert split_page_source("/in/dt=2026-03-01/a.jpg") == ("/in/dt=2026-03-01/a.jpg", None)

@@ -98,7 +98,7 @@ def test_bad_images_fail_with_reasons_and_the_batch_goes_on(backend):
     by_source = {r.source: r for r in results}
     assert [r.source for r in results] == list(batch)
     assert by_source["good"].status == "ok"
-    expected = {"zero": "empty file", "truncated": "truncated", "text.jpg": "not an image",
+    expected = {"zero": "empty file", "truncated": "truncated", "text.jpg": "unsupported format",
                 "bomb": "too large", "tiny": "too small", "blank": "no text found"}
     for name, words in expected.items():
         assert by_source[name].status == "failed"

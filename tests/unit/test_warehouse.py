@@ -99,7 +99,8 @@ class WarehouseContract:
         assert second["replaced_receipts"] == 3 and second["replaced_quarantine"] == 2
         assert wh.snapshot() == before
         assert wh.table_counts() == {"receipts": 3, "receipt_line_items": 4, "quarantine": 2,
-                                     "runs": 1, "alerts": 0, "extraction_claims": 0}
+                                     "runs": 1, "alerts": 0, "extraction_claims": 0,
+                                     "corrections": 0}
 
     def test_values_and_lineage_columns(self, wh):
         wh.load([ok(1, total="9999999999.9999")], [], run())
@@ -205,18 +206,49 @@ class WarehouseContract:
         cols = [r[0] for r in wh.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'receipts_current' "
             "AND table_schema = current_schema() ORDER BY ordinal_position")]
-        assert cols == ["is_active_version"] + ddl.RECEIPTS.column_names
+        assert cols == ["is_active_version"] + ddl.RECEIPTS.column_names + list(ddl.REVIEW_VIEW_COLUMNS)
 
     def test_receipts_current_survives_a_column_added_to_receipts(self, wh, open_wh):
         wh.load([ok(1)], [], run())
-        wh.execute('ALTER TABLE "receipts" ADD COLUMN "added_later" TEXT')  # as ensure_schema would
+        wh.execute('ALTER TABLE "receipts" ADD COLUMN "added_later" TEXT')  # not (yet) in the DDL
+        wh.execute('DROP VIEW "receipts_current"')
+        wh.execute('CREATE VIEW "receipts_current" AS SELECT TRUE AS "x", r.* FROM "receipts" r')
         other = open_wh()
-        other.ensure_schema()  # replaces the view over the wider table
+        other.ensure_schema()  # replaces a view of another shape over the wider table
         other.close()
         cols = [r[0] for r in wh.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'receipts_current' "
             "AND table_schema = current_schema() ORDER BY ordinal_position")]
-        assert cols[-1] == "added_later" and len(wh.fetch("SELECT * FROM receipts_current")) == 1
+        assert cols == ["is_active_version"] + ddl.RECEIPTS.column_names + list(ddl.REVIEW_VIEW_COLUMNS)
+        assert len(wh.fetch("SELECT * FROM receipts_current")) == 1
+
+    def test_receipts_current_prefers_review_answers_and_keeps_the_models_rows(self, wh):
+        from extractor.pipeline.review.corrections import Correction, record
+
+        wh.load([ok(1), ok(2), ok(3)], [bad(4)], run())
+        model_rows = wh.snapshot()
+
+        def answer(i, decision, **values):
+            fields = {n: None for n in scalar_fields()}
+            fields.update({"store_name": f"Shop {i}", "total": Decimal("12.345"), **values})
+            return Correction(receipt_id=rid(i), extractor_version=V1, decision=decision,
+                              values=fields, corrected_fields=sorted(values), reviewer="alice",
+                              reviewed_at=dt.datetime(2024, 3, 3, 8, tzinfo=dt.timezone.utc),
+                              source=f"dt=2024-03-01/{i}.jpg", review_run_id="review-1")
+
+        record(wh, answer(1, "correct", total=Decimal("13.10")))
+        record(wh, answer(2, "reject"))
+        record(wh, answer(4, "correct", total=Decimal("7.00")))  # was quarantined
+        record(wh, answer(1, "correct", total=Decimal("13.20")))  # answered again: replaced
+        rows = wh.fetch("SELECT receipt_id, total, date, values_from, review_decision, reviewed_by, "
+                        "run_id FROM receipts_current ORDER BY receipt_id")
+        assert [(int(r[0], 16), r[1], r[3], r[4]) for r in rows] == [
+            (1, Decimal("13.2"), "reviewer", "correct"), (2, Decimal("12.345"), "model", "reject"),
+            (3, Decimal("12.345"), "model", None), (4, Decimal("7"), "reviewer", "correct")]
+        assert rows[0][2] is None  # the reviewer's values replace the model's, cleared ones too
+        assert rows[0][5] == "alice" and rows[3][6] is None  # no model row behind receipt 4
+        assert wh.snapshot() == model_rows  # receipts, line items, quarantine, runs untouched
+        assert wh.table_counts()["corrections"] == 3
 
     def test_alerts_are_appended(self, wh):
         a = wh.record_alert("r1", "warning", "quarantine rate 30%", {"rate": 0.3})

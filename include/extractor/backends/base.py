@@ -3,7 +3,11 @@
 Subclasses implement ``_forward`` (decoded images -> raw outputs, the only step that
 touches the model) and ``_postprocess`` (one raw output -> ``Receipt``). Decoding,
 timing, and turning every per-receipt problem into a failed result with a reason live
-here, once, so no backend can drop or duplicate a receipt.
+here, once, so no backend can drop or duplicate a receipt: an exception from one
+receipt's preprocess or postprocess is that receipt's reason, and a batch whose
+``_forward`` raises is run again one receipt at a time to find the one that breaks it.
+Worker problems (``RUN_LEVEL_ERRORS``: out of memory, missing files, I/O) still fail
+the task, so its retry, not a quarantine row, deals with them.
 """
 
 from __future__ import annotations
@@ -15,10 +19,22 @@ from typing import Any, Sequence
 
 from extractor.errors import BadImageError, NormalizationError, ParseError
 from extractor.images import ReceiptInput, decode_image
+from extractor.inputs.decode import exception_line
 from extractor.schema import ExtractionResult, Receipt
 from extractor.spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
+
+# Errors of the worker, not of a receipt: they fail the task (which retries), so a
+# transient problem never quarantines receipts for good. CUDA errors are known by name
+# (torch.cuda.OutOfMemoryError, torch.AcceleratorError) so this module needs no torch.
+RUN_LEVEL_ERRORS: tuple[type[BaseException], ...] = (MemoryError, ImportError, OSError)
+RUN_LEVEL_NAMES = frozenset({"OutOfMemoryError", "AcceleratorError", "CudaError"})
+
+
+def is_run_level(exc: BaseException) -> bool:
+    """Whether ``exc`` is the worker's problem (fail the task) rather than one receipt's."""
+    return isinstance(exc, RUN_LEVEL_ERRORS) or type(exc).__name__ in RUN_LEVEL_NAMES
 
 
 class Backend(ABC):
@@ -32,7 +48,9 @@ class Backend(ABC):
         return self.spec.version
 
     def extract(self, inputs: Sequence[ReceiptInput]) -> list[ExtractionResult]:
-        """Extract a batch; the result list is in input order and has the same length."""
+        """Extract a batch; the result list is in input order and has the same length.
+        Whatever one receipt does (an undecodable file, a model or parser error on it)
+        becomes that receipt's failed result, never the batch's."""
         results: list[ExtractionResult | None] = [None] * len(inputs)
         images, positions = [], []
         t0 = time.perf_counter()
@@ -42,24 +60,53 @@ class Backend(ABC):
                 positions.append(i)
             except BadImageError as exc:
                 results[i] = self._failed(item, f"bad image: {exc}")
+            except Exception as exc:  # noqa: BLE001 - this receipt's reason, not the batch's
+                if is_run_level(exc):
+                    raise
+                results[i] = self._failed(item, f"preprocess error: {exception_line(exc)}")
         t_pre = (time.perf_counter() - t0) / max(len(inputs), 1)
         if images:
             t1 = time.perf_counter()
-            raw_outputs = self._forward(images)
+            raw_outputs = self._forward_isolated(images)
             t_fwd = (time.perf_counter() - t1) / len(images)
-            if len(raw_outputs) != len(images):
-                raise RuntimeError(f"{type(self).__name__}._forward returned {len(raw_outputs)} "
-                                   f"outputs for {len(images)} images")
             for i, raw in zip(positions, raw_outputs):
                 item = inputs[i]
                 timings = {"preprocess_s": t_pre, "forward_s": t_fwd}
                 results[i] = self._to_result(item, raw, timings)
         return [r for r in results if r is not None]
 
+    def _forward_isolated(self, images: list[Any]) -> list[Any]:
+        """``_forward`` on the batch; when it raises (not a run-level error), once more one
+        image at a time, so the receipt that breaks the model gets the exception in its
+        slot and the others their outputs."""
+        try:
+            raw_outputs = self._forward(images)
+        except Exception as exc:  # noqa: BLE001 - find the receipt that caused it
+            if is_run_level(exc):
+                raise
+            if len(images) == 1:
+                return [exc]
+            log.warning("%s on a batch of %d: retrying one receipt at a time",
+                        exception_line(exc), len(images))
+            return [self._forward_one(image) for image in images]
+        if len(raw_outputs) != len(images):
+            raise RuntimeError(f"{type(self).__name__}._forward returned {len(raw_outputs)} "
+                               f"outputs for {len(images)} images")
+        return raw_outputs
+
+    def _forward_one(self, image: Any) -> Any:
+        try:
+            [raw] = self._forward([image])
+        except Exception as exc:  # noqa: BLE001 - this receipt's failed result
+            if is_run_level(exc):
+                raise
+            return exc
+        return raw
+
     def _to_result(self, item: ReceiptInput, raw: Any, timings: dict[str, float]) -> ExtractionResult:
         raw_text = self.raw_text(raw)
         if isinstance(raw, BaseException):
-            return self._failed(item, f"model error: {type(raw).__name__}: {raw}", raw_text, timings)
+            return self._failed(item, f"model error: {exception_line(raw)}", raw_text, timings)
         t0 = time.perf_counter()
         try:
             receipt = self._postprocess(raw)
@@ -67,6 +114,10 @@ class Backend(ABC):
             return self._failed(item, f"unparseable output: {exc}", exc.raw_text or raw_text, timings)
         except (NormalizationError, ValueError) as exc:  # pydantic.ValidationError is a ValueError
             return self._failed(item, f"invalid fields: {exc}", raw_text, timings)
+        except Exception as exc:  # noqa: BLE001 - a parser bug on one output fails that receipt only
+            if is_run_level(exc):
+                raise
+            return self._failed(item, f"postprocess error: {exception_line(exc)}", raw_text, timings)
         timings = {**timings, "postprocess_s": time.perf_counter() - t0}
         return ExtractionResult(receipt_id=item.receipt_id, source=item.source, status="ok",
                                 receipt=receipt, raw_text=raw_text,
@@ -82,7 +133,7 @@ class Backend(ABC):
     # --- stages -----------------------------------------------------------------
     def _preprocess(self, item: ReceiptInput) -> Any:
         """Bytes -> what ``_forward`` takes (a PIL image by default)."""
-        return decode_image(item.data)
+        return decode_image(item.data, page=item.page)
 
     @abstractmethod
     def _forward(self, images: list[Any]) -> list[Any]:

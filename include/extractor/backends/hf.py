@@ -143,7 +143,7 @@ class HFBackend(Backend):
     # --- stages -------------------------------------------------------------------
     def _preprocess(self, item: ReceiptInput) -> Any:
         # The full-resolution decode is dropped as soon as the smaller copy exists.
-        return shrink_for_processor(decode_image(item.data), self.useful_size)
+        return shrink_for_processor(decode_image(item.data, page=item.page), self.useful_size)
 
     def _forward(self, images: list[Any]) -> list[Any]:
         outputs: list[Any] = []

@@ -25,10 +25,14 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``claim_ttl_hours`` (a run's claim on a receipt in flight) | ``RECEIPT_CLAIM_TTL_HOURS`` | 12 |
 | ``warehouse_lock_timeout_s`` (DuckDB: wait for the file lock) | ``RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S`` | 60 |
 | ``warehouse_snapshot`` (DuckDB: readers' copy; a path or ``off``) | ``RECEIPT_WAREHOUSE_SNAPSHOT`` | ``auto``: ``<warehouse>.snapshot.duckdb`` |
+| ``allowed_models`` (repos a run's conf may name, list) | ``RECEIPT_ALLOWED_MODELS`` | none |
 | ``trend_tolerances`` (object, ``quality.trends``) | ``RECEIPT_TREND_TOLERANCES`` | ``quality.trends`` defaults |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
 | extract task timeout, minutes (parse time, env only) | ``RECEIPT_EXTRACT_TIMEOUT_MINUTES`` | 120 |
 | run deadline, hours after the data interval ends (parse time, env only; 0 = off) | ``RECEIPT_DEADLINE_HOURS`` | 0 (compose: 6) |
+| ``review_min_confidence`` (0 = off; docs/review.md) | ``RECEIPT_REVIEW_MIN_CONFIDENCE`` | 0.5 |
+| ``review_max_per_run`` (forms per ``receipts_review`` run) | ``RECEIPT_REVIEW_MAX_PER_RUN`` | 50 |
+| review response timeout, hours (parse time, env only) | ``RECEIPT_REVIEW_TIMEOUT_HOURS`` | 20 |
 
 The Variables of the previous release (``receipt_extractor``, ``receipts_source`` ...) are
 read where ``receipts_config`` lacks the key, with a deprecation warning (until 0.3).
@@ -60,6 +64,19 @@ DEFAULT_S3_CONN_IDS = ("receipts_s3", "aws_default")
 DEFAULT_WAREHOUSE_URL = "duckdb:///var/warehouse.duckdb"
 GPU_POOL = "gpu"
 RECEIPTS_ASSET_URI = "receipts_warehouse://receipts"  # updated by every successful run
+
+
+def review_response_timeout_hours() -> float:
+    """How long a review form waits for an answer; after it the receipt stays in the queue
+    for the next ``receipts_review`` run. Read at parse time, from the environment only."""
+    value = os.environ.get("RECEIPT_REVIEW_TIMEOUT_HOURS") or "20"
+    try:
+        hours = float(value)
+    except ValueError as exc:
+        raise ConfigError(f"RECEIPT_REVIEW_TIMEOUT_HOURS must be a number of hours: {value!r}") from exc
+    if hours <= 0:
+        raise ConfigError("RECEIPT_REVIEW_TIMEOUT_HOURS must be > 0")
+    return hours
 
 
 def gpu_queue() -> str:
@@ -112,6 +129,9 @@ class PipelineConfig:
     warehouse_lock_timeout_s: float = 60.0  # DuckDB: how long a task waits for the file lock
     warehouse_snapshot: str | None = "auto"  # DuckDB copy for readers after each load; None: off
     quality_report_days: int = 30  # days of partitions the quality report shows
+    allowed_model_ids: tuple[str, ...] = ()  # repos a run's conf may name besides the presets
+    review_min_confidence: float = 0.5  # a required field below this -> loaded, needs_review
+    review_max_per_run: int = 50  # review forms one receipts_review run opens
     trend_tolerances: dict[str, Any] = field(default_factory=dict)  # see quality.trends
 
     @property
@@ -175,6 +195,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
     report_days = _setting(get_variable, "receipts_quality_report_days", "RECEIPT_QUALITY_REPORT_DAYS", 30)
     if not str(report_days).isdigit() or int(report_days) < 1:
         raise ConfigError(f"quality_report_days must be a whole number >= 1: {report_days!r}")
+    review_min_confidence, review_max_per_run = _review_settings(get_variable)
     trend = get_variable.get("trend_tolerances", {}, env="RECEIPT_TREND_TOLERANCES")  # a new key
     warehouse_url = None
     if not warehouse_conn_exists:
@@ -196,6 +217,10 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
         staging_retention_days=retention,
         **concurrency,
         quality_report_days=int(report_days),
+        allowed_model_ids=_names(_setting(get_variable, "receipts_allowed_models",
+                                          "RECEIPT_ALLOWED_MODELS", "")),
+        review_min_confidence=review_min_confidence,
+        review_max_per_run=review_max_per_run,
         trend_tolerances=_json_setting(trend, "trend_tolerances") if trend else {},
     )
 
@@ -226,6 +251,21 @@ def _names(value: Any) -> tuple[str, ...]:
     """A list (JSON Variable, YAML) or comma-separated text (environment) of names."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _review_settings(get_variable: VariableGetter | Settings) -> tuple[float, int]:
+    threshold = _setting(get_variable, "receipts_review_min_confidence", "RECEIPT_REVIEW_MIN_CONFIDENCE", 0.5)
+    per_run = _setting(get_variable, "receipts_review_max_per_run", "RECEIPT_REVIEW_MAX_PER_RUN", 50)
+    try:
+        threshold, per_run = float(threshold), int(per_run)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"review_min_confidence must be a number in [0, 1] and "
+                          f"review_max_per_run a whole number: {exc}") from exc
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"review_min_confidence must be in [0, 1] (0 = off): {threshold}")
+    if per_run < 1:
+        raise ConfigError("review_max_per_run must be >= 1")
+    return threshold, per_run
 
 
 def _absolute_duckdb_url(url: str) -> str:

@@ -151,10 +151,11 @@ def _utc_now() -> dt.datetime:
 def resolve_extractor() -> dict[str, Any]:
     """DAG-run param ``extractor`` > ``model`` of the Variable ``receipts_config`` (old:
     ``receipt_extractor``) > env RECEIPT_MODEL > the production default preset. A Hub branch
-    is resolved to its commit; the returned spec is pinned for the whole run (XCom)."""
+    is resolved to its commit; the returned spec is pinned for the whole run (XCom). The
+    param may not choose code or repositories (``spec.resolve_run_override``)."""
     from extractor.errors import ConfigError
     from extractor.settings import CONFIG_VARIABLE
-    from extractor.spec import DEFAULT_PRESET, resolve_spec
+    from extractor.spec import DEFAULT_PRESET, resolve_run_override, resolve_spec
 
     override = (_context().get("params") or {}).get(config.EXTRACTOR_PARAM)
     if override not in (None, "", {}):
@@ -165,10 +166,12 @@ def resolve_extractor() -> dict[str, Any]:
         origin = "default"
         log.warning("no model is configured (key 'model' of the Variable %r, or RECEIPT_MODEL): "
                     "using the production default preset %r", CONFIG_VARIABLE, DEFAULT_PRESET)
-    try:
-        spec = resolve_spec(value)
+    try:  # a run's conf picks among presets; code and repositories are the admin's choice
+        spec = (resolve_run_override(value, load_config().allowed_model_ids) if origin == "param"
+                else resolve_spec(value))
     except ConfigError as exc:
-        raise _fail(f"extractor setting {value!r} does not resolve: {exc}") from exc
+        raise _fail(f"extractor setting {value!r} refused: {exc}" if origin == "param"
+                    else f"extractor setting {value!r} does not resolve: {exc}") from exc
     from extractor.model_store import needs_pinning, pin_revision
 
     if needs_pinning(spec):  # a Hub branch -> its commit, so the version names the snapshot
@@ -247,7 +250,8 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
             backend = load_backend(spec, model["model_dir"])
             seconds["model_load_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        chunk_results, inputs = _read_chunk(chunk, spec.version, client)
+        chunk_results, inputs = _read_chunk(chunk, spec.version, client,
+                                            None if cfg.source_is_s3 else cfg.source)
         t1 = time.perf_counter()
         extracted = iter(backend.extract([x for x in inputs if x is not None]))
         out = [r if r is not None else next(extracted) for r in chunk_results]
@@ -269,36 +273,54 @@ def extract_batch(batch: Sequence[dict[str, Any]], extractor: dict[str, Any],
             "task_s": round(time.perf_counter() - t_start, 4)}
 
 
-def _read_chunk(items: Sequence[dict[str, Any]], version: str, client: Any):
+def _read_chunk(items: Sequence[dict[str, Any]], version: str, client: Any, root: str | None = None):
     """Bytes of each item as a ReceiptInput, or (same position) a failed result when the
-    object cannot be handed to the backend."""
-    from extractor.images import MAX_FILE_BYTES, ReceiptInput, receipt_id_of
+    object cannot be handed to the backend (too large, vanished, changed, moved out of
+    the source root)."""
+    from extractor.images import MAX_FILE_BYTES, ReceiptInput, file_id_of, page_source, receipt_id_of
     from extractor.schema import ExtractionResult
 
     results: list[ExtractionResult | None] = []
     inputs: list[ReceiptInput | None] = []
     for item in items:
+        source = page_source(item["uri"], item.get("page"))
         if item["size"] > MAX_FILE_BYTES:  # never pull a huge object into worker memory
             reason = f"bad image: file too large: {item['size']} bytes > {MAX_FILE_BYTES}"
         else:
-            data = discovery.read_bytes(item["uri"], client)
-            if receipt_id_of(data) == item["receipt_id"]:
+            data, reason = _read_item(item, client, root)
+            if data is not None and receipt_id_of(data) == file_id_of(item["receipt_id"]):
                 results.append(None)
-                inputs.append(ReceiptInput(receipt_id=item["receipt_id"], source=item["uri"], data=data))
+                inputs.append(ReceiptInput(receipt_id=item["receipt_id"], source=source, data=data,
+                                           page=item.get("page")))
                 continue
-            reason = "object changed after discovery (its bytes no longer match its id)"
-        results.append(ExtractionResult.failed(receipt_id=item["receipt_id"], source=item["uri"],
+            reason = reason or "object changed after discovery (its bytes no longer match its id)"
+        results.append(ExtractionResult.failed(receipt_id=item["receipt_id"], source=source,
                                                reason=reason, extractor_version=version))
         inputs.append(None)
     return results, inputs
 
 
+def _read_item(item: dict[str, Any], client: Any, root: str | None) -> tuple[bytes | None, str | None]:
+    """(bytes, None), or (None, the reason) for a per-receipt problem reading them."""
+    from extractor.pipeline.sources.local_files import OUTSIDE_ROOT, OutsideRootError
+
+    try:
+        return discovery.read_bytes(item["uri"], client, raw_uri=item.get("raw_uri"), root=root), None
+    except FileNotFoundError:
+        return None, "vanished: deleted or moved after discovery"
+    except OutsideRootError:
+        return None, f"refused: {OUTSIDE_ROOT} (replaced after discovery)"
+    except OSError as exc:
+        if item["uri"].startswith("s3://"):
+            raise  # S3 trouble is the run's (the task retries), not this receipt's
+        return None, f"unreadable: {type(exc).__name__} (errno {exc.errno})"
+
+
 def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[str, Any],
                       discovered: dict[str, Any], batches: Sequence[Sequence[dict[str, Any]]] | None,
                       notifiers: Sequence[Notifier] = ()) -> dict[str, Any]:
-    """Validate every staged result, judge the run against its trailing runs (trend), load
-    receipts + quarantine + run lineage in ONE transaction, alert on "alert"/"fail", and
-    fail the run on "fail" (after recording)."""
+    """Validate, judge against the trailing runs (trend), load receipts + quarantine + run
+    lineage in ONE transaction, alert on "alert"/"fail", fail the run on "fail" (after recording)."""
     from extractor.pipeline.quality import summary as summaries
     from extractor.pipeline.quality import trends
     from extractor.pipeline.sources.staging import read_staged
@@ -317,6 +339,11 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         results, thresholds=Thresholds.from_dict(cfg.thresholds), logical_date=partition_day,
         run_id=ctx["run_id"], data_docs_dir=str(cfg.data_docs_dir) if cfg.data_docs_dir else None)
     validate_s = time.perf_counter() - t0
+    from extractor.pipeline.quality.confidence import flag_low_confidence
+
+    outcome.valid = flag_low_confidence(  # loaded, but flagged for receipts_review
+        outcome.valid, min_confidence=cfg.review_min_confidence,
+        required_fields=Thresholds.from_dict(cfg.thresholds).required_fields)
     # Before anything is written: the staged results must cover exactly what was discovered.
     ids = [item["receipt_id"] for batch in (batches or []) for item in batch]
     try:
@@ -325,7 +352,8 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         raise _fail(f"staged results do not match discovery: {exc}") from exc
     summary = summaries.summarize_run(results, outcome, discovered=len(ids),
                                       timings=summaries.stage_timings(staged, validate_s))
-    summary["discovery"] = discovered
+    _attach_discovery(summary, discovered)
+    summary["needs_review"] = sum(r.review_reason is not None for r in outcome.valid)
     warehouse = open_warehouse(cfg)
     try:
         trend = trends.judge(warehouse.fetch, summary, run_id=ctx["run_id"], extractor_version=spec.version,
@@ -379,6 +407,13 @@ def _quality_alert(warehouse, cfg: config.PipelineConfig, ctx: dict[str, Any], o
     send_alert(warehouse, run_id=ctx["run_id"], level=ALERT_LEVEL[summary["decision"]], message=message,
                details=details, notifiers=[*notifiers, *alert_callbacks(cfg)], secrets=_SECRETS,
                redactor=_airflow_redactor())
+
+
+def _attach_discovery(summary: dict[str, Any], discovered: dict[str, Any] | None) -> None:
+    """Discovery's counts go with the run; entries it skipped (links out of the root,
+    markers, vanished files) are counted in the run's counts beside the receipts."""
+    summary["discovery"] = discovered
+    summary["counts"]["skipped"] = int((discovered or {}).get("skipped", 0))
 
 
 def _run_started_at(extractor: dict[str, Any], dag_run: Any) -> dt.datetime:

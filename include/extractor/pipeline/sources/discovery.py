@@ -3,9 +3,13 @@
 Layout: ``<root>/dt=YYYY-MM-DD/<name>.<ext>`` where root is a local folder or
 ``s3://bucket/prefix``. A run reads the partitions of the calendar days (UTC) its data
 interval touches. Every regular object in a partition is a receipt candidate, whatever
-its name says (a PDF renamed .jpg is quarantined later with a reason, not skipped
-here); only names starting with "." or "_" are ignored (editor/OS droppings, upload
-markers such as ``_SUCCESS``).
+its name says (a text file renamed .jpg is quarantined later with a reason, not skipped
+here); names starting with "." or "_" (editor/OS droppings, upload markers such as
+``_SUCCESS``), links out of the source root and entries that are not regular files are
+skipped, and counted with their reason (``local_files``). A multi-page document (PDF,
+TIFF, GIF, ...) is one receipt per page, id ``<sha256>-p<page>``: pages are counted
+here, from the bytes already read for the hash, so every page has its own id in the
+batches, the staged results, the warehouse keys and the reconciliation.
 
 The receipt id is the sha256 of the bytes, so the same image uploaded twice is one
 receipt, and a receipt already in the warehouse for this extractor version (loaded or
@@ -28,12 +32,17 @@ import binascii
 import datetime as dt
 import hashlib
 import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from extractor.pipeline.sources.local_files import MARKER_REASON, SkippedEntry, open_local, scan_local
 
 log = logging.getLogger(__name__)
+MAX_SKIPPED_LISTED = 50  # names of skipped entries kept in the run's counts (all are counted)
 
 CHUNK = 1 << 20
 HASH_THREADS = 8
@@ -44,9 +53,11 @@ AlreadyExtracted = Callable[[str, list[str]], set[str]]  # (extractor_version, i
 class DiscoveredReceipt:
     """One object found in a partition (what an extract task is handed)."""
 
-    receipt_id: str
-    uri: str
+    receipt_id: str  # sha256 of the file, or "<sha256>-p<page>" for a page of a document
+    uri: str  # readable form (valid UTF-8)
     size: int
+    page: int | None = None  # 1-based page of a multi-page document; None for a one-page file
+    raw_uri: str | None = None  # base64 of the exact path bytes when the name is not UTF-8
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,15 +73,24 @@ class Discovery:
     already_extracted: int  # ids this extractor version already loaded or quarantined
     partitions: list[str]
     ids_from_checksum: int = 0  # S3 objects whose id came from their stored SHA-256 (not read)
+    skipped: list[SkippedEntry] = field(default_factory=list)  # entries that are not candidates
+    page_receipts: int = 0  # receipts that are pages of multi-page documents (all ids, new or not)
 
     @property
     def new(self) -> int:
         return sum(len(b) for b in self.batches)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
+        """``listed`` objects = ``duplicates`` + the distinct files; ``skipped`` entries
+        (links out of the root, markers, vanished, ...) are counted beside them, with
+        their reasons and the first names."""
+        reasons = Counter(s.reason for s in self.skipped)
         return {"listed": self.listed, "duplicates": self.duplicates,
                 "already_extracted": self.already_extracted, "new": self.new,
-                "batches": len(self.batches), "ids_from_checksum": self.ids_from_checksum}
+                "batches": len(self.batches), "ids_from_checksum": self.ids_from_checksum,
+                "page_receipts": self.page_receipts, "skipped": len(self.skipped),
+                "skipped_reasons": dict(sorted(reasons.items())),
+                "skipped_entries": [s.to_dict() for s in self.skipped[:MAX_SKIPPED_LISTED]]}
 
 
 def partition_days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
@@ -112,20 +132,17 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- listing
 
 def list_local(root: str | Path, days: Sequence[dt.date]) -> Iterator[tuple[str, int]]:
-    """(absolute path, size) of each file in the local partitions, sorted by name."""
-    for day in days:
-        folder = Path(root) / partition_name(day)
-        if not folder.is_dir():
-            log.info("partition %s does not exist: nothing arrived that day", folder)
-            continue
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and not _is_marker(path.name):
-                yield str(path.absolute()), path.stat().st_size
+    """(absolute path, size) of each regular file in the local partitions, sorted by name
+    (readable names; see ``local_files.scan_local`` for the skipped entries and raw names)."""
+    files, _ = scan_local(root, days, partition_name)
+    for f in files:
+        yield f.uri, f.size
 
 
-def list_s3(client: Any, root: str, days: Sequence[dt.date]) -> Iterator[tuple[str, int, tuple[str, ...]]]:
+def list_s3(client: Any, root: str, days: Sequence[dt.date], skipped: list[SkippedEntry] | None = None
+            ) -> Iterator[tuple[str, int, tuple[str, ...]]]:
     """(s3:// URI, size, checksum algorithms S3 lists for it) of each object in the S3
-    partitions (paginated, sorted by key)."""
+    partitions (paginated, sorted by key); markers and nested keys go to ``skipped``."""
     bucket, prefix = split_s3_uri(root)
     paginator = client.get_paginator("list_objects_v2")
     for day in days:
@@ -135,39 +152,88 @@ def list_s3(client: Any, root: str, days: Sequence[dt.date]) -> Iterator[tuple[s
                 key = obj["Key"]
                 name = key[len(part):]
                 if not name or "/" in name or _is_marker(name):  # folder markers, nested dirs
+                    if skipped is not None and name:
+                        skipped.append(SkippedEntry(f"s3://{bucket}/{key}", MARKER_REASON if _is_marker(name)
+                                                    else "nested key (not in the partition itself)"))
                     continue
                 yield f"s3://{bucket}/{key}", int(obj["Size"]), tuple(obj.get("ChecksumAlgorithm") or ())
 
 
 # ----------------------------------------------------------------------------- bytes
 
-def open_stream(uri: str, s3_client: Any = None):
-    """A binary file-like object for a local path or an s3:// URI."""
+def open_stream(uri: str, s3_client: Any = None, *, raw_uri: str | None = None,
+                root: str | None = None, byte_range: str | None = None):
+    """A binary file-like object for a local path (``raw_uri``: its exact bytes when the
+    name is not UTF-8; ``root``: refuse a path that resolves outside it) or an s3:// URI.
+    A missing object raises ``FileNotFoundError`` either way."""
     if uri.startswith("s3://"):
         if s3_client is None:
             raise ValueError(f"{uri} needs an S3 client")
         bucket, key = split_s3_uri(uri)
-        return s3_client.get_object(Bucket=bucket, Key=key)["Body"]
-    return open(uri, "rb")
+        kwargs = {"Range": byte_range} if byte_range else {}
+        try:
+            return s3_client.get_object(Bucket=bucket, Key=key, **kwargs)["Body"]
+        except Exception as exc:
+            if _s3_not_found(exc):
+                raise FileNotFoundError(uri) from exc
+            raise
+    return open_local(uri, raw_uri, root)
 
 
-def read_bytes(uri: str, s3_client: Any = None) -> bytes:
-    stream = open_stream(uri, s3_client)
+def _s3_not_found(exc: Exception) -> bool:
+    error = getattr(exc, "response", None) or {}
+    return str(error.get("Error", {}).get("Code")) in ("NoSuchKey", "404", "NotFound")
+
+
+def read_bytes(uri: str, s3_client: Any = None, *, raw_uri: str | None = None,
+               root: str | None = None) -> bytes:
+    stream = open_stream(uri, s3_client, raw_uri=raw_uri, root=root)
     try:
         return stream.read()
     finally:
         stream.close()
 
 
-def sha256_of(uri: str, s3_client: Any = None) -> str:
-    digest = hashlib.sha256()
-    stream = open_stream(uri, s3_client)
+def sha256_of(uri: str, s3_client: Any = None, *, raw_uri: str | None = None) -> str:
+    return _hash_and_pages(uri, s3_client, raw_uri=raw_uri, size=None)[0]
+
+
+def _hash_and_pages(uri: str, s3_client: Any, *, raw_uri: str | None, size: int | None
+                    ) -> tuple[str, list[int | None]]:
+    """(sha256, pages) of an object read once: the bytes stream through the hash and are
+    kept only when the first chunk names a container that may hold pages (PDF, TIFF,
+    GIF, ...) and the object is small enough to be a receipt."""
+    from extractor.inputs import MAX_FILE_BYTES, MULTI_PAGE_FORMATS, document_pages, sniff_format
+
+    digest, kept, keep = hashlib.sha256(), [], None
+    stream = open_stream(uri, s3_client, raw_uri=raw_uri)
     try:
         for chunk in iter(lambda: stream.read(CHUNK), b""):
             digest.update(chunk)
+            if keep is None:
+                keep = sniff_format(chunk) in MULTI_PAGE_FORMATS and (size or 0) <= MAX_FILE_BYTES
+            if keep:
+                kept.append(chunk)
     finally:
         stream.close()
-    return digest.hexdigest()
+    pages = document_pages(b"".join(kept)) if keep and kept else [None]
+    return digest.hexdigest(), pages
+
+
+def _pages_of_s3_object(uri: str, s3_client: Any, size: int) -> list[int | None]:
+    """Pages of an S3 object whose id came from its checksum: a ranged GET of the head,
+    and the whole object only when that names a container that may hold pages."""
+    from extractor.inputs import MAX_FILE_BYTES, MULTI_PAGE_FORMATS, document_pages, sniff_format
+    from extractor.inputs.formats import SNIFF_BYTES
+
+    stream = open_stream(uri, s3_client, byte_range=f"bytes=0-{SNIFF_BYTES - 1}")
+    try:
+        head = stream.read()
+    finally:
+        stream.close()
+    if sniff_format(head) not in MULTI_PAGE_FORMATS or size > MAX_FILE_BYTES:
+        return [None]
+    return document_pages(read_bytes(uri, s3_client))
 
 
 def s3_sha256(s3_client: Any, uri: str) -> str | None:
@@ -189,49 +255,85 @@ def s3_sha256(s3_client: Any, uri: str) -> str | None:
 
 # ----------------------------------------------------------------------------- discover
 
+@dataclass(frozen=True)
+class _Listed:
+    uri: str
+    size: int
+    checksums: tuple[str, ...] = ()
+    raw_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class _Identified:
+    listed: _Listed
+    file_id: str
+    pages: list[int | None]
+    from_checksum: bool
+
+
+def _list(source: str, days: Sequence[dt.date], s3_client: Any) -> tuple[list[_Listed], list[SkippedEntry]]:
+    if source.startswith("s3://"):
+        skipped: list[SkippedEntry] = []
+        listed = [_Listed(uri, size, algorithms)
+                  for uri, size, algorithms in list_s3(s3_client, source, days, skipped)]
+        return listed, skipped
+    files, skipped = scan_local(source, days, partition_name)
+    return [_Listed(f.uri, f.size, (), f.raw_uri) for f in files], skipped
+
+
+def _identify(obj: _Listed, s3_client: Any) -> _Identified | SkippedEntry:
+    """The file id (sha256) and pages of one object, or why it was skipped (it vanished
+    or cannot be read between listing and hashing: a per-object problem, not the run's)."""
+    try:
+        if "SHA256" in obj.checksums:
+            known = s3_sha256(s3_client, obj.uri)
+            if known is not None:
+                return _Identified(obj, known, _pages_of_s3_object(obj.uri, s3_client, obj.size), True)
+        file_id, pages = _hash_and_pages(obj.uri, s3_client, raw_uri=obj.raw_uri, size=obj.size)
+        return _Identified(obj, file_id, pages, False)
+    except FileNotFoundError:
+        return SkippedEntry(obj.uri, "vanished during discovery")
+    except OSError as exc:  # local files only: S3 errors other than "not found" fail the task
+        if obj.uri.startswith("s3://"):
+            raise
+        return SkippedEntry(obj.uri, f"unreadable: {type(exc).__name__} (errno {exc.errno})")
+
+
 def discover(source: str, days: Sequence[dt.date], *, extractor_version: str,
              already_extracted: AlreadyExtracted, batch_size: int, s3_client: Any = None
              ) -> Discovery:
-    """List the partitions, hash every object, drop duplicates and ids already extracted
-    by ``extractor_version``, and split the rest into batches of ``batch_size``."""
+    """List the partitions, hash every object (and count the pages of documents), drop
+    duplicates and ids already extracted by ``extractor_version``, and split the rest
+    into batches of ``batch_size``: one receipt per page of a multi-page document."""
+    from extractor.images import page_receipt_id
+
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    listing: Iterable[tuple[str, int, tuple[str, ...]]]
-    if source.startswith("s3://"):
-        listing = list_s3(s3_client, source, days)
-    else:
-        listing = ((uri, size, ()) for uri, size in list_local(source, days))
-    objects = list(listing)
-
-    def receipt_id(obj: tuple[str, int, tuple[str, ...]]) -> tuple[str, bool]:
-        """(id, whether it came from S3's stored checksum)."""
-        uri, _, algorithms = obj
-        if "SHA256" in algorithms:
-            known = s3_sha256(s3_client, uri)
-            if known is not None:
-                return known, True
-        return sha256_of(uri, s3_client), False
-
+    objects, skipped = _list(source, days, s3_client)
     # Hashing is I/O bound (one GET per object on S3): a few threads, results in listing order.
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        hashed = list(pool.map(receipt_id, objects))
-    ids = [rid for rid, _ in hashed]
-    from_checksum = sum(used for _, used in hashed)
+        outcomes = list(pool.map(lambda obj: _identify(obj, s3_client), objects))
+    skipped += [o for o in outcomes if isinstance(o, SkippedEntry)]
+    identified = [o for o in outcomes if isinstance(o, _Identified)]
+    from_checksum = sum(o.from_checksum for o in identified)
     if from_checksum:
         log.info("%d of %d ids taken from S3's SHA-256 checksums (no read)", from_checksum, len(objects))
-    found: dict[str, DiscoveredReceipt] = {}
-    listed = 0
-    for (uri, size, _), rid in zip(objects, ids):
-        listed += 1
-        if rid in found:
-            log.info("%s has the same bytes as %s: one receipt", uri, found[rid].uri)
+    files: dict[str, _Identified] = {}
+    for o in identified:
+        if o.file_id in files:
+            log.info("%s has the same bytes as %s: one receipt", o.listed.uri, files[o.file_id].listed.uri)
             continue
-        found[rid] = DiscoveredReceipt(receipt_id=rid, uri=uri, size=size)
-    done = already_extracted(extractor_version, list(found)) if found else set()
-    new = [r for r in found.values() if r.receipt_id not in done]
+        files[o.file_id] = o
+    found = [DiscoveredReceipt(receipt_id=page_receipt_id(o.file_id, page), uri=o.listed.uri,
+                               size=o.listed.size, page=page, raw_uri=o.listed.raw_uri)
+             for o in files.values() for page in o.pages]
+    ids = [r.receipt_id for r in found]
+    done = already_extracted(extractor_version, ids) if ids else set()
+    new = [r for r in found if r.receipt_id not in done]
     batches = [new[i:i + batch_size] for i in range(0, len(new), batch_size)]
-    discovery = Discovery(batches=batches, listed=listed, duplicates=listed - len(found),
-                          already_extracted=len(done & set(found)),
-                          partitions=[partition_name(d) for d in days], ids_from_checksum=from_checksum)
+    discovery = Discovery(batches=batches, listed=len(identified), duplicates=len(identified) - len(files),
+                          already_extracted=len(done & set(ids)),
+                          partitions=[partition_name(d) for d in days], ids_from_checksum=from_checksum,
+                          skipped=skipped, page_receipts=sum(r.page is not None for r in found))
     log.info("discovered in %s %s: %s", source, discovery.partitions, discovery.counts())
     return discovery

@@ -89,7 +89,8 @@ def receipt_row(result: ExtractionResult, run: RunRecord) -> Row:
         line_item_count=len(receipt.line_items), confidence=to_json(receipt.confidence),
         source=result.source, raw_text=result.raw_text, timings=to_json(result.timings),
         model_id=run.model_id, revision=run.revision, prompt_version=run.prompt_version,
-        run_id=run.run_id, loaded_at=loaded_at)
+        run_id=run.run_id, loaded_at=loaded_at,
+        needs_review=result.review_reason is not None, review_reason=result.review_reason)
     return tuple(values[c] for c in ddl.RECEIPTS.column_names)
 
 
@@ -210,6 +211,10 @@ class Warehouse(abc.ABC):
             # views last, over the final columns (r.* keeps the tables' physical order, so a
             # column added above only appends to the view and CREATE OR REPLACE accepts it)
             for view in ddl.VIEWS:
+                # dropped first: PostgreSQL only lets CREATE OR REPLACE append columns, and a
+                # view's column list follows the DDL order (same transaction: readers never
+                # see it missing)
+                self._execute(f'DROP VIEW IF EXISTS "{view.name}"')
                 self._execute(view.create_sql(self.dialect))
 
     def load(self, valid: Sequence[ExtractionResult], quarantined: Sequence[QuarantineRecord],
@@ -301,6 +306,16 @@ class Warehouse(abc.ABC):
         with self._transaction():
             self._insert_rows(ddl.ALERTS, [tuple(row[c] for c in ddl.ALERTS.column_names)])
         return alert_id
+
+    def replace_rows(self, table: ddl.Table, rows: Sequence[Row]) -> None:
+        """Insert rows, replacing those with the same primary key, in one transaction
+        (small volumes: one DELETE per row; bulk loads go through ``load``)."""
+        positions = [table.column_names.index(k) for k in table.primary_key]
+        where = " AND ".join(f'"{k}" = ?' for k in table.primary_key)
+        with self._transaction():
+            for row in rows:
+                self._execute(f'DELETE FROM "{table.name}" WHERE {where}', [row[i] for i in positions])
+            self._insert_rows(table, list(rows))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement in its own transaction (``?`` or ``%s`` placeholders)."""

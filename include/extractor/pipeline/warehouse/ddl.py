@@ -106,7 +106,11 @@ RECEIPTS = Table(
         Column("source", "TEXT", True, "where the image came from"),
         Column("raw_text", "TEXT", doc="raw model / OCR output"),
         Column("timings", "JSON", doc="per-stage seconds for this receipt"),
-    ) + LINEAGE,
+    ) + LINEAGE + (
+        Column("needs_review", "BOOLEAN", doc="loaded, but a required field's confidence was below "
+               "the review threshold: a person checks it in `receipts_review`"),
+        Column("review_reason", "TEXT", doc="why the receipt needs review (fields and confidences)"),
+    ),
     ("receipt_id", "extractor_version"),
     "one validated receipt per (receipt_id, extractor_version)",
 )
@@ -182,7 +186,27 @@ CLAIMS = Table(
     "(see sources/claims.py); the load and a failed run's callback delete them",
 )
 
-TABLES: tuple[Table, ...] = (RECEIPTS, LINE_ITEMS, QUARANTINE, RUNS, ALERTS, CLAIMS)
+REVIEW_DECISIONS = ("approve", "correct", "reject")
+
+CORRECTIONS = Table(
+    "corrections",
+    KEY + (
+        Column("decision", "TEXT", True, "the reviewer's answer: " + " / ".join(REVIEW_DECISIONS)),
+    ) + tuple(_schema_columns(Receipt, scalar_fields())) + (
+        Column("corrected_fields", "JSON", True, "names of the fields the reviewer changed"),
+        Column("reviewer", "TEXT", doc="Airflow user who answered the review form"),
+        Column("reviewed_at", "TIMESTAMP", True, "when the answer was given (UTC)"),
+        Column("review_reason", "TEXT", doc="why the receipt was sent to review"),
+        Column("source", "TEXT", True, "where the image came from"),
+        Column("review_run_id", "TEXT", True, "the `receipts_review` run that asked"),
+    ),
+    ("receipt_id", "extractor_version"),
+    "one review answer per model output (receipt_id, extractor_version); the field columns hold "
+    "the values the reviewer submitted (for 'reject': the model's, unchanged). The model's row "
+    "in `receipts` / `quarantine` is never changed",
+)
+
+TABLES: tuple[Table, ...] = (RECEIPTS, LINE_ITEMS, QUARANTINE, RUNS, ALERTS, CLAIMS, CORRECTIONS)
 
 # The active extractor version: that of the latest finished run whose extractor came from
 # the setting (not a DAG-run override such as a comparison backfill) and did not fail.
@@ -194,16 +218,41 @@ _ACTIVE_VERSION = """SELECT "extractor_version" AS version FROM "runs"
 @dataclass(frozen=True)
 class View:
     name: str
-    sql: str  # the SELECT
+    sql: str | typing.Callable[[str], str]  # the SELECT, or a function of the dialect giving it
     doc: str = ""
 
     def create_sql(self, dialect: str) -> str:
-        return f'CREATE OR REPLACE VIEW "{self.name}" AS\n{self.sql}'
+        sql = self.sql(dialect) if callable(self.sql) else self.sql
+        return f'CREATE OR REPLACE VIEW "{self.name}" AS\n{sql}'
 
 
-RECEIPTS_CURRENT = View(
-    "receipts_current",
-    f"""WITH active AS (
+# What receipts_current adds after the columns of `receipts`: where the field values come
+# from ('model' or 'reviewer') and the review answer, if any.
+REVIEW_VIEW_COLUMNS = ("values_from", "review_decision", "reviewed_by", "reviewed_at")
+_ACCEPTED = "('approve', 'correct')"  # answers whose field values replace the model's
+
+
+def _receipts_current_sql(dialect: str) -> str:
+    """One row per receipt; a reviewer's accepted values replace the model's field by field
+    (all of them: a reviewer may also clear a field), a rejection only marks the row. A
+    receipt that was quarantined and then accepted by a reviewer appears from its correction."""
+    fields = set(scalar_fields())
+    loaded, reviewed_only = [], []
+    for c in RECEIPTS.columns:
+        cast = c.render(dialect).split(" ", 1)[1].replace(" NOT NULL", "")
+        if c.name in fields:
+            loaded.append(f'CASE WHEN v."decision" IN {_ACCEPTED} THEN v."{c.name}" '
+                          f'ELSE r."{c.name}" END AS "{c.name}"')
+            reviewed_only.append(f'v."{c.name}"')
+        elif c.name in ("receipt_id", "extractor_version", "source"):
+            loaded.append(f'r."{c.name}"')
+            reviewed_only.append(f'v."{c.name}"')
+        else:
+            loaded.append(f'r."{c.name}"')
+            reviewed_only.append(f'CAST(NULL AS {cast}) AS "{c.name}"')
+    review = ('v."decision" AS "review_decision", v."reviewer" AS "reviewed_by", '
+              'v."reviewed_at" AS "reviewed_at"')
+    return f"""WITH active AS (
     {_ACTIVE_VERSION}
 ), ranked AS (
     SELECT r."receipt_id", r."extractor_version", ROW_NUMBER() OVER (
@@ -212,17 +261,38 @@ RECEIPTS_CURRENT = View(
                  u."extractor_origin" IS DISTINCT FROM 'param' DESC,
                  r."loaded_at" DESC, r."extractor_version" DESC) AS version_rank
     FROM "receipts" r LEFT JOIN active a ON TRUE LEFT JOIN "runs" u ON u."run_id" = r."run_id"
+), latest_review AS (
+    SELECT c.*, ROW_NUMBER() OVER (PARTITION BY c."receipt_id"
+                                   ORDER BY c."reviewed_at" DESC, c."extractor_version" DESC) AS review_rank
+    FROM "corrections" c
 )
-SELECT (r."extractor_version" = a.version) IS TRUE AS "is_active_version", r.*
+SELECT (r."extractor_version" = a.version) IS TRUE AS "is_active_version",
+    {", ".join(loaded)},
+    CASE WHEN v."decision" IN {_ACCEPTED} THEN 'reviewer' ELSE 'model' END AS "values_from", {review}
 FROM "receipts" r
 JOIN ranked b ON b."receipt_id" = r."receipt_id" AND b."extractor_version" = r."extractor_version"
     AND b.version_rank = 1
-LEFT JOIN active a ON TRUE""",
+LEFT JOIN active a ON TRUE
+LEFT JOIN latest_review v ON v."receipt_id" = r."receipt_id" AND v.review_rank = 1
+UNION ALL
+SELECT FALSE, {", ".join(reviewed_only)}, 'reviewer', {review}
+FROM latest_review v
+WHERE v.review_rank = 1 AND v."decision" IN {_ACCEPTED}
+    AND NOT EXISTS (SELECT 1 FROM "receipts" r WHERE r."receipt_id" = v."receipt_id")"""
+
+
+RECEIPTS_CURRENT = View(
+    "receipts_current",
+    _receipts_current_sql,
     "one row per receipt: its row from the active extractor version (that of the latest "
     "finished run that used the setting, not a DAG-run override, and did not fail), else its "
-    "most recently loaded row, rows of override runs last. `is_active_version` tells which; "
-    "the other columns are those "
-    "of `receipts`; join `receipt_line_items` on (`receipt_id`, `extractor_version`)",
+    "most recently loaded row, rows of override runs last. `is_active_version` tells which. "
+    "Where a reviewer approved or corrected the receipt (`corrections`, latest answer), the "
+    "field columns hold the reviewer's values and `values_from` is 'reviewer', else 'model'; "
+    "a rejected receipt keeps the model's values with `review_decision` = 'reject'. A "
+    "quarantined receipt a reviewer accepted appears too (model-only columns NULL). The "
+    "other columns are those of `receipts`, then `review_decision`, `reviewed_by`, "
+    "`reviewed_at`; join `receipt_line_items` on (`receipt_id`, `extractor_version`)",
 )
 
 VIEWS: tuple[View, ...] = (RECEIPTS_CURRENT,)
