@@ -101,6 +101,7 @@ def test_a_failed_task_is_listed_in_the_run_alert_and_the_connection_password_st
     caplog.set_level(logging.INFO)
     pipeline.put(DAY, "ok.jpg", synthetic_receipt(1, date="2026-02-27"))
     missing_model = {"backend": "hf", "model_id": "acme/receipts-vlm", "source": "/nonexistent/receipts-vlm"}
+    monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "acme/receipts-vlm")  # the admin lets a run name it
 
     dag_run = pipeline.run(DAY, conf={"extractor": missing_model})
 
