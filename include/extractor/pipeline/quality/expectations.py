@@ -29,7 +29,7 @@ from extractor.pipeline.warehouse.ddl import NUMERIC_LIMIT
 from extractor.schema import MONEY_FIELDS, ExtractionResult, Receipt, scalar_fields
 
 HH_MM = r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$"
-SHA256_HEX = r"^[0-9a-f]{64}(-p[0-9]+)?$"  # a page of a multi-page document: "<sha256>-p<n>"
+SHA256_HEX = r"^[0-9a-f]{64}(?:-p[0-9]+)?$"  # a page of a multi-page document: "<sha256>-p<n>"
 CARD_LAST4 = r"^[0-9]{4}$"
 PHONE = r"^\+?[0-9][0-9 ().\-/]{4,24}$"
 FORMAT_CHECKED = {"time", "currency", "card_last4"}  # a format check bounds them already
