@@ -24,10 +24,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, DeadlineAlert, Param, SyncCallback, dag, task
 from extractor.pipeline import tasks
-from extractor.pipeline.config import GPU_POOL, RECEIPTS_ASSET_URI, gpu_queue
-from receipts_notifiers import build_notifiers, on_run_failure
+from extractor.pipeline.config import (GPU_POOL, RECEIPTS_ASSET_URI, extract_timeout, gpu_queue,
+                                       run_deadline)
+from extractor.spec import PRESETS
+from receipts_deadline import DailyRunIntervalEnd
+from receipts_notifiers import build_notifiers, on_deadline_missed, on_run_failure, on_task_failure
 
 
 @dag(
@@ -35,12 +38,16 @@ from receipts_notifiers import build_notifiers, on_run_failure
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # a run per day-long interval
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False, max_active_runs=4, doc_md=__doc__, tags=["receipts", "etl"],
-    params={"extractor": Param(None, type=["null", "string", "object"],
+    params={"extractor": Param(None, type=["null", "string", "object"], examples=sorted(PRESETS),
                                description="preset name or JSON spec; overrides the Variable")},
     default_args={"retries": int(os.environ.get("RECEIPT_TASK_RETRIES", "2")),
                   "retry_delay": dt.timedelta(
-                      seconds=int(os.environ.get("RECEIPT_TASK_RETRY_DELAY_S", "120")))},
+                      seconds=int(os.environ.get("RECEIPT_TASK_RETRY_DELAY_S", "120"))),
+                  "on_failure_callback": on_task_failure},
     on_failure_callback=on_run_failure,
+    # a scheduled run not finished run_deadline() after its day ends alerts (docs/alerts.md)
+    deadline=[DeadlineAlert(reference=DailyRunIntervalEnd(), interval=run_deadline(),
+                            callback=SyncCallback(on_deadline_missed))] if run_deadline() else None,
 )
 def receipts_daily():
     @task
@@ -55,7 +62,8 @@ def receipts_daily():
     def discover_new_receipts(extractor: dict) -> list:
         return tasks.discover_new_receipts(extractor)
 
-    @task(pool=GPU_POOL, queue=gpu_queue())
+    @task(pool=GPU_POOL, queue=gpu_queue(), execution_timeout=extract_timeout(),  # frees a hung GPU slot
+          map_index_template="batch {{ ti.map_index }}: {{ task.op_kwargs['batch'] | length }} receipts")
     def extract(batch: list, extractor: dict, model: dict) -> dict:
         return tasks.extract_batch(batch, extractor, model)
 
@@ -80,12 +88,17 @@ def receipts_daily():
     def prune_staging() -> dict:  # staged files of runs older than the retention
         return tasks.prune_staging()
 
+    @task
+    def quality_gate(summary: dict) -> dict:  # pass: success; alert: skipped (visible in the grid)
+        return tasks.quality_gate(summary)
+
     extractor = resolve_extractor()
     batches = discover_new_receipts(extractor)  # its counts travel under the XCom key "counts"
     staged = extract.partial(extractor=extractor, model=ensure_model(extractor)).expand(
         batch=batches)
     summary = validate_and_load(staged, extractor, batches["counts"], batches)
-    report(summary, reconcile(batches, extractor, summary)) >> [prune_staging(), quality_report()]
+    reported = report(summary, reconcile(batches, extractor, summary))
+    reported >> [prune_staging(), quality_report(), quality_gate(summary)]
 
 
 receipts_daily()

@@ -44,6 +44,12 @@ def _text(message: str, details: dict) -> str:
     return f"{message}\n\n{json.dumps(details, indent=2, sort_keys=True, default=str)}"
 
 
+def _subject(message: str) -> str:
+    """The alert's first line (it names the run and what happened), cut for a mail subject."""
+    first = message.splitlines()[0] if message else "alert"
+    return f"[receipts] {first[:180]}"
+
+
 def smtp_notifier(conn_id: str = SMTP_CONN_ID) -> Notifier | None:
     conn = _connection(conn_id)
     if conn is None:
@@ -60,7 +66,7 @@ def smtp_notifier(conn_id: str = SMTP_CONN_ID) -> Notifier | None:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
         SmtpNotifier(to=to, from_email=extra.get("from_email") or "receipts-pipeline@localhost",
-                     subject=f"[receipts] {message[:150]}",
+                     subject=_subject(message),
                      html_content=f"<pre>{escape(_text(message, details))}</pre>",
                      smtp_conn_id=conn_id).notify({})
 
@@ -75,14 +81,14 @@ def slack_notifier(conn_id: str = SLACK_CONN_ID) -> Notifier | None:
         def notify(message: str, details: dict) -> None:
             from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-            SlackWebhookNotifier(slack_webhook_conn_id=conn_id, text=_text(message, details)).notify({})
+            SlackWebhookNotifier(slack_webhook_conn_id=conn_id, text=message).notify({})
         return notify
     channel = _extra(conn).get("channel", "#receipts-alerts")
 
     def notify_api(message: str, details: dict) -> None:
         from airflow.providers.slack.notifications.slack import SlackNotifier
 
-        SlackNotifier(slack_conn_id=conn_id, channel=channel, text=_text(message, details)).notify({})
+        SlackNotifier(slack_conn_id=conn_id, channel=channel, text=message).notify({})
     return notify_api
 
 
@@ -96,3 +102,19 @@ def on_run_failure(context: dict) -> None:
     from extractor.pipeline import tasks
 
     tasks.on_run_failure(context, notifiers=build_notifiers())
+
+
+def on_task_failure(context: dict) -> None:
+    """Task ``on_failure_callback`` (all tasks, via ``default_args``): the failed task's
+    alert, with its exception and log link."""
+    from extractor.pipeline import tasks
+
+    tasks.on_task_failure(context, notifiers=build_notifiers())
+
+
+def on_deadline_missed(context: dict, **kwargs) -> None:
+    """``DeadlineAlert`` callback (run by the executor when a scheduled run has not finished
+    in time): the deadline alert."""
+    from extractor.pipeline import tasks
+
+    tasks.on_deadline_missed(context, notifiers=build_notifiers())

@@ -43,7 +43,8 @@ KEYS = ("model", "source", "s3_conn_id", "warehouse_url", "model_cache", "stagin
         "batches_per_task",
         "claim_ttl_hours", "warehouse_lock_timeout_s", "warehouse_snapshot",  # re-runs, concurrency
         "quality_report_days", "allowed_models",
-        "review_min_confidence", "review_max_per_run")  # the review loop
+        "review_min_confidence", "review_max_per_run",  # the review loop
+        "trend_tolerances")
 # Variables of the previous release, read (with a warning) until 0.3; the environment
 # names were already RECEIPT_<KEY>, except the model's.
 LEGACY_VARIABLES = {

@@ -51,7 +51,7 @@ def test_receipts_daily_shape(receipts_dag):
     dag = receipts_dag
     assert set(dag.task_ids) == {"resolve_extractor", "ensure_model", "discover_new_receipts",
                                  "extract", "validate_and_load", "reconcile", "report", "prune_staging",
-                                 "quality_report"}
+                                 "quality_report", "quality_gate"}
     extract = dag.get_task("extract")
     assert extract.pool == "gpu"
     assert extract.queue == os.environ.get("RECEIPT_GPU_QUEUE", "default")

@@ -41,5 +41,8 @@ def test_a_missing_llama_model_path_fails_the_run_naming_the_folder(pipeline, mo
     states = pipeline.task_states(dag_run)
     # the branch revision is not looked up on the Hub while LLAMA_MODEL_PATH is set
     assert states["resolve_extractor"] == "success" and states["ensure_model"] == "failed"
-    [(message,)] = pipeline.fetch("SELECT message FROM alerts")
-    assert "failed" in message
+    # the task's alert row, then the run's alert, which names the task and its error
+    (task_message, _), (message, _) = sorted(pipeline.fetch("SELECT message, created_at FROM alerts"),
+                                              key=lambda row: row[1])
+    assert "failed" in message and "ensure_model (try 1 of 1)" in message
+    assert str(tmp_path / "llama-previous") in task_message

@@ -77,5 +77,7 @@ def test_without_the_variable_the_production_model_is_used_and_fails_loudly_here
     assert states["resolve_extractor"] == "success" and states["ensure_model"] == "failed"
     assert states["validate_and_load"] == "upstream_failed"
     assert pipeline.fetch("SELECT count(*) FROM receipts") == [(0,)]
-    assert [level for (level,) in pipeline.fetch("SELECT level FROM alerts")] == ["error"]
+    # the task's row (not sent), then the run's alert that lists it (sent)
+    assert [level for (level,) in pipeline.fetch("SELECT level FROM alerts")] == ["error", "error"]
     assert len(pipeline.alerts_seen) == 1 and "failed" in pipeline.alerts_seen[0][0]
+    assert "ensure_model (try 1 of 1)" in pipeline.alerts_seen[0][0]

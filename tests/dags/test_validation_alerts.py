@@ -28,6 +28,21 @@ def test_a_future_dated_receipt_is_quarantined_and_alerts(pipeline):
     assert [(a[0], a[1]) for a in alerts] == [(dag_run.run_id, "warning")]
     assert len(pipeline.alerts_seen) == 1 and "alert" in pipeline.alerts_seen[0][0]
     assert pipeline.alerts_seen[0][1]["counts"]["quarantined"] == 1
+    message = pipeline.alerts_seen[0][0]  # the numbers behind the verdict
+    assert "  receipts: 2 new, 1 valid, 1 quarantined (by stage: validate 1)" in message
+    assert "thresholds crossed: quarantine rate 50.0% > max_quarantine_rate_alert 20.0%" in message
+    # the verdict shows in the grid: the quality gate is skipped, not green; the load stands
+    states = pipeline.task_states(dag_run)
+    assert states["quality_gate"] == "skipped" and states["report"] == "success"
+    # and the mapped extract is labelled by its batch
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.settings import Session
+    from sqlalchemy import select
+
+    with Session() as session:
+        labels = session.scalars(select(TaskInstance.rendered_map_index).where(
+            TaskInstance.run_id == dag_run.run_id, TaskInstance.task_id == "extract")).all()
+    assert labels == ["batch 0: 2 receipts"]
 
 
 def test_a_fail_decision_records_the_rows_then_fails_the_run(pipeline, monkeypatch):
@@ -40,11 +55,15 @@ def test_a_fail_decision_records_the_rows_then_fails_the_run(pipeline, monkeypat
     assert dag_run.state == "failed"
     states = pipeline.task_states(dag_run)
     assert states["validate_and_load"] == "failed" and states["report"] != "success"
+    assert states["quality_gate"] == "upstream_failed"
     (source, failed), = pipeline.fetch("SELECT source, failed_expectations FROM quarantine")
     assert source.endswith("wrong-total.jpg") and any("total" in n for n in json.loads(failed))
     assert len(pipeline.fetch("SELECT receipt_id FROM receipts")) == 1
     assert pipeline.fetch("SELECT decision FROM runs") == [("fail",)]
-    levels = sorted(level for (level,) in pipeline.fetch("SELECT level FROM alerts"))
-    # the validation alert, then the DAG's on_failure_callback for the failed run
-    assert levels == ["error", "error"]
+    kinds = sorted((json.loads(d)["kind"], level) for d, level in pipeline.fetch("SELECT details, level FROM alerts"))
+    # the validation alert, the failed task's row, and the DAG's on_failure_callback for the run
+    assert kinds == [("quality", "error"), ("run_failure", "error"), ("task_failure", "error")]
+    # people hear twice: the numbers (quality) and the run failure, which lists the task
     assert len(pipeline.alerts_seen) == 2
+    assert "validate_and_load (try 1 of 1): AirflowFailException: validation decision 'fail'" \
+        in pipeline.alerts_seen[1][0]

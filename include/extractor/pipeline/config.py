@@ -26,7 +26,10 @@ does not import Airflow: the caller passes a getter for Variables (``tasks.py`` 
 | ``warehouse_lock_timeout_s`` (DuckDB: wait for the file lock) | ``RECEIPT_WAREHOUSE_LOCK_TIMEOUT_S`` | 60 |
 | ``warehouse_snapshot`` (DuckDB: readers' copy; a path or ``off``) | ``RECEIPT_WAREHOUSE_SNAPSHOT`` | ``auto``: ``<warehouse>.snapshot.duckdb`` |
 | ``allowed_models`` (repos a run's conf may name, list) | ``RECEIPT_ALLOWED_MODELS`` | none |
+| ``trend_tolerances`` (object, ``quality.trends``) | ``RECEIPT_TREND_TOLERANCES`` | ``quality.trends`` defaults |
 | GPU queue (parse time, env only) | ``RECEIPT_GPU_QUEUE`` | ``default`` |
+| extract task timeout, minutes (parse time, env only) | ``RECEIPT_EXTRACT_TIMEOUT_MINUTES`` | 120 |
+| run deadline, hours after the data interval ends (parse time, env only; 0 = off) | ``RECEIPT_DEADLINE_HOURS`` | 0 (compose: 6) |
 | ``review_min_confidence`` (0 = off; docs/review.md) | ``RECEIPT_REVIEW_MIN_CONFIDENCE`` | 0.5 |
 | ``review_max_per_run`` (forms per ``receipts_review`` run) | ``RECEIPT_REVIEW_MAX_PER_RUN`` | 50 |
 | review response timeout, hours (parse time, env only) | ``RECEIPT_REVIEW_TIMEOUT_HOURS`` | 20 |
@@ -42,6 +45,7 @@ model cache must be visible to every worker).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Callable
@@ -84,6 +88,31 @@ def gpu_queue() -> str:
     return os.environ.get("RECEIPT_GPU_QUEUE") or "default"
 
 
+def _parse_time_number(env: str, default: float) -> float:
+    raw = os.environ.get(env, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError as exc:
+        raise ConfigError(f"{env} must be a number, not {raw!r}") from exc
+    if value < 0:
+        raise ConfigError(f"{env} must be >= 0, not {raw!r}")
+    return value
+
+
+def extract_timeout() -> dt.timedelta:
+    """``execution_timeout`` of an extract task (parse time, env only): a hung model is
+    killed after this long, which frees its GPU pool slot; the retry starts afresh."""
+    return dt.timedelta(minutes=_parse_time_number("RECEIPT_EXTRACT_TIMEOUT_MINUTES", 120))
+
+
+def run_deadline() -> dt.timedelta | None:
+    """How long after its data interval ends a scheduled run must have finished (parse
+    time, env only); None when switched off (0, the embedded default: deadlines need a
+    scheduler, and Airflow 3.3.2's ``dag.test`` crashes on a DAG that has one, apache/airflow#73428)."""
+    hours = _parse_time_number("RECEIPT_DEADLINE_HOURS", 0)
+    return dt.timedelta(hours=hours) if hours else None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Settings of one task execution (resolved once per task, never at parse time)."""
@@ -105,6 +134,7 @@ class PipelineConfig:
     allowed_model_ids: tuple[str, ...] = ()  # repos a run's conf may name besides the presets
     review_min_confidence: float = 0.5  # a required field below this -> loaded, needs_review
     review_max_per_run: int = 50  # review forms one receipts_review run opens
+    trend_tolerances: dict[str, Any] = field(default_factory=dict)  # see quality.trends
     extraction_service_url: str | None = None  # the GPU worker's resident service; None: in-process
     extraction_service_timeout_s: float = 600.0  # one request (a model batch, queueing and reloads included)
 
@@ -170,6 +200,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
     if not str(report_days).isdigit() or int(report_days) < 1:
         raise ConfigError(f"quality_report_days must be a whole number >= 1: {report_days!r}")
     review_min_confidence, review_max_per_run = _review_settings(get_variable)
+    trend = get_variable.get("trend_tolerances", {}, env="RECEIPT_TREND_TOLERANCES")  # a new key
     warehouse_url = None
     if not warehouse_conn_exists:
         warehouse_url = str(_setting(get_variable, "receipts_warehouse_url", "RECEIPT_WAREHOUSE_URL",
@@ -194,6 +225,7 @@ def load_config(get_variable: VariableGetter, *, warehouse_conn_exists: bool = F
                                           "RECEIPT_ALLOWED_MODELS", "")),
         review_min_confidence=review_min_confidence,
         review_max_per_run=review_max_per_run,
+        trend_tolerances=_json_setting(trend, "trend_tolerances") if trend else {},
         extraction_service_url=os.environ.get("RECEIPT_EXTRACTION_SERVICE_URL", "").strip() or None,
         extraction_service_timeout_s=_positive_float(
             os.environ.get("RECEIPT_EXTRACTION_SERVICE_TIMEOUT_S") or 600,

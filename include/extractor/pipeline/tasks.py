@@ -68,16 +68,35 @@ def load_config() -> config.PipelineConfig:
         _variable, warehouse_conn_exists=_connection(config.WAREHOUSE_CONN_ID) is not None)
 
 
+_SECRETS: set[str] = set()  # secret values this process has seen: redacted from every alert
+
+
+def mask_secrets(values: Iterable[str]) -> None:
+    """Hide ``values`` from task logs (Airflow's secrets masker) and from alerts."""
+    from airflow.sdk.log import mask_secret
+
+    for value in values:
+        if value and value not in _SECRETS:
+            _SECRETS.add(value)
+            mask_secret(value)
+
+
 def warehouse_url(cfg: config.PipelineConfig) -> str:
     """The env/Variable URL, or the ``receipts_warehouse`` connection's own URI (its extra
     rides along as the query: libpq options such as ``sslmode`` reach the server, the
-    Postgres dialect drops the Airflow-only keys)."""
+    Postgres dialect drops the Airflow-only keys). Its password is registered with the
+    secrets masker before the URL goes anywhere."""
+    from extractor.redaction import url_secrets
+
     if cfg.warehouse_url:
+        mask_secrets(url_secrets(cfg.warehouse_url))
         return cfg.warehouse_url
     conn = _connection(config.WAREHOUSE_CONN_ID)
     if conn is None:
         raise _fail(f"connection {config.WAREHOUSE_CONN_ID!r} disappeared")
-    return conn.get_uri()
+    url = conn.get_uri()
+    mask_secrets([conn.password or "", *url_secrets(url)])
+    return url
 
 
 def open_warehouse(cfg: config.PipelineConfig):
@@ -319,14 +338,14 @@ def _read_item(item: dict[str, Any], client: Any, root: str | None) -> tuple[byt
 def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[str, Any],
                       discovered: dict[str, Any], batches: Sequence[Sequence[dict[str, Any]]] | None,
                       notifiers: Sequence[Notifier] = ()) -> dict[str, Any]:
-    """Validate every staged result, load receipts + quarantine + run lineage in ONE
-    transaction, alert on "alert"/"fail", and fail the run on "fail" (after recording)."""
+    """Validate, judge against the trailing runs (trend), load receipts + quarantine + run
+    lineage in ONE transaction, alert on "alert"/"fail", fail the run on "fail" (after recording)."""
     from extractor.pipeline.quality import summary as summaries
-    from extractor.pipeline.quality.alerts import send_alert
-    from extractor.pipeline.records import RunRecord
+    from extractor.pipeline.quality import trends
     from extractor.pipeline.sources.staging import read_staged
     from extractor.pipeline.quality.expectations import Thresholds
     from extractor.pipeline.quality.validation import validate_results
+    from extractor.pipeline.warehouse.base import utc_naive
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
     staged = _current_staged(staged, batches)
@@ -350,44 +369,63 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
         summaries.reconcile(ids, outcome.valid, outcome.quarantined)
     except summaries.ReconciliationError as exc:
         raise _fail(f"staged results do not match discovery: {exc}") from exc
-    timings = {"extract_s": sum(s.get("extract_s", 0.0) for s in staged),
-               "extract_tasks_s": sum(s.get("task_s", 0.0) for s in staged),
-               "model_load_s": sum(s.get("model_load_s", 0.0) for s in staged),
-               "read_s": sum(s.get("read_s", 0.0) for s in staged),
-               "validate_s": validate_s}
-    summary = summaries.summarize_run(results, outcome, discovered=len(ids), timings=timings)
+    summary = summaries.summarize_run(results, outcome, discovered=len(ids),
+                                      timings=summaries.stage_timings(staged, validate_s))
     _attach_discovery(summary, discovered)
     summary["needs_review"] = sum(r.review_reason is not None for r in outcome.valid)
-    dag_run = ctx["dag_run"]
-    run = RunRecord(
-        run_id=ctx["run_id"], dag_id=ctx["dag"].dag_id, logical_date=ctx.get("logical_date"),
-        partition_start=start, partition_end=end, extractor_version=spec.version,
-        model_id=spec.model_id, revision=spec.revision, prompt_version=spec.prompt_version,
-        started_at=_run_started_at(extractor, dag_run), finished_at=_utc_now(),
-        counts=summary["counts"], timings=summary["timings"], decision=outcome.decision,
-        summary=summary, extractor_origin=extractor.get("origin"))
     warehouse = open_warehouse(cfg)
     try:
+        trend = trends.judge(warehouse.fetch, summary, run_id=ctx["run_id"], extractor_version=spec.version,
+                             partition_start=utc_naive(start),
+                             tolerances=trends.TrendTolerances.from_dict(cfg.trend_tolerances))
+        decision, reason = trends.escalate(outcome.decision, outcome.stats.get("decision_reason"), trend)
+        summary.update(decision=decision, decision_reason=reason, trend=trend.to_dict())
+        run = _run_record(ctx, spec, extractor, summary)
         t1 = time.perf_counter()
         summary["load"] = warehouse.load(outcome.valid, outcome.quarantined, run)
         summary["timings"]["load_s"] = round(time.perf_counter() - t1, 4)
         log.info("%s", summaries.format_summary(summary))
-        if outcome.decision in ALERT_LEVEL:
-            send_alert(warehouse, run_id=ctx["run_id"], level=ALERT_LEVEL[outcome.decision],
-                       message=f"receipts_daily {ctx['run_id']}: validation decision "
-                               f"{outcome.decision!r}: {outcome.stats.get('decision_reason')}",
-                       details={"counts": summary["counts"], "partition": str(partition_day),
-                                "extractor_version": spec.version,
-                                "top_quarantine_reasons": summary["top_quarantine_reasons"],
-                                "data_docs": outcome.data_docs_path},
-                       notifiers=[*notifiers, *alert_callbacks(cfg)])
+        if decision in ALERT_LEVEL:
+            _quality_alert(warehouse, cfg, ctx, outcome, summary, spec.version, str(partition_day),
+                           notifiers)
         _publish_snapshot(warehouse, cfg)
     finally:
         warehouse.close()
-    if outcome.decision == "fail":
-        raise _fail(f"validation decision 'fail' ({outcome.stats.get('decision_reason')}); "
+    if decision == "fail":
+        raise _fail(f"validation decision 'fail' ({reason}); "
                     f"rows and quarantine were recorded, see the alerts table")
     return summary
+
+
+def _run_record(ctx: dict[str, Any], spec, extractor: dict[str, Any], summary: dict[str, Any]):
+    from extractor.pipeline.records import RunRecord
+
+    dag_run = ctx["dag_run"]
+    return RunRecord(
+        run_id=ctx["run_id"], dag_id=ctx["dag"].dag_id, logical_date=ctx.get("logical_date"),
+        partition_start=ctx["data_interval_start"], partition_end=ctx["data_interval_end"],
+        extractor_version=spec.version, model_id=spec.model_id, revision=spec.revision,
+        prompt_version=spec.prompt_version,
+        started_at=_run_started_at(extractor, dag_run), finished_at=_utc_now(),
+        counts=summary["counts"], timings=summary["timings"], decision=summary["decision"],
+        summary=summary, extractor_origin=extractor.get("origin"))
+
+
+def _quality_alert(warehouse, cfg: config.PipelineConfig, ctx: dict[str, Any], outcome,
+                   summary: dict[str, Any], version: str, partition: str,
+                   notifiers: Sequence[Notifier]) -> None:
+    from extractor.pipeline.quality.alert_text import quality_alert
+    from extractor.pipeline.quality.alerts import send_alert
+    from extractor.pipeline.quality.expectations import Thresholds
+
+    message, details = quality_alert(
+        _run_link(ctx), decision=summary["decision"], reason=summary["decision_reason"],
+        summary=summary, stats=outcome.stats, thresholds=Thresholds.from_dict(cfg.thresholds).to_dict(),
+        trend=summary.get("trend"), extractor_version=version, partition=partition,
+        data_docs=outcome.data_docs_path)
+    send_alert(warehouse, run_id=ctx["run_id"], level=ALERT_LEVEL[summary["decision"]], message=message,
+               details=details, notifiers=[*notifiers, *alert_callbacks(cfg)], secrets=_SECRETS,
+               redactor=_airflow_redactor())
 
 
 def _attach_discovery(summary: dict[str, Any], discovered: dict[str, Any] | None) -> None:
@@ -548,26 +586,148 @@ def alert_callbacks(cfg: config.PipelineConfig) -> list[Notifier]:
     return out
 
 
-def on_run_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) -> None:
-    """DAG-level failure callback: an alert row, a log line and the configured notifiers."""
-    from extractor.pipeline.quality.alerts import send_alert
+def _ui_base_url() -> str:
+    """Airflow's ``[api] base_url``: the UI links in alerts (task logs use the same)."""
+    from airflow.sdk.configuration import conf
+
+    return conf.get("api", "base_url", fallback="http://localhost:8080/")
+
+
+def _run_link(context: dict[str, Any]):
+    from extractor.pipeline.quality.alert_text import RunLink
 
     dag_run = context.get("dag_run")
     run_id = getattr(dag_run, "run_id", None) or context.get("run_id") or "unknown"
-    message = f"receipts_daily run {run_id} failed: {context.get('reason') or 'a task failed'}"
-    details = {"run_id": run_id, "reason": str(context.get("reason"))}
-    cfg = load_config()
-    extra = [*notifiers, *alert_callbacks(cfg)]
+    dag = context.get("dag")
+    dag_id = getattr(dag, "dag_id", None) or getattr(dag_run, "dag_id", None) or "receipts_daily"
+    return RunLink(dag_id=dag_id, run_id=run_id, ui_base_url=_ui_base_url())
+
+
+def _airflow_redactor() -> Callable[[Any], Any]:
+    """Airflow's secrets masker as a function (what it knows: connection passwords, sensitive
+    Variables, everything passed to ``mask_secret``)."""
+    from airflow.sdk.log import redact
+
+    return redact
+
+
+def _failed_task(ti: Any, exception: BaseException | str | None):
+    from extractor.pipeline.quality.alert_text import FailedTask
+
+    max_tries = getattr(ti, "max_tries", None)
+    return FailedTask.from_exception(
+        task_id=ti.task_id, map_index=getattr(ti, "map_index", -1), try_number=getattr(ti, "try_number", 0),
+        max_tries=None if max_tries is None else max_tries + 1, exception=exception,
+        log_url=getattr(ti, "log_url", None))
+
+
+def _deliver(run_id: str, level: str, message: str, details: dict[str, Any],
+             notifiers: Sequence[Notifier], *, warehouse: Any = None,
+             notify_only_if_unrecorded: bool = False) -> None:
+    """Send an alert from a callback: the configured channels, the alerts table when the
+    warehouse opens (it may be why the run failed: then log + notifiers only).
+    ``notify_only_if_unrecorded``: people hear of it only when no row can be written (a
+    task failure: the run's failure alert lists it from its row)."""
+    from extractor.pipeline.quality.alerts import send_alert
+    from extractor.redaction import redact_text
+
+    channels, opened = list(notifiers), None
     try:
-        warehouse = open_warehouse(cfg)
-    except Exception as exc:  # the warehouse may be why the run failed: still tell people
-        log.exception("alert for %s cannot be recorded: the warehouse does not open", run_id)
-        for notify in extra:
-            notify(message, {**details, "warehouse_error": f"{type(exc).__name__}: {exc}"})
-        raise
+        cfg = load_config()
+        channels += alert_callbacks(cfg)
+        if warehouse is None:
+            warehouse = opened = open_warehouse(cfg)
+    except Exception as exc:  # noqa: BLE001 - any reason (bad setting, driver error): still alert
+        why = _airflow_redactor()(redact_text(f"{type(exc).__name__}: {exc}", _SECRETS))
+        if warehouse is None:
+            log.error("alert for %s is not recorded in the alerts table (%s); log and notifiers only",
+                      run_id, why)
+            details = {**details, "not_recorded": why}
+        else:
+            log.error("alert for %s: the configured extra notifiers are unavailable (%s)", run_id, why)
+    if notify_only_if_unrecorded and warehouse is not None:
+        channels = []
     try:
-        warehouse.release_claims(run_id)  # the day's next run may extract what this one held
-        send_alert(warehouse, run_id=run_id, level="error", message=message, details=details,
-                   notifiers=extra)
+        send_alert(warehouse, run_id=run_id, level=level, message=message, details=details,
+                   notifiers=channels, secrets=_SECRETS, redactor=_airflow_redactor())
     finally:
-        warehouse.close()
+        if opened is not None:
+            opened.close()
+
+
+def on_task_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) -> None:
+    """Task ``on_failure_callback`` (its last try failed; runs in the task's process, where
+    the exception is known): an alert row naming the task, its error and its log. People
+    are told by the run's failure alert, which lists it; directly only when the row cannot
+    be written (the warehouse is down), so the error still reaches them."""
+    from extractor.pipeline.quality.alert_text import task_failure_alert
+
+    run = _run_link(context)
+    failed = _failed_task(context["ti"], context.get("exception"))
+    message, details = task_failure_alert(run, failed)
+    _deliver(run.run_id, "error", message, details, notifiers, notify_only_if_unrecorded=True)
+
+
+def on_run_failure(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) -> None:
+    """DAG-level failure callback: one alert for the run, listing each failed task with the
+    error its own failure alert recorded (the DAG callback does not see exceptions)."""
+    from extractor.pipeline.quality.alert_text import FailedTask, run_failure_alert
+    from extractor.pipeline.quality.alerts import recorded_task_failures
+
+    run, notes = _run_link(context), []
+    failed: dict[tuple[str, int], FailedTask] = {}
+    if context.get("ti") is not None:  # the task that failed last, as the scheduler saw it
+        task = _failed_task(context["ti"], None)
+        failed[(task.task_id, task.map_index)] = task
+    try:
+        warehouse = open_warehouse(load_config())
+    except Exception as exc:  # noqa: BLE001 - reported in the alert itself, redacted
+        warehouse = None
+        notes.append("task errors not available: the warehouse does not open "
+                      f"({type(exc).__name__}: {exc}); see each task's failure alert and log")
+    try:
+        if warehouse is not None:
+            warehouse.release_claims(run.run_id)  # the day's next run may extract what this one held
+            since = getattr(context.get("dag_run"), "start_date", None)
+            for item in recorded_task_failures(warehouse.fetch, run.run_id, since=since):
+                task = FailedTask(**item)
+                failed[(task.task_id, task.map_index)] = task
+        message, details = run_failure_alert(run, context.get("reason"), sorted(
+            failed.values(), key=lambda t: (t.task_id, t.map_index)), notes)
+        _deliver(run.run_id, "error", message, details, notifiers, warehouse=warehouse)
+    finally:
+        if warehouse is not None:
+            warehouse.close()
+
+
+def on_deadline_missed(context: dict[str, Any], notifiers: Sequence[Notifier] = ()) -> None:
+    """``DeadlineAlert`` callback: ``context`` is what Airflow's deadline handling sends
+    (``dag_run`` as the REST API renders it, ``deadline`` with its time)."""
+    from extractor.pipeline.quality.alert_text import RunLink, deadline_alert
+
+    dag_run, deadline = context.get("dag_run") or {}, context.get("deadline") or {}
+    run = RunLink(dag_id=dag_run.get("dag_id", "receipts_daily"),
+                  run_id=dag_run.get("dag_run_id") or dag_run.get("run_id") or "unknown",
+                  ui_base_url=_ui_base_url())
+    allowed = config.run_deadline()
+    message, details = deadline_alert(
+        run, deadline_time=deadline.get("deadline_time"),
+        data_interval_end=dag_run.get("data_interval_end"), state=dag_run.get("state"),
+        allowed=str(allowed) if allowed else None)
+    _deliver(run.run_id, "error", message, details, notifiers)
+
+
+def quality_gate(summary: dict[str, Any]) -> dict[str, Any]:
+    """Make the run's verdict visible in the grid: ``pass`` ends in success, ``alert`` in
+    *skipped* (a distinct colour; the run itself still succeeds, the load stands). A
+    ``fail`` never gets here: validate_and_load failed the run after recording it."""
+    decision, reason = summary.get("decision"), summary.get("decision_reason")
+    if decision == "pass":
+        log.info("quality gate: pass (%s)", reason)
+        return {"decision": decision, "reason": reason}
+    if decision == "alert":
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"quality decision 'alert': {reason} (rows are loaded; "
+                                   f"see the alert for the numbers)")
+    raise _fail(f"quality gate: unexpected decision {decision!r} ({reason})")

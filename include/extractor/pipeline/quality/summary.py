@@ -46,6 +46,35 @@ def field_fill_rates(results: Sequence[ExtractionResult]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in rates.items()}
 
 
+def mean_confidence(results: Sequence[ExtractionResult]) -> dict[str, float]:
+    """Mean per-field confidence over the receipts whose backend gave one (empty otherwise)."""
+    values: dict[str, list[float]] = {}
+    for r in results:
+        if r.status == "ok" and r.receipt is not None:
+            for name, value in (r.receipt.confidence or {}).items():
+                values.setdefault(name, []).append(float(value))
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(values.items())}
+
+
+def quarantine_reasons_by_stage(quarantined: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """``{stage: {reason: count}}``: a validate-stage receipt counts once per failed expectation,
+    an extract-stage one under the first line of its reason."""
+    out: dict[str, Counter[str]] = {}
+    for q in quarantined:
+        reasons = q.failed_expectations or [q.reason.splitlines()[0][:120] if q.reason else "unknown"]
+        out.setdefault(q.stage, Counter()).update(reasons)
+    return {stage: dict(counter.most_common()) for stage, counter in sorted(out.items())}
+
+
+def stage_timings(staged: Sequence[Mapping[str, Any]], validate_s: float) -> dict[str, float]:
+    """Seconds per pipeline stage, summed over the extract tasks' staged results."""
+    return {"extract_s": sum(s.get("extract_s", 0.0) for s in staged),
+            "extract_tasks_s": sum(s.get("task_s", 0.0) for s in staged),
+            "model_load_s": sum(s.get("model_load_s", 0.0) for s in staged),
+            "read_s": sum(s.get("read_s", 0.0) for s in staged),
+            "validate_s": validate_s}
+
+
 def summarize_run(results: Sequence[ExtractionResult], outcome: Any = None, *,
                   load_counts: Mapping[str, int] | None = None,
                   discovered: int | None = None,
@@ -93,6 +122,8 @@ def summarize_run(results: Sequence[ExtractionResult], outcome: Any = None, *,
         "decision": getattr(outcome, "decision", None),
         "quarantine_rate": (outcome.stats.get("quarantine_rate") if outcome is not None else None),
         "fill_rates": field_fill_rates(results),
+        "mean_confidence": mean_confidence(results),
+        "quarantine_reasons": quarantine_reasons_by_stage(outcome.quarantined if outcome is not None else []),
         "top_quarantine_reasons": dict(reasons.most_common(top_reasons)),
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "throughput": throughput,

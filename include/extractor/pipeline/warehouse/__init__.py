@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from extractor.pipeline.warehouse.base import Warehouse
+from extractor.redaction import redact_url
 
 __all__ = ["Warehouse", "open_warehouse"]
 
@@ -26,4 +27,5 @@ def open_warehouse(url: str, **options: Any) -> Warehouse:
     if re.match(r"postgres(ql)?(\+\w+)?://", url):
         from extractor.pipeline.warehouse.postgres_backend import PostgresWarehouse
         return PostgresWarehouse(url, **options)
-    raise ValueError(f"unsupported warehouse URL {url!r}: use duckdb:///path or postgresql://...")
+    raise ValueError(f"unsupported warehouse URL {redact_url(url)!r}: "
+                     "use duckdb:///path or postgresql://...")

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import extractor.pipeline.warehouse.ddl as ddl
 from extractor.pipeline.warehouse.base import Row, Warehouse, convert_placeholders
+from extractor.redaction import redact_text, url_secrets
 
 # Any constant works; it only has to be the same in every process that creates the schema.
 _SCHEMA_LOCK_ID = 0x5EC1_2024
@@ -45,8 +46,18 @@ class PostgresWarehouse(Warehouse):
     def __init__(self, uri: str, *, connect_timeout: int = 10):
         import psycopg
 
-        self.uri = normalise_uri(uri)
-        self.conn = psycopg.connect(self.uri, connect_timeout=connect_timeout, autocommit=True)
+        redacted: Exception | None = None
+        try:
+            self.uri = normalise_uri(uri)
+            self.conn = psycopg.connect(self.uri, connect_timeout=connect_timeout, autocommit=True)
+        except (ValueError, psycopg.Error) as exc:
+            # libpq quotes a malformed URI or token, password included: never let it travel
+            message = redact_text(str(exc), url_secrets(uri))
+            if message == str(exc):
+                raise
+            redacted = type(exc)(message)
+        if redacted is not None:
+            raise redacted  # outside the except block: no __context__ holding the original
         # JSON columns come back as text, as they do from DuckDB: one behaviour for callers.
         from psycopg.types.json import set_json_loads
         set_json_loads(lambda text: text.decode() if isinstance(text, bytes) else text, self.conn)
