@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench-cpu clean
+.PHONY: install demo test lint bench-cpu clean
 .PHONY: browser-deps
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-lock.txt pyproject.toml
@@ -20,8 +20,11 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m extractor.demo
 
-test: install
+test: install lint
 	$(PY) -m pytest
+
+lint: install  # a lint error fails `make test`, so CI
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) var

@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from gpu_throughput import build_model  # noqa: E402
 
 from extractor.backends.hf import HFBackend  # noqa: E402
 from extractor.images import ReceiptInput  # noqa: E402
 from extractor.spec import resolve_spec  # noqa: E402
 from extractor.testing.tiny_models import build_tiny_model  # noqa: E402
-from gpu_throughput import build_model  # noqa: E402
 
 
 def processor_for_11b():

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 try:
     import extractor  # noqa: F401
 except ImportError:  # the device image has torch and transformers but not the ETL's own deps
-    import types    # (pydantic, ...): load only the engine subpackage, which needs none of them
+    import types  # (pydantic, ...): load only the engine subpackage, which needs none of them
 
     _pkg = types.ModuleType("extractor")
     _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "include" / "extractor")]
@@ -139,7 +139,7 @@ def build_model():
 # ------------------------------------------------------------------ sections
 def section_env(rec):
     props = torch.cuda.get_device_properties(0)
-    env = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    env = {"date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "torch": torch.__version__, "transformers": transformers.__version__,
            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
            "gpu_mem_gib": round(props.total_memory / 2**30, 1), "sms": props.multi_processor_count}

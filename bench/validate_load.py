@@ -29,11 +29,11 @@ import time
 import uuid
 from pathlib import Path
 
+from extractor.pipeline.quality.validation import validate_results
 from extractor.pipeline.records import RunRecord
 from extractor.pipeline.sources.staging import read_staged, write_staged
-from extractor.testing.synthetic_results import make_results
-from extractor.pipeline.quality.validation import validate_results
 from extractor.pipeline.warehouse import open_warehouse
+from extractor.testing.synthetic_results import make_results
 
 LOGICAL = dt.date(2024, 6, 30)
 
@@ -45,7 +45,7 @@ def timed(fn, *args, **kwargs):
 
 
 def run_record(version: str) -> RunRecord:
-    start = dt.datetime(2024, 7, 1, 0, 5, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2024, 7, 1, 0, 5, tzinfo=dt.UTC)
     return RunRecord(run_id="bench__2024-06-30", dag_id="receipts_daily", logical_date=LOGICAL,
                      partition_start=LOGICAL, partition_end=LOGICAL + dt.timedelta(days=1),
                      extractor_version=version, model_id="rapidocr", revision="3.10.0",
@@ -143,9 +143,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         "versions": {"great_expectations": great_expectations.__version__,
                      "duckdb": duckdb.__version__, "pandas": pandas.__version__,
                      "psycopg": psycopg.__version__},
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    for name, b in backends.items():
+    for b in backends.values():
         b["read_validate_load_cold_s"] = t_read + t_val_cold + b["load_s"]
         b["read_validate_load_warm_s"] = t_read + t_val_warm + b["load_s"]
 

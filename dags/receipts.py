@@ -25,18 +25,18 @@ import datetime as dt
 import os
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, DeadlineAlert, Param, SyncCallback, dag, task
-from extractor.pipeline import tasks
-from extractor.pipeline.config import (GPU_POOL, RECEIPTS_ASSET_URI, extract_timeout, gpu_queue,
-                                       run_deadline)
-from extractor.spec import PRESETS
 from receipts_deadline import DailyRunIntervalEnd
 from receipts_notifiers import build_notifiers, on_deadline_missed, on_run_failure, on_task_failure
+
+from extractor.pipeline import tasks
+from extractor.pipeline.config import GPU_POOL, RECEIPTS_ASSET_URI, extract_timeout, gpu_queue, run_deadline
+from extractor.spec import PRESETS
 
 
 @dag(
     dag_id="receipts_daily",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # a run per day-long interval
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False, max_active_runs=4, doc_md=__doc__, tags=["receipts", "etl"],
     params={"extractor": Param(None, type=["null", "string", "object"], examples=sorted(PRESETS),
                                description="preset name or JSON spec; overrides the Variable")},
@@ -50,45 +50,47 @@ from receipts_notifiers import build_notifiers, on_deadline_missed, on_run_failu
                             callback=SyncCallback(on_deadline_missed))] if run_deadline() else None,
 )
 def receipts_daily():
-    @task
+    @task(multiple_outputs=False)
     def resolve_extractor() -> dict:
         return tasks.resolve_extractor()
 
-    @task
+    @task(multiple_outputs=False)
     def ensure_model(extractor: dict) -> dict:
         return tasks.ensure_model(extractor)
 
-    @task
+    @task(multiple_outputs=False)
     def discover_new_receipts(extractor: dict) -> list:
         return tasks.discover_new_receipts(extractor)
 
-    @task(pool=GPU_POOL, queue=gpu_queue(), execution_timeout=extract_timeout(),  # frees a hung GPU slot
+    # execution_timeout frees the GPU slot of a hung model
+    @task(multiple_outputs=False, pool=GPU_POOL, queue=gpu_queue(), execution_timeout=extract_timeout(),
           map_index_template="batch {{ ti.map_index }}: {{ task.op_kwargs['batch'] | length }} receipts")
     def extract(batch: list, extractor: dict, model: dict) -> dict:
         return tasks.extract_batch(batch, extractor, model)
 
-    @task(trigger_rule="none_failed")  # zero new receipts: extract is skipped, still load the run
+    # zero new receipts: extract is skipped, still load the run
+    @task(multiple_outputs=False, trigger_rule="none_failed")
     def validate_and_load(staged, extractor: dict, discovered: dict, batches: list) -> dict:
         return tasks.validate_and_load(staged, extractor, discovered, batches,
                                        notifiers=build_notifiers())
 
-    @task
+    @task(multiple_outputs=False)
     def reconcile(batches, extractor: dict, summary: dict) -> dict:
         return tasks.reconcile(batches, extractor)
 
-    @task(outlets=[Asset(RECEIPTS_ASSET_URI)])
+    @task(multiple_outputs=False, outlets=[Asset(RECEIPTS_ASSET_URI)])
     def report(summary: dict, reconciliation: dict) -> dict:
         return tasks.report(summary, reconciliation)
 
-    @task(trigger_rule="all_done")  # also after a failed run: that is one the charts must show
+    @task(multiple_outputs=False, trigger_rule="all_done")  # also after a failed run: that is one the charts must show
     def quality_report() -> dict:  # quality over time, beside the Data Docs
         return tasks.refresh_quality_report()
 
-    @task
+    @task(multiple_outputs=False)
     def prune_staging() -> dict:  # staged files of runs older than the retention
         return tasks.prune_staging()
 
-    @task
+    @task(multiple_outputs=False)
     def quality_gate(summary: dict) -> dict:  # pass: success; alert: skipped (visible in the grid)
         return tasks.quality_gate(summary)
 

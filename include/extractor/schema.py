@@ -154,7 +154,7 @@ class ExtractionResult(BaseModel):
     @classmethod
     def failed(cls, *, receipt_id: str, source: str, reason: str, extractor_version: str,
                raw_text: str | None = None, timings: dict[str, float] | None = None
-               ) -> "ExtractionResult":
+               ) -> ExtractionResult:
         if not reason:
             raise ValueError("a failed result needs a reason")
         return cls(receipt_id=receipt_id, source=source, status="failed", reason=reason,

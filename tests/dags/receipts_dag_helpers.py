@@ -15,7 +15,7 @@ def logical_date_for(day: dt.date) -> dt.datetime:
     """``dag.test`` makes a manual run, whose data interval is the last complete day before
     its logical date: partition ``day`` is processed by a manual run at the next midnight
     (a scheduled or backfill run has logical date ``day`` itself)."""
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_scheduled_and_backfill_runs_read_the_partition_of_their_logical_date(re
 
     from extractor.pipeline.sources.discovery import partition_days
 
-    utc = dt.timezone.utc
+    utc = dt.UTC
     serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(receipts_dag))
     plan = _get_info_list(from_date=dt.datetime(2026, 3, 1, tzinfo=utc),
                           to_date=dt.datetime(2026, 3, 3, tzinfo=utc), reverse=False, dag=serialized)
@@ -91,7 +91,7 @@ def test_a_manual_run_reads_the_last_complete_day(receipts_dag, hour):
 
     from extractor.pipeline.sources.discovery import partition_days
 
-    run_after = dt.datetime(2026, 3, 2, hour, tzinfo=dt.timezone.utc)
+    run_after = dt.datetime(2026, 3, 2, hour, tzinfo=dt.UTC)
     interval = coerce_to_core_timetable(receipts_dag.timetable).infer_manual_data_interval(
         run_after=run_after)
     assert partition_days(interval.start, interval.end) == [dt.date(2026, 3, 1)]

@@ -4,6 +4,7 @@ duplicates (real ``dag.test()`` runs, OCR backend, DuckDB)."""
 from __future__ import annotations
 
 import datetime as dt
+
 import pytest
 from receipts_dag_helpers import Pipeline, synthetic_receipt, table_state
 
@@ -17,9 +18,9 @@ def _fill(pipeline: Pipeline) -> None:
 
 def test_the_same_day_twice_adds_nothing(pipeline):
     pipeline.put(DAYS[0], "a.jpg", synthetic_receipt(1, date="2026-02-27"))
-    began = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    began = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     first = pipeline.run(DAYS[0])
-    ended = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    ended = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     assert first.state == "success", pipeline.task_states(first)
     # wall-clock times, not the logical date dag.test gives the run's start_date
     ((started, finished),) = pipeline.fetch("SELECT started_at, finished_at FROM runs")
@@ -45,7 +46,7 @@ def test_the_same_day_twice_adds_nothing(pipeline):
 
 
 def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def _backfill_plan(dag, start: dt.date, end: dt.date):

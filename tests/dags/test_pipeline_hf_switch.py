@@ -52,7 +52,7 @@ def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatc
     rows = pipeline.fetch("SELECT source, stage, reason, raw_text FROM quarantine "
                           "WHERE extractor_version = ? ORDER BY source", (hf_version,))
     assert [r[0].rsplit("/", 1)[-1] for r in rows] == ["a.jpg", "b.jpg", "broken.jpg"]
-    for source, stage, reason, raw_text in rows[:2]:
+    for _source, stage, reason, raw_text in rows[:2]:
         assert stage == "extract"
         assert reason.startswith(("unparseable output", "invalid fields")), reason
         assert raw_text and raw_text.strip()

@@ -26,11 +26,10 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import psycopg2
 import redis
@@ -51,6 +50,7 @@ _CELERY_KEY = re.compile(rb"^(_kombu\.|unacked|celery|default|gpu|[0-9a-f-]{36}$
 
 def _is_celery_key(key: bytes) -> bool:
     return bool(_CELERY_KEY.match(key))
+
 
 _HOSTNAME_MODULE = textwrap.dedent('''\
     """Worker identity for the integration test: one name per simulated host."""
@@ -392,7 +392,7 @@ class AirflowCluster:
                          f"{log.read_text(errors='replace')[-2500:]}")
         return "\n".join(parts)
 
-    def __enter__(self) -> "AirflowCluster":
+    def __enter__(self) -> AirflowCluster:
         self.prepare_services()
         return self
 

@@ -78,8 +78,13 @@ def test_send_alert_redacts_every_channel(wh, caplog):
 
 
 def test_alert_texts_name_the_run_the_task_and_the_numbers():
-    from extractor.pipeline.quality.alert_text import (FailedTask, RunLink, quality_alert,
-                                                       run_failure_alert, task_failure_alert)
+    from extractor.pipeline.quality.alert_text import (
+        FailedTask,
+        RunLink,
+        quality_alert,
+        run_failure_alert,
+        task_failure_alert,
+    )
 
     run = RunLink("receipts_daily", "scheduled__2026-03-01T00:00:00+00:00", "https://af.example/")
     assert run.url == "https://af.example/dags/receipts_daily/runs/scheduled__2026-03-01T00%3A00%3A00%2B00%3A00"

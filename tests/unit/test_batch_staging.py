@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from extractor.pipeline.sources import batch_staging
 from extractor.pipeline.sources.batch_staging import (
     StagingMismatch,

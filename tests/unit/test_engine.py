@@ -59,7 +59,7 @@ def _batch(lengths, tiles, seed=0):
     xmask = torch.zeros(bsz, plen, 1, 2, dtype=torch.long)
     arm = torch.zeros(bsz, 1, 2, dtype=torch.long)
     ar_ids = torch.zeros(bsz, 1, dtype=torch.long)
-    for b, (n, t) in enumerate(zip(lengths, tiles)):
+    for b, (n, t) in enumerate(zip(lengths, tiles, strict=False)):
         start = plen - n
         ids[b, start:] = torch.randint(4, 240, (n,), generator=g)
         ids[b, start], ids[b, start + 1] = 1, IMAGE_TOKEN

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 import extractor
-from extractor.evaluation import (EvalReport, evaluate, field_match, loose_match, normalize_text,
-                                  similarity)
+from extractor.evaluation import EvalReport, evaluate, field_match, loose_match, normalize_text, similarity
 
 SAMPLES = Path(extractor.__file__).parent / "samples" / "receipts"
 

@@ -98,7 +98,7 @@ def test_batched_output_equals_one_at_a_time_token_exact(backends, kind):
     eos = backend.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     pad = backend.generation_config.pad_token_id
-    for i, (image, text) in enumerate(zip(images, texts)):
+    for i, (image, text) in enumerate(zip(images, texts, strict=False)):
         single = _tokens(backend, [image], [text])
         assert _trim(batched[i].tolist(), pad, eos_ids) == _trim(single[0].tolist(), pad, eos_ids)
     assert len({tuple(r) for r in batched.tolist()}) == 3

@@ -49,7 +49,7 @@ def test_synthetic_receipts_fields_recovered(backend):
     results = backend.extract([ReceiptInput.from_bytes(data, f"synthetic-{i}")
                                for i, (data, _) in enumerate(rendered)])
     assert [r.status for r in results] == ["ok"] * 3
-    for result, (_, truth) in zip(results, rendered):
+    for result, (_, truth) in zip(results, rendered, strict=False):
         receipt = result.receipt
         assert receipt.date.isoformat() == truth["date"]
         assert receipt.total == Decimal(truth["total"])

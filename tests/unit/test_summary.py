@@ -4,10 +4,15 @@ import json
 
 import pytest
 
-from extractor.pipeline.records import QuarantineRecord
-from extractor.pipeline.quality.summary import (ReconciliationError, field_fill_rates, format_summary,
-                                        reconcile, summarize_run)
+from extractor.pipeline.quality.summary import (
+    ReconciliationError,
+    field_fill_rates,
+    format_summary,
+    reconcile,
+    summarize_run,
+)
 from extractor.pipeline.quality.validation import ValidationOutcome
+from extractor.pipeline.records import QuarantineRecord
 from extractor.schema import ExtractionResult, Receipt
 
 V = "ocr:rapidocr@3.10.0:parser-v3"

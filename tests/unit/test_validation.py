@@ -14,11 +14,10 @@ from decimal import Decimal
 import pytest
 
 from extractor.errors import ConfigError
-from extractor.pipeline.quality.expectations import build_checks
-from extractor.testing.synthetic_results import BREAKAGES, make_results
-from extractor.pipeline.quality.expectations import Thresholds
+from extractor.pipeline.quality.expectations import Thresholds, build_checks
 from extractor.pipeline.quality.validation import decide, validate_results
 from extractor.schema import ExtractionResult, LineItem, Receipt, scalar_fields
+from extractor.testing.synthetic_results import BREAKAGES, make_results
 
 LOGICAL = dt.date(2024, 6, 30)
 VERSION = "ocr:rapidocr@3.10.0:parser-v3"
@@ -223,7 +222,7 @@ def test_configured_requirements_change_the_outcome():
 
 
 def test_empty_batch_and_datetime_logical_date():
-    out = validate_results([], logical_date=dt.datetime(2024, 6, 30, tzinfo=dt.timezone.utc),
+    out = validate_results([], logical_date=dt.datetime(2024, 6, 30, tzinfo=dt.UTC),
                            run_id="r")
     assert out.decision == "pass" and out.valid == [] and out.quarantined == []
     assert validate_results([], thresholds={"min_rows": 1}, logical_date=LOGICAL,

@@ -46,9 +46,9 @@ def bad(i: int, version: str = V1, stage: str = "validate") -> QuarantineRecord:
 def run(run_id: str = "scheduled__2024-03-02T00:00:00+00:00", version: str = V1) -> RunRecord:
     start = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     return RunRecord(run_id=run_id, dag_id="receipts_daily",
-                     logical_date=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc),
-                     partition_start=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
-                     partition_end=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc),
+                     logical_date=dt.datetime(2024, 3, 2, tzinfo=dt.UTC),
+                     partition_start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+                     partition_end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC),
                      extractor_version=version, model_id="rapidocr", revision="3.10.0",
                      prompt_version="parser-v3", started_at=start,
                      finished_at=start + dt.timedelta(minutes=5),
@@ -182,7 +182,7 @@ class WarehouseContract:
     def test_receipts_current_shows_each_receipt_once_from_the_active_version(self, wh):
         def at(hour, version, origin="setting", decision="pass"):
             r = run(f"run-{hour}", version)
-            start = dt.datetime(2024, 3, 2, hour, tzinfo=dt.timezone.utc)
+            start = dt.datetime(2024, 3, 2, hour, tzinfo=dt.UTC)
             r.started_at, r.finished_at = start, start + dt.timedelta(minutes=5)
             r.extractor_origin, r.decision = origin, decision
             return r
@@ -233,7 +233,7 @@ class WarehouseContract:
             fields.update({"store_name": f"Shop {i}", "total": Decimal("12.345"), **values})
             return Correction(receipt_id=rid(i), extractor_version=V1, decision=decision,
                               values=fields, corrected_fields=sorted(values), reviewer="alice",
-                              reviewed_at=dt.datetime(2024, 3, 3, 8, tzinfo=dt.timezone.utc),
+                              reviewed_at=dt.datetime(2024, 3, 3, 8, tzinfo=dt.UTC),
                               source=f"dt=2024-03-01/{i}.jpg", review_run_id="review-1")
 
         record(wh, answer(1, "correct", total=Decimal("13.10")))
@@ -262,7 +262,6 @@ class WarehouseContract:
         q = "SELECT count(*) FROM receipts WHERE receipt_id = {} AND store_name <> '?'"
         assert wh.fetch(q.format("?"), (rid(1),)) == [(1,)]
         assert wh.fetch(q.format("%s"), (rid(1),)) == [(1,)]
-
 
     def test_claims_keep_a_receipt_to_one_run_until_it_is_loaded(self, wh):
         ids, now = [rid(1), rid(2), rid(3)], dt.datetime(2026, 3, 2, 1, 0)

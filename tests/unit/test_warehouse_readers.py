@@ -12,9 +12,10 @@ import sys
 import time
 
 import pytest
+from test_warehouse import V1, bad, ok, run
+
 from extractor.errors import WarehouseBusyError
 from extractor.pipeline.warehouse import open_warehouse
-from test_warehouse import V1, bad, ok, run
 
 READER = """
 import duckdb, sys, time
@@ -71,6 +72,7 @@ def test_a_reader_holding_the_file_fails_the_load_with_one_line_and_nothing_writ
 
 def test_a_task_turns_the_busy_warehouse_into_one_airflow_error_line(loaded, caplog):
     from airflow.sdk.exceptions import AirflowException
+
     from extractor.pipeline import config, tasks
 
     settings = {"warehouse_url": f"duckdb:///{loaded}", "warehouse_lock_timeout_s": 1}

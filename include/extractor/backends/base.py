@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from extractor.errors import BadImageError, NormalizationError, ParseError
 from extractor.images import ReceiptInput, decode_image
@@ -69,7 +70,7 @@ class Backend(ABC):
             t1 = time.perf_counter()
             raw_outputs = self._forward_isolated(images)
             t_fwd = (time.perf_counter() - t1) / len(images)
-            for i, raw in zip(positions, raw_outputs):
+            for i, raw in zip(positions, raw_outputs, strict=False):
                 item = inputs[i]
                 timings = {"preprocess_s": t_pre, "forward_s": t_fwd}
                 results[i] = self._to_result(item, raw, timings)
@@ -148,5 +149,5 @@ class Backend(ABC):
         """The text kept for audit with each result (model output, OCR lines)."""
         return raw if isinstance(raw, str) else None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: backends without a model keep it
         """Release the model (GPU memory) when a worker is done with it."""

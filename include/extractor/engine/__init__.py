@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from extractor.engine.memory import pick_batch_size, row_bytes
 
-__all__ = ["MllamaStaticEngine", "pick_batch_size", "row_bytes", "supports"]
+__all__ = ["MllamaStaticEngine", "pick_batch_size", "row_bytes", "supports"]  # noqa: F822 - lazy, see __getattr__
 
 
 def __getattr__(name):

@@ -21,8 +21,15 @@ import time
 from typing import Any
 
 from extractor.engine.memory import GIB, free_device_bytes, pick_batch_size, row_bytes
-from extractor.engine.mllama_decode import (DecodeOps, DecodeState, collect_weights, decode_step, rotary_tables,
-                                            select_next, text_model_of)
+from extractor.engine.mllama_decode import (
+    DecodeOps,
+    DecodeState,
+    collect_weights,
+    decode_step,
+    rotary_tables,
+    select_next,
+    text_model_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +127,7 @@ class MllamaStaticEngine:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         inputs = dict(zip(_INPUT_NAMES, (input_ids, attention_mask, pixel_values, aspect_ratio_ids,
-                                         aspect_ratio_mask, cross_attention_mask)))
+                                         aspect_ratio_mask, cross_attention_mask), strict=False))
         inputs = {k: (v.to(self.device) if v is not None else None) for k, v in inputs.items()}
         if inputs["attention_mask"] is None:
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -133,7 +140,7 @@ class MllamaStaticEngine:
             for start in range(0, bsz, cap):
                 rows = order[start:start + cap]
                 for row, toks in zip(rows, self._run_split_on_oom(rows, inputs, max_new_tokens,
-                                                                   min_new_tokens)):
+                                                                   min_new_tokens), strict=False):
                     rows_out[row] = toks
         width = max(t.shape[0] for t in rows_out.values())
         out = torch.full((bsz, width), self.pad_id, dtype=torch.long)

@@ -67,11 +67,11 @@ class DecodeOps:
     act: Any
 
     @classmethod
-    def eager(cls) -> "DecodeOps":
+    def eager(cls) -> DecodeOps:
         return cls(rms=rms_norm, rope=apply_rope, act=silu_mul)
 
     @classmethod
-    def compiled(cls) -> "DecodeOps":
+    def compiled(cls) -> DecodeOps:
         import torch
 
         opts = dict(fullgraph=True)  # static for the first shape, dynamic after a change

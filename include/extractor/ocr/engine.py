@@ -67,7 +67,7 @@ class OcrBox:
         return {"points": [list(p) for p in self.points], "text": self.text, "score": self.score}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OcrBox":
+    def from_dict(cls, d: dict[str, Any]) -> OcrBox:
         return cls(points=tuple((float(x), float(y)) for x, y in d["points"]),
                    text=str(d["text"]), score=float(d["score"]))
 
@@ -92,4 +92,4 @@ def run_ocr(engine, image) -> list[OcrBox]:
         return []
     return [OcrBox(points=tuple((round(float(x), 1), round(float(y), 1)) for x, y in box),
                    text=str(text), score=round(float(score), 4))
-            for box, text, score in zip(out.boxes, out.txts, out.scores)]
+            for box, text, score in zip(out.boxes, out.txts, out.scores, strict=False)]

@@ -74,7 +74,7 @@ def _edit1_match(word: str) -> str | None:
 
 def _within_one(a: str, b: str) -> bool:
     if len(a) == len(b):
-        return sum(x != y for x, y in zip(a, b)) == 1
+        return sum(x != y for x, y in zip(a, b, strict=False)) == 1
     if len(a) > len(b):
         a, b = b, a
     for i in range(len(b)):

@@ -101,6 +101,7 @@ def warehouse_url(cfg: config.PipelineConfig) -> str:
 
 def open_warehouse(cfg: config.PipelineConfig):
     from airflow.sdk.exceptions import AirflowException
+
     from extractor.errors import WarehouseBusyError
     from extractor.pipeline.warehouse import open_warehouse as _open
 
@@ -342,9 +343,9 @@ def validate_and_load(staged: Iterable[dict[str, Any]] | None, extractor: dict[s
     lineage in ONE transaction, alert on "alert"/"fail", fail the run on "fail" (after recording)."""
     from extractor.pipeline.quality import summary as summaries
     from extractor.pipeline.quality import trends
-    from extractor.pipeline.sources.staging import read_staged
     from extractor.pipeline.quality.expectations import Thresholds
     from extractor.pipeline.quality.validation import validate_results
+    from extractor.pipeline.sources.staging import read_staged
     from extractor.pipeline.warehouse.base import utc_naive
 
     ctx, spec, cfg = _context(), _spec(extractor), load_config()
@@ -524,7 +525,7 @@ def report(summary: dict[str, Any], reconciliation: dict[str, Any]) -> dict[str,
     return out
 
 
-def quality_pages(cfg: cfgmod.PipelineConfig, run_id: str) -> dict[str, str | None]:
+def quality_pages(cfg: config.PipelineConfig, run_id: str) -> dict[str, str | None]:
     """Where the run's Data Docs page and the quality report are (files on shared storage;
     the ``receipts_quality_docs`` plugin serves them in the Airflow UI)."""
     if cfg.data_docs_dir is None:

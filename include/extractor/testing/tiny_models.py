@@ -117,9 +117,13 @@ def _train_tokenizer(specials: list[str], *, bos: str, eos: str, pad: str, unk: 
 
 
 def _build_mllama():
-    from transformers import (MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil,
-                              MllamaProcessor)
     import torch
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
 
     tokenizer = _train_tokenizer(LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>",
                                  pad="<|finetune_right_pad_id|>", unk=None)
@@ -151,8 +155,7 @@ def _build_mllama():
 
 
 def _build_llava():
-    from transformers import (CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor)
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = _train_tokenizer(LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in LLAVA_SPECIALS}

@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from extractor.redaction import redact
 
@@ -75,7 +76,7 @@ def recorded_task_failures(fetch: Callable[[str, tuple], list[tuple]], run_id: s
     rows = fetch('SELECT "details", "created_at" FROM "alerts" WHERE "run_id" = ? '
                  'ORDER BY "created_at"', (run_id,))
     if since is not None and since.tzinfo is not None:
-        since = since.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        since = since.astimezone(dt.UTC).replace(tzinfo=None)
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for details, created_at in rows:
         parsed = json.loads(details) if isinstance(details, str) else (details or {})

@@ -8,7 +8,8 @@ one of loaded / quarantined and raises ``ReconciliationError`` when one went mis
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from extractor.errors import ExtractorError
 from extractor.schema import ExtractionResult, scalar_fields

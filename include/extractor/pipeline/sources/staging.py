@@ -18,14 +18,14 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
-
-log = logging.getLogger(__name__)
 
 from pydantic import ValidationError
 
 from extractor.schema import ExtractionResult
+
+log = logging.getLogger(__name__)
 
 
 def _local_path(path: str | os.PathLike) -> Path:

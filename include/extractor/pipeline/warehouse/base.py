@@ -21,8 +21,9 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import extractor.pipeline.warehouse.ddl as ddl
 from extractor.pipeline.records import QuarantineRecord, RunRecord
@@ -44,7 +45,7 @@ def utc_naive(value: dt.datetime | dt.date | None) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         return dt.datetime(value.year, value.month, value.day)
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
 
 
@@ -192,7 +193,7 @@ class Warehouse(abc.ABC):
         PostgreSQL readers never block the load, so there is nothing to publish)."""
         return None
 
-    def _lock_schema(self) -> None:
+    def _lock_schema(self) -> None:  # noqa: B027 - optional hook: DuckDB has one writer anyway
         """Serialise concurrent ensure_schema calls (PostgreSQL: an advisory lock)."""
 
     # -- the contract ----------------------------------------------------------------------
@@ -269,7 +270,7 @@ class Warehouse(abc.ABC):
         ids = sorted(set(receipt_ids))
         if not ids:
             return set()
-        now = utc_naive(now or dt.datetime.now(dt.timezone.utc))
+        now = utc_naive(now or dt.datetime.now(dt.UTC))
         expires = now + dt.timedelta(seconds=ttl_s)
         listed = self._ids_from_array()
         with self._transaction():
@@ -302,7 +303,7 @@ class Warehouse(abc.ABC):
         alert_id = uuid.uuid4().hex
         row = dict(alert_id=alert_id, run_id=run_id, level=level, message=message,
                    details=to_json(details, lenient=True), notified=to_json(notified),
-                   created_at=utc_naive(dt.datetime.now(dt.timezone.utc)))
+                   created_at=utc_naive(dt.datetime.now(dt.UTC)))
         with self._transaction():
             self._insert_rows(ddl.ALERTS, [tuple(row[c] for c in ddl.ALERTS.column_names)])
         return alert_id
@@ -335,7 +336,7 @@ class Warehouse(abc.ABC):
     def table_counts(self) -> dict[str, int]:
         return {t.name: self.fetch(f'SELECT count(*) FROM "{t.name}"')[0][0] for t in ddl.TABLES}
 
-    def __enter__(self) -> "Warehouse":
+    def __enter__(self) -> Warehouse:
         return self
 
     def __exit__(self, *exc: object) -> None:

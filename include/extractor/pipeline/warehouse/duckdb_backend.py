@@ -13,9 +13,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Generator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import extractor.pipeline.warehouse.ddl as ddl
 from extractor.errors import WarehouseBusyError
@@ -97,7 +98,7 @@ class DuckDBWarehouse(Warehouse):
         return dest
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self) -> Generator[None, None, None]:
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield
