@@ -18,6 +18,18 @@ from receipts_dag_helpers import REPO
 UTC = dt.UTC
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_metadata_db(airflow_db):
+    """An empty metadata DB for this module: an earlier dag.test() of the suite leaves a
+    serialized receipts_daily without a deadline, and Airflow keeps a version it wrote
+    moments ago instead of the one these tests sync (so no deadline row would be made)."""
+    from airflow.models.pool import Pool
+    from airflow.utils import db
+
+    db.resetdb()
+    Pool.create_or_update_pool("gpu", slots=4, description="extract tasks", include_deferred=False)
+
+
 @pytest.fixture
 def deadline_dag(airflow_db, monkeypatch):
     """receipts_daily parsed with a 6-hour deadline (the DAG test suite parses it with
