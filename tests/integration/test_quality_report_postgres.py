@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import uuid
 
 import pytest
 
@@ -19,24 +17,7 @@ from extractor.testing.quality_history import NEW, OLD, fill_history
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PG_ADMIN = os.environ.get("RECEIPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 FIRST, SWITCH, LAST = dt.date(2026, 3, 1), dt.date(2026, 3, 3), dt.date(2026, 3, 4)
-
-
-@pytest.fixture
-def pg_url():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"test_quality_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _report(url: str, out) -> dict:

@@ -5,10 +5,8 @@ contract tests are the same class tests/unit/test_warehouse.py runs on DuckDB.
 """
 
 import importlib.util
-import os
 import pathlib
 import threading
-import uuid
 
 import pytest
 
@@ -16,28 +14,11 @@ from extractor.pipeline.warehouse import open_warehouse
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN = os.environ.get("RECEIPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 _spec = importlib.util.spec_from_file_location(
     "warehouse_contract", pathlib.Path(__file__).parents[1] / "unit" / "test_warehouse.py")
 contract = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(contract)
-
-
-@pytest.fixture
-def pg_url():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"test_wh_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 class TestPostgresWarehouse(contract.WarehouseContract):
