@@ -55,9 +55,9 @@ class PreloadedBackend(HFBackend):
     def _load(self):
         return self.preloaded
 
-    def _generate(self, model_inputs, max_new_tokens, min_new_tokens=0):
+    def _generate(self, model_inputs, max_new_tokens, min_new_tokens=0, **kwargs):
         pinned = max_new_tokens if self.pin_new_tokens else min_new_tokens
-        return super()._generate(model_inputs, max_new_tokens, min_new_tokens=pinned)
+        return super()._generate(model_inputs, max_new_tokens, min_new_tokens=pinned, **kwargs)
 
 
 def receipts(n: int) -> list[ReceiptInput]:

@@ -171,8 +171,10 @@ def section_check(rec, model, args):
     steps = args.check_steps
     with torch.inference_mode():
         ref = model.generate(**x, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+                             output_logits=True, output_scores=True, return_dict_in_generate=True)
     ref_tokens = ref.sequences[:, 400:].cpu()
+    ref_logp = torch.stack([torch.log_softmax(s.float(), -1).gather(1, ref.sequences[:, 400 + i:401 + i])[:, 0]
+                            for i, s in enumerate(ref.scores)], dim=1).cpu()
     eager = MllamaStaticEngine(model, use_cuda_graphs=False, fuse_weights=True)
     recorded = []
     original = eager._ensure_state
@@ -185,7 +187,8 @@ def section_check(rec, model, args):
     eager_tokens = eager.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
     eager.release()
     graph = MllamaStaticEngine(model, max_batch=4)
-    graph_tokens = graph.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
+    graph_tokens, graph_logp = graph.generate(**x, max_new_tokens=steps, min_new_tokens=steps,
+                                              return_logprobs=True)
     graph.release()
 
     def rel(a, b):
@@ -216,11 +219,23 @@ def section_check(rec, model, args):
               "graph_vs_generate_matching_steps": matching_prefix(graph_tokens, ref_tokens),
               "eager_vs_generate_matching_steps": matching_prefix(eager_tokens, ref_tokens),
               "graph_equals_eager": bool(torch.equal(graph_tokens, eager_tokens)),
+              "chosen_token_logprob_vs_generate": _logprob_agreement(graph_tokens, graph_logp, ref_tokens, ref_logp),
               "graph_vs_eager_matching_steps": matching_prefix(graph_tokens, eager_tokens)}
     rec.put("check", result)
     print(json.dumps(result), flush=True)
     del ref
     torch.cuda.empty_cache()
+
+
+def _logprob_agreement(tokens, logp, ref_tokens, ref_logp):
+    """Per-field confidence's inputs: the engine's chosen-token log-probabilities against
+    generate's log-softmax of its processed scores, over each row's steps before the first
+    token that differs (after it the two sides score different prefixes)."""
+    agree = (tokens == ref_tokens).long().cumprod(-1).bool()
+    diff = (logp - ref_logp).abs()[agree]
+    prob_diff = (logp.exp() - ref_logp.exp()).abs()[agree]
+    return {"steps_compared": int(agree.sum()), "max_abs_logprob_diff": float(diff.max()),
+            "max_abs_prob_diff": float(prob_diff.max()), "mean_abs_prob_diff": float(prob_diff.mean())}
 
 
 def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None, tiles=4, **kwargs):
@@ -314,6 +329,9 @@ VARIANTS = {  # name: (label, engine kwargs, new tokens or None for --new)
               dict(prefill_sdpa_backends=("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")),
               None),
     "prefill16": ("engine, prefill 16 rows per call", dict(prefill_batch=16), None),
+    # per-field confidence: each step also writes the chosen token's log-probability (the default)
+    "score": ("engine, token scoring on (default)", {}, None),
+    "noscore": ("engine, token scoring off", dict(score_tokens=False), None),
 }
 
 

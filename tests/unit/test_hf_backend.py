@@ -157,11 +157,11 @@ def test_cuda_oom_splits_the_batch_and_loses_nothing(backends, monkeypatch):
     real_generate = backend._generate
     sizes = []
 
-    def small_card(model_inputs, max_new_tokens):
+    def small_card(model_inputs, max_new_tokens, **kwargs):
         sizes.append(model_inputs["input_ids"].shape[0])
         if model_inputs["input_ids"].shape[0] > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_generate(model_inputs, max_new_tokens)
+        return real_generate(model_inputs, max_new_tokens, **kwargs)
 
     monkeypatch.setattr(backend, "_generate", small_card)
     results = backend.extract(items)

@@ -6,7 +6,9 @@ forward: the chat template with the image, ``add_special_tokens=False`` (the tem
 already starts with the BOS token), left padding, one greedy ``generate`` per batch
 under ``inference_mode``, only the new tokens decoded. A CUDA out-of-memory error
 splits the batch in halves and retries, so nothing is lost. postprocess: the model's
-text -> JSON (``jsonrepair``) -> a validated ``Receipt``.
+text -> JSON (``jsonrepair``) -> a validated ``Receipt`` whose ``confidence`` holds, per
+field, the lowest probability among the tokens that spell its value (the rule and its
+reasons: ``backends/token_confidence.py``; both decode ways score tokens alike).
 
 Decisions:
 - dtype: the spec's (bf16 by default) on CUDA. On the CPU the model always runs in
@@ -30,9 +32,10 @@ from typing import Any
 
 from extractor import jsonrepair, normalize, prompts
 from extractor.backends.base import Backend
+from extractor.backends.token_confidence import ScoredText, answer_confidence, decode_scored, field_confidence
 from extractor.errors import ConfigError, ModelSourceError, ParseError
 from extractor.images import ReceiptInput, decode_image
-from extractor.schema import Receipt
+from extractor.schema import Receipt, scalar_fields
 from extractor.spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -179,15 +182,17 @@ class HFBackend(Backend):
             return (self._answer_split_on_oom(images[:half], question)
                     + self._answer_split_on_oom(images[half:], question))
 
-    def _answer(self, images: list[Any], question: str) -> list[str]:
-        """One batched greedy generation: the decoded new text of each image."""
+    def _answer(self, images: list[Any], question: str) -> list[ScoredText]:
+        """One batched greedy generation: the decoded new text of each image, carrying each
+        token's span and probability (``token_confidence.ScoredText``)."""
         messages = prompts.build_messages(self.spec, question)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.batch_inputs(images, [prompt] * len(images))
         with self._torch.inference_mode():
-            new_tokens = self._generate(inputs, self.spec.max_new_tokens)
-        return self.processor.batch_decode(new_tokens, skip_special_tokens=True,
-                                           clean_up_tokenization_spaces=False)
+            new_tokens, logprobs = self._generate(inputs, self.spec.max_new_tokens, with_logprobs=True)
+        stop = _as_ids(self.generation_config.eos_token_id)
+        return [decode_scored(self.processor.tokenizer, row.tolist(), lps.tolist(), stop_ids=stop)
+                for row, lps in zip(new_tokens, logprobs, strict=True)]
 
     def batch_inputs(self, images: list[Any], texts: list[str]):
         """The collate step: one image and one chat-formatted text per row, left-padded,
@@ -196,27 +201,43 @@ class HFBackend(Backend):
                                 add_special_tokens=False, return_tensors="pt")
         return inputs.to(self.model.device, dtype=self.model.dtype)
 
-    def _generate(self, model_inputs, max_new_tokens: int, min_new_tokens: int = 0):
-        """LongTensor [B, new] of the generated tokens only (the faster-engine seam).
+    def _generate(self, model_inputs, max_new_tokens: int, min_new_tokens: int = 0, *,
+                  with_logprobs: bool = False):
+        """LongTensor [B, new] of the generated tokens only (the faster-engine seam); with
+        ``with_logprobs`` also float32 [B, new], each chosen token's log-probability.
 
-        ``min_new_tokens`` pins the output length for benchmarks; extraction leaves it 0."""
+        ``min_new_tokens`` pins the output length for benchmarks; extraction leaves it 0.
+        Both ways score a token alike: log-softmax of the step's processed logits (after the
+        min-new-tokens rule), taken at the greedy choice."""
         if self.engine is not None:
             return self.engine.generate(
                 model_inputs["input_ids"], model_inputs["attention_mask"], model_inputs["pixel_values"],
                 model_inputs["aspect_ratio_ids"], model_inputs["aspect_ratio_mask"],
-                model_inputs["cross_attention_mask"], max_new_tokens, min_new_tokens=min_new_tokens)
+                model_inputs["cross_attention_mask"], max_new_tokens, min_new_tokens=min_new_tokens,
+                return_logprobs=with_logprobs)
         prompt_len = model_inputs["input_ids"].shape[1]
         config = copy.copy(self.generation_config)
         config.max_new_tokens = max_new_tokens
         config.min_new_tokens = min_new_tokens or None
-        out = self.model.generate(**model_inputs, generation_config=config)
-        return out[:, prompt_len:]
+        scorer = _chosen_token_scorer() if with_logprobs else None
+        out = self.model.generate(**model_inputs, generation_config=config,
+                                  logits_processor=[scorer] if scorer is not None else None)
+        tokens = out[:, prompt_len:]
+        if scorer is None:
+            return tokens
+        logprobs = self._torch.stack(scorer.steps, dim=1).cpu() if scorer.steps else \
+            self._torch.zeros(tokens.shape, dtype=self._torch.float32)
+        return tokens, logprobs[:, :tokens.shape[1]]
 
     def _postprocess(self, raw: Any) -> Receipt:
         if isinstance(raw, dict):
             return receipt_from_answers(raw)
         data = jsonrepair.drop_placeholders(jsonrepair.extract_json(raw))
-        return Receipt.model_validate(data)
+        receipt = Receipt.model_validate(data)
+        if isinstance(raw, ScoredText):  # the model's own "confidence" key, if it wrote one, is not ours
+            scored = field_confidence(raw, [name for name in scalar_fields() if getattr(receipt, name) is not None])
+            receipt = receipt.model_copy(update={"confidence": scored})
+        return receipt
 
     def raw_text(self, raw: Any) -> str | None:
         if isinstance(raw, dict):
@@ -236,9 +257,12 @@ def receipt_from_answers(answers: dict[str, str]) -> Receipt:
     """Combine the field-mode answers ({"store_name": ..., "date": ..., "total": ...}).
 
     A short answer is taken as the value; a sentence ("The total is RM 12.30.") has its
-    date / amount searched for. An answer that says "not found" is a missing field.
+    date / amount searched for. An answer that says "not found" is a missing field. An
+    answer that carries token probabilities (``ScoredText``) gives its field's confidence:
+    the lowest probability among the answer's visible tokens.
     """
     fields: dict[str, Any] = {}
+    confidence: dict[str, float] = {}
     for key, answer in answers.items():
         text = jsonrepair.drop_placeholders(_strip_answer(answer))
         if text is None:
@@ -247,7 +271,35 @@ def receipt_from_answers(answers: dict[str, str]) -> Receipt:
             fields[key] = _find_amount(text, answer)
         else:
             fields[key] = text
-    return Receipt.model_validate(fields)
+        if isinstance(answer, ScoredText) and (conf := answer_confidence(answer)) is not None:
+            confidence[key] = conf
+    receipt = Receipt.model_validate(fields)
+    return receipt.model_copy(update={"confidence": confidence}) if confidence else receipt
+
+
+def _as_ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _chosen_token_scorer():
+    """A logits processor, last in ``generate``'s list, that records each step's chosen
+    token log-probability (greedy: max of the processed logits minus their logsumexp) and
+    leaves the scores untouched: [B] float32 per step in ``.steps``. Only the chosen token's
+    value is kept, not [B, vocab] scores per step (``output_scores`` would hold gigabytes)."""
+    from transformers import LogitsProcessor
+
+    class ChosenTokenScorer(LogitsProcessor):
+        def __init__(self):
+            self.steps: list[Any] = []
+
+        def __call__(self, input_ids, scores):
+            scores32 = scores.float()
+            self.steps.append(scores32.amax(dim=-1) - scores32.logsumexp(dim=-1))
+            return scores
+
+    return ChosenTokenScorer()
 
 
 def _strip_answer(answer: str) -> str:

@@ -76,6 +76,9 @@ class MllamaStaticEngine:
     the same, read with fewer bytes and without a mask.
     ``eos_token_id`` / ``pad_token_id`` default to the model's generation config (pass the
     caller's own generation config values so both paths stop and pad alike).
+    ``score_tokens`` (default on): each step also writes the chosen token's log-probability
+    (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
+    only to measure what it costs (bench/gpu_throughput.py).
     """
 
     def __init__(self, model, *, use_cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
@@ -83,7 +86,7 @@ class MllamaStaticEngine:
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 trim_cross_tiles: bool = True):
+                 trim_cross_tiles: bool = True, score_tokens: bool = True):
         import torch
 
         self.model = model.eval()
@@ -99,6 +102,7 @@ class MllamaStaticEngine:
             self.weights.ops = DecodeOps.compiled()
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
+        self.score_tokens = score_tokens
         self._full_cross_len = 0
         self.text_config = text_model_of(model).config
         self.num_patches = model.model.vision_model.num_patches
@@ -121,11 +125,18 @@ class MllamaStaticEngine:
 
     # ---------------------------------------------------------------- public API
     def generate(self, input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
-                 cross_attention_mask, max_new_tokens: int, min_new_tokens: int = 0):
-        """New tokens only, [B, n] with n <= max_new_tokens, greedy, like ``generate``."""
+                 cross_attention_mask, max_new_tokens: int, min_new_tokens: int = 0,
+                 return_logprobs: bool = False):
+        """New tokens only, [B, n] with n <= max_new_tokens, greedy, like ``generate``.
+
+        ``return_logprobs``: also the float32 [B, n] log-probability of each chosen token
+        under the step's (min-new-tokens processed) distribution, as ``generate`` scores
+        it; 0 where a row had already finished. Needs ``score_tokens`` (the default)."""
         torch = self._torch
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if return_logprobs and not self.score_tokens:
+            raise ValueError("return_logprobs needs an engine built with score_tokens=True")
         inputs = dict(zip(_INPUT_NAMES, (input_ids, attention_mask, pixel_values, aspect_ratio_ids,
                                          aspect_ratio_mask, cross_attention_mask), strict=False))
         inputs = {k: (v.to(self.device) if v is not None else None) for k, v in inputs.items()}
@@ -139,14 +150,17 @@ class MllamaStaticEngine:
         with torch.inference_mode():
             for start in range(0, bsz, cap):
                 rows = order[start:start + cap]
-                for row, toks in zip(rows, self._run_split_on_oom(rows, inputs, max_new_tokens,
+                for row, pair in zip(rows, self._run_split_on_oom(rows, inputs, max_new_tokens,
                                                                    min_new_tokens), strict=False):
-                    rows_out[row] = toks
-        width = max(t.shape[0] for t in rows_out.values())
+                    rows_out[row] = pair
+        width = max(toks.shape[0] for toks, _ in rows_out.values())
         out = torch.full((bsz, width), self.pad_id, dtype=torch.long)
-        for row, toks in rows_out.items():
+        logp = torch.zeros((bsz, width), dtype=torch.float32)
+        for row, (toks, lps) in rows_out.items():
             out[row, :toks.shape[0]] = toks
-        return out
+            if lps is not None:
+                logp[row, :lps.shape[0]] = lps
+        return (out, logp) if return_logprobs else out
 
     def release(self) -> None:
         """Drop the cached decode buffers and graph (frees the KV cache memory)."""
@@ -217,7 +231,40 @@ class MllamaStaticEngine:
 
     # ---------------------------------------------------------------- one decode batch
     def _generate_chunk(self, x, max_new: int, min_new: int) -> list:
+        """One decode batch: prefill, then the decode loop; [(tokens, logprobs)] per row."""
         torch = self._torch
+        plen, cross_bias, row_mask = self._prepare_chunk(x, max_new)
+        st = self._state
+        am = x["attention_mask"]
+        bsz = am.shape[0]
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        sync()
+        t0 = time.perf_counter()
+        pos_ids = am.long().cumsum(-1) - 1
+        pos_ids = pos_ids.masked_fill(am == 0, 0)
+        first_logits = torch.empty(bsz, self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
+        for r0 in range(0, bsz, self.prefill_batch):
+            r1 = min(bsz, r0 + self.prefill_batch)
+            first_logits[r0:r1] = self._prefill(x, pos_ids, r0, r1, plen)
+        self._reset_state(st, am, pos_ids, plen, min_new, cross_bias, row_mask)
+        select_next(first_logits, st)
+        sync()
+        t1 = time.perf_counter()
+        steps = self._decode_loop(st, max_new)
+        sync()
+        t2 = time.perf_counter()
+        self.stats["prefill_s"] += t1 - t0
+        self.stats["decode_s"] += t2 - t1
+        self.stats["decode_steps"] += steps
+        self.stats["batches"] += 1
+        self.stats["cuda_graph"] = self._graph is not None
+        logp = st.logp.cpu() if st.logp is not None else None
+        return self._trim(st.out.cpu(), logp, max_new)
+
+    def _prepare_chunk(self, x, max_new: int):
+        """Cut the chunk's shared left padding, work out its cross-attention bias (or none)
+        and make the decode buffers for its shape. Returns (prompt length, bias, row mask)."""
         from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask
 
         am = x["attention_mask"]
@@ -225,13 +272,11 @@ class MllamaStaticEngine:
         for name in ("input_ids", "attention_mask", "cross_attention_mask"):
             if x[name] is not None:
                 x[name] = x[name][:, lead:]
-        am = x["attention_mask"]
         bsz, plen = x["input_ids"].shape
         max_len = -(-(plen + max_new) // self.len_multiple) * self.len_multiple
         cross_len = self._cross_len(x)
-        has_image = cross_len > 0
         cross_bias = row_mask = None
-        if has_image:
+        if cross_len > 0:
             if x["cross_attention_mask"] is None:
                 raise ValueError("pixel_values given without cross_attention_mask")
             # The decode token's cross mask is the prompt's last row (generate repeats it).
@@ -245,19 +290,11 @@ class MllamaStaticEngine:
                 if keep:  # drop the padding tiles' keys/values: fewer bytes a step, no mask
                     cross_len, cross_bias = keep, None
         self._full_cross_len = self._cross_len(x)
-        key = (bsz, max_len, cross_len, cross_bias is not None, max_new)
-        self._ensure_state(key)
-        st = self._state
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        self._ensure_state((bsz, max_len, cross_len, cross_bias is not None, max_new))
+        return plen, cross_bias, row_mask
 
-        sync()
-        t0 = time.perf_counter()
-        pos_ids = am.long().cumsum(-1) - 1
-        pos_ids = pos_ids.masked_fill(am == 0, 0)
-        first_logits = torch.empty(bsz, self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
-        for r0 in range(0, bsz, self.prefill_batch):
-            r1 = min(bsz, r0 + self.prefill_batch)
-            first_logits[r0:r1] = self._prefill(x, pos_ids, r0, r1, plen)
+    def _reset_state(self, st: DecodeState, am, pos_ids, plen: int, min_new: int, cross_bias, row_mask) -> None:
+        """Every buffer a captured step reads set for this batch (none keeps the last batch's values)."""
         st.tok.zero_()
         st.pos.copy_(pos_ids[:, -1] + 1)
         st.cur.fill_(plen)
@@ -265,15 +302,19 @@ class MllamaStaticEngine:
         st.min_new.fill_(min_new)
         st.finished.zero_()
         st.out.fill_(self.pad_id)
+        if st.logp is not None:
+            st.logp.zero_()
         st.self_valid.zero_()
         st.self_valid[:, :plen] = am.bool()
-        if has_image:
+        if row_mask is not None:
             st.row_mask.copy_(row_mask[:, 0])
             if cross_bias is not None:
                 st.cross_bias.copy_(cross_bias)
-        select_next(first_logits, st)
-        sync()
-        t1 = time.perf_counter()
+
+    def _decode_loop(self, st: DecodeState, max_new: int) -> int:
+        """Steps 2..max_new (the graph replayed, or eagerly), stopping early once every row
+        finished (checked every ``eos_check_every`` steps: one host sync each). Returns the
+        number of steps run."""
         steps = 0
         for steps in range(1, max_new):
             if self._graph is not None:
@@ -282,14 +323,7 @@ class MllamaStaticEngine:
                 decode_step(self.weights, st)
             if steps % self.eos_check_every == 0 and bool(st.finished.all()):
                 break
-        sync()
-        t2 = time.perf_counter()
-        self.stats["prefill_s"] += t1 - t0
-        self.stats["decode_s"] += t2 - t1
-        self.stats["decode_steps"] += steps
-        self.stats["batches"] += 1
-        self.stats["cuda_graph"] = self._graph is not None
-        return self._trim(st.out.cpu(), max_new)
+        return steps
 
     def _prefill(self, x, pos_ids, r0: int, r1: int, plen: int):
         """HF forward over rows r0:r1 of the prompt; keys/values copied into the static cache."""
@@ -341,8 +375,9 @@ class MllamaStaticEngine:
                 st.self_v[si][sl, :, :plen].copy_(layer.values)
                 si += 1
 
-    def _trim(self, out, max_new: int) -> list:
-        """Cut the batch to generate's length: up to the step where the last row finished."""
+    def _trim(self, out, logp, max_new: int) -> list:
+        """Cut the batch to generate's length: up to the step where the last row finished.
+        One (tokens, logprobs or None) pair per row."""
         torch = self._torch
         is_eos = torch.isin(out, torch.tensor(self.eos_ids, dtype=out.dtype))
         finished = is_eos.any(-1)
@@ -350,7 +385,8 @@ class MllamaStaticEngine:
             width = int(is_eos.float().argmax(-1).max()) + 1  # first eos of the slowest row
         else:
             width = max_new
-        return list(out[:, :width])
+        logp_rows = list(logp[:, :width]) if logp is not None else [None] * out.shape[0]
+        return list(zip(out[:, :width], logp_rows, strict=True))
 
     # ---------------------------------------------------------------- buffers and graph
     def _ensure_state(self, key: tuple) -> None:
@@ -377,6 +413,7 @@ class MllamaStaticEngine:
             cross_bias=zeros(bsz, 1, 1, cross_len) if has_bias else None,
             row_mask=torch.ones(bsz, 1, 1, device=dev, dtype=dt),
             finished=zeros(bsz, dtype=torch.bool), out=zeros(bsz, max_new, dtype=torch.long),
+            logp=zeros(bsz, max_new, dtype=torch.float32) if self.score_tokens else None,
             eos=torch.tensor(self.eos_ids, device=dev, dtype=torch.long),
             min_new=zeros(1, dtype=torch.long), pad_id=self.pad_id, cos=cos, sin=sin)
         self._state = st

@@ -211,6 +211,7 @@ class DecodeState:
     row_mask: Any       # [B, 1, 1] full_text_row_masked_out_mask of the decode token
     finished: Any       # [B] bool
     out: Any            # [B, max_new] long
+    logp: Any           # [B, max_new] float32 log-probability of each chosen token, or None
     eos: Any            # [E] long
     min_new: Any        # [1] long
     pad_id: int
@@ -285,13 +286,17 @@ def _mlp(x, lw: LayerWeights, w: TextWeights):
 
 def select_next(logits, st: DecodeState) -> None:
     """Greedy choice with generate's min-new-tokens rule and finished-row padding;
-    writes ``st.out[:, st.step]``, updates ``st.finished`` / ``st.tok``, advances step."""
+    writes ``st.out[:, st.step]`` (and ``st.logp[:, st.step]``), updates ``st.finished`` /
+    ``st.tok``, advances step."""
     import torch
 
     # MinNewTokensLengthLogitsProcessor: EOS is impossible before min_new tokens exist.
     blocked = (st.step < st.min_new).to(logits.dtype) * torch.finfo(logits.dtype).min
     logits.index_add_(1, st.eos, blocked.expand(logits.shape[0], st.eos.shape[0]).contiguous())
     nxt = logits.argmax(dim=-1)
+    if st.logp is not None:  # the chosen token's log-probability: max logit - logsumexp (0 once finished)
+        chosen = logits.amax(dim=-1) - torch.logsumexp(logits, dim=-1)
+        st.logp.index_copy_(1, st.step, torch.where(st.finished, 0.0, chosen)[:, None])
     nxt = torch.where(st.finished, torch.full_like(nxt, st.pad_id), nxt)
     st.finished.logical_or_((nxt[:, None] == st.eos[None, :]).any(-1))
     st.out.index_copy_(1, st.step, nxt[:, None])
