@@ -278,11 +278,11 @@ def time_graph_replay(engine, n=50):
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     rewind()
-    engine._graph.replay()
+    engine._graph[0].replay()
     start.record()
     for _ in range(n):
         rewind()
-        engine._graph.replay()
+        engine._graph[0].replay()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / n

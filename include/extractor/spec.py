@@ -43,6 +43,10 @@ class ExtractorSpec(BaseModel):
     engine: Literal["auto", "generate", "static"] = Field(
         "auto", description="'static': the project's graph-captured Mllama decoder; "
                             "'generate': plain transformers generate; 'auto' picks")
+    grammar: Literal["receipt-json", "none"] | None = Field(
+        None, description="schema-constrained decoding: 'receipt-json' (the hf backend's default in the "
+                          "full prompt mode) lets the model write only a Receipt-shaped JSON object that "
+                          "closes within max_new_tokens; 'none' decodes freely")
 
     @model_validator(mode="after")
     def _check(self) -> ExtractorSpec:
@@ -51,13 +55,26 @@ class ExtractorSpec(BaseModel):
                              "set trust_remote_code: true explicitly to allow it")
         if self.backend == "hf" and self.trust_remote_code:
             raise ValueError("trust_remote_code is only for the legacy-remote-code backend")
+        if self.grammar == "receipt-json" and (self.backend != "hf" or self.prompt_mode != "full"):
+            raise ValueError("grammar 'receipt-json' constrains the hf backend's full-receipt JSON answer; "
+                             f"it does not apply to backend {self.backend!r} in prompt mode {self.prompt_mode!r}")
         return self
 
     @property
+    def decoding_grammar(self) -> str | None:
+        """The grammar decoding is constrained by, or None (the default: 'receipt-json' for
+        the hf backend's full prompt mode, nothing elsewhere)."""
+        if self.grammar == "none" or self.backend != "hf" or self.prompt_mode != "full":
+            return None
+        return "receipt-json"
+
+    @property
     def version(self) -> str:
-        """Lineage key: backend + model id + revision + prompt version (+ quantisation)."""
+        """Lineage key: backend + model id + revision + prompt version (+ quantisation, + the
+        decoding grammar: constrained output is other output)."""
         quant = f"+{self.quantization}" if self.quantization else ""
-        return f"{self.backend}:{self.model_id}@{self.revision or 'main'}{quant}:{self.prompt_version}"
+        grammar = f"+{self.decoding_grammar}" if self.decoding_grammar else ""
+        return f"{self.backend}:{self.model_id}@{self.revision or 'main'}{quant}:{self.prompt_version}{grammar}"
 
 
 # The production preset is pinned to a commit (the newest snapshot of the repo found in public

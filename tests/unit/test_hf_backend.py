@@ -3,6 +3,8 @@
 The models have random weights, so what they write is gibberish: the receipts come
 back "failed" with the reason and the raw text, which is exactly the path a confused
 real model takes. The "ok" path is checked on ``_postprocess`` with known model text.
+These tests decode freely (``grammar: none``); the constrained default is
+tests/unit/test_grammar.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ KINDS = ("mllama", "llava")
 
 def _spec(kind, **overrides):
     return resolve_spec({"backend": "hf", "model_id": f"tiny/{kind}", "revision": "test",
-                         "max_new_tokens": 12, "batch_size": 4, **overrides})
+                         "max_new_tokens": 12, "batch_size": 4, "grammar": "none", **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def test_preset_with_overrides_and_params_win():
     spec = resolve_spec(json.dumps({"preset": "llama-3.2-11b-vision-instruct", "revision": "abc123",
                                     "batch_size": 4}), overrides={"batch_size": 2, "revision": None})
     assert (spec.revision, spec.batch_size) == ("abc123", 2)
-    assert spec.version == "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1"
+    assert spec.version == "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1+receipt-json"
 
 
 def test_version_changes_with_what_changes_the_output():

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 def _spec(kind, **overrides):
     return resolve_spec({"backend": "hf", "model_id": f"tiny/{kind}", "revision": "test",
-                         "max_new_tokens": 12, "batch_size": 4, **overrides})
+                         "max_new_tokens": 12, "batch_size": 4, "grammar": "none", **overrides})
 
 
 def _image(seed, size):

@@ -62,6 +62,7 @@ class HFBackend(Backend):
             tokenizer.pad_token = tokenizer.eos_token
         self.generation_config = self._greedy_config()
         self.engine, self.engine_name = self._make_engine()
+        self.grammar = self._make_grammar()
         self.useful_size = _useful_size(self.processor.image_processor)
         log.info("hf backend ready: %s (%s, %s, engine=%s)", self.version, type(self.model).__name__,
                  self.dtype, self.engine_name)
@@ -143,6 +144,16 @@ class HFBackend(Backend):
         return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
                                   pad_token_id=self.generation_config.pad_token_id), "static"
 
+    def _make_grammar(self):
+        """The compiled receipt grammar when the spec constrains decoding (the default for
+        the full prompt mode), built once: xgrammar compiles it against this tokenizer."""
+        if self.spec.decoding_grammar is None:
+            return None
+        from extractor.backends.grammar import ReceiptGrammar
+
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        return ReceiptGrammar(self.processor.tokenizer, vocab, _as_ids(self.generation_config.eos_token_id))
+
     # --- stages -------------------------------------------------------------------
     def _preprocess(self, item: ReceiptInput) -> Any:
         # The full-resolution decode is dropped as soon as the smaller copy exists.
@@ -152,7 +163,7 @@ class HFBackend(Backend):
         outputs: list[Any] = []
         for start in range(0, len(images), self.spec.batch_size):
             chunk = images[start:start + self.spec.batch_size]
-            per_question = {key: self._answer_split_on_oom(chunk, question)
+            per_question = {key: self._answer_split_on_oom(chunk, question, key)
                             for key, question in self.questions.items()}
             for i in range(len(chunk)):
                 answers = {key: per_question[key][i] for key in self.questions}
@@ -165,11 +176,11 @@ class HFBackend(Backend):
                     outputs.append(answers["full"])
         return outputs
 
-    def _answer_split_on_oom(self, images: list[Any], question: str) -> list[Any]:
+    def _answer_split_on_oom(self, images: list[Any], question: str, key: str = "full") -> list[Any]:
         """Texts for ``images``; on CUDA OOM the batch is halved and retried."""
         torch = self._torch
         try:
-            return self._answer(images, question)
+            return self._answer(images, question, grammar=self.grammar if key == "full" else None)
         except torch.cuda.OutOfMemoryError as exc:
             if len(images) == 1:
                 log.error("out of GPU memory on a single receipt: %s", exc)
@@ -179,17 +190,18 @@ class HFBackend(Backend):
             half = len(images) // 2
             log.warning("out of GPU memory on a batch of %d: retrying as %d + %d",
                         len(images), half, len(images) - half)
-            return (self._answer_split_on_oom(images[:half], question)
-                    + self._answer_split_on_oom(images[half:], question))
+            return (self._answer_split_on_oom(images[:half], question, key)
+                    + self._answer_split_on_oom(images[half:], question, key))
 
-    def _answer(self, images: list[Any], question: str) -> list[ScoredText]:
-        """One batched greedy generation: the decoded new text of each image, carrying each
-        token's span and probability (``token_confidence.ScoredText``)."""
+    def _answer(self, images: list[Any], question: str, grammar=None) -> list[ScoredText]:
+        """One batched greedy generation (under ``grammar`` when given): the decoded new text
+        of each image, carrying each token's span and probability (``ScoredText``)."""
         messages = prompts.build_messages(self.spec, question)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.batch_inputs(images, [prompt] * len(images))
         with self._torch.inference_mode():
-            new_tokens, logprobs = self._generate(inputs, self.spec.max_new_tokens, with_logprobs=True)
+            new_tokens, logprobs = self._generate(inputs, self.spec.max_new_tokens, with_logprobs=True,
+                                                  grammar=grammar)
         stop = _as_ids(self.generation_config.eos_token_id)
         return [decode_scored(self.processor.tokenizer, row.tolist(), lps.tolist(), stop_ids=stop)
                 for row, lps in zip(new_tokens, logprobs, strict=True)]
@@ -202,26 +214,36 @@ class HFBackend(Backend):
         return inputs.to(self.model.device, dtype=self.model.dtype)
 
     def _generate(self, model_inputs, max_new_tokens: int, min_new_tokens: int = 0, *,
-                  with_logprobs: bool = False):
+                  with_logprobs: bool = False, grammar=None):
         """LongTensor [B, new] of the generated tokens only (the faster-engine seam); with
         ``with_logprobs`` also float32 [B, new], each chosen token's log-probability.
 
         ``min_new_tokens`` pins the output length for benchmarks; extraction leaves it 0.
         Both ways score a token alike: log-softmax of the step's processed logits (after the
-        min-new-tokens rule), taken at the greedy choice."""
+        min-new-tokens rule and the grammar's mask), taken at the greedy choice. ``grammar``
+        (a ``ReceiptGrammar``) constrains both ways with the same per-step masks."""
         if self.engine is not None:
             return self.engine.generate(
                 model_inputs["input_ids"], model_inputs["attention_mask"], model_inputs["pixel_values"],
                 model_inputs["aspect_ratio_ids"], model_inputs["aspect_ratio_mask"],
                 model_inputs["cross_attention_mask"], max_new_tokens, min_new_tokens=min_new_tokens,
-                return_logprobs=with_logprobs)
+                return_logprobs=with_logprobs, grammar=grammar)
         prompt_len = model_inputs["input_ids"].shape[1]
         config = copy.copy(self.generation_config)
         config.max_new_tokens = max_new_tokens
         config.min_new_tokens = min_new_tokens or None
+        processors = []
+        if grammar is not None:
+            from extractor.backends.grammar import grammar_logits_processor
+
+            if min_new_tokens:
+                raise ValueError("min_new_tokens cannot be combined with a grammar (a closed JSON allows only EOS)")
+            rows = model_inputs["input_ids"].shape[0]
+            processors.append(grammar_logits_processor(grammar.new_batch(rows, max_new_tokens)))
         scorer = _chosen_token_scorer() if with_logprobs else None
-        out = self.model.generate(**model_inputs, generation_config=config,
-                                  logits_processor=[scorer] if scorer is not None else None)
+        if scorer is not None:
+            processors.append(scorer)  # last: it scores the distribution the choice is made from
+        out = self.model.generate(**model_inputs, generation_config=config, logits_processor=processors or None)
         tokens = out[:, prompt_len:]
         if scorer is None:
             return tokens

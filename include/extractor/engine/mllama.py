@@ -120,23 +120,31 @@ class MllamaStaticEngine:
         self._key: tuple | None = None
         self._state: DecodeState | None = None
         self._graph: Any = None
+        self._grammar: Any = None
         self.stats: dict[str, float] = {}
         self._torch = torch
 
     # ---------------------------------------------------------------- public API
     def generate(self, input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
                  cross_attention_mask, max_new_tokens: int, min_new_tokens: int = 0,
-                 return_logprobs: bool = False):
+                 return_logprobs: bool = False, grammar=None):
         """New tokens only, [B, n] with n <= max_new_tokens, greedy, like ``generate``.
 
         ``return_logprobs``: also the float32 [B, n] log-probability of each chosen token
         under the step's (min-new-tokens processed) distribution, as ``generate`` scores
-        it; 0 where a row had already finished. Needs ``score_tokens`` (the default)."""
+        it; 0 where a row had already finished. Needs ``score_tokens`` (the default).
+        ``grammar``: an object with ``new_batch(rows, max_new)`` returning the per-batch state
+        of a constrained decode (``extractor.backends.grammar.ReceiptGrammar``): each step the
+        host fills an allowed-token bitmask while the device computes the logits, then the
+        masked choice runs (two captured graphs a step instead of one)."""
         torch = self._torch
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if return_logprobs and not self.score_tokens:
             raise ValueError("return_logprobs needs an engine built with score_tokens=True")
+        if grammar is not None and min_new_tokens:
+            raise ValueError("min_new_tokens cannot be combined with a grammar (a closed JSON allows only EOS)")
+        self._grammar = grammar
         inputs = dict(zip(_INPUT_NAMES, (input_ids, attention_mask, pixel_values, aspect_ratio_ids,
                                          aspect_ratio_mask, cross_attention_mask), strict=False))
         inputs = {k: (v.to(self.device) if v is not None else None) for k, v in inputs.items()}
@@ -248,10 +256,13 @@ class MllamaStaticEngine:
             r1 = min(bsz, r0 + self.prefill_batch)
             first_logits[r0:r1] = self._prefill(x, pos_ids, r0, r1, plen)
         self._reset_state(st, am, pos_ids, plen, min_new, cross_bias, row_mask)
+        rules = self._grammar.new_batch(bsz, max_new) if self._grammar is not None else None
+        if rules is not None:
+            st.allow.copy_(rules.fill())
         select_next(first_logits, st)
         sync()
         t1 = time.perf_counter()
-        steps = self._decode_loop(st, max_new)
+        steps = self._decode_loop(st, max_new) if rules is None else self._constrained_loop(st, rules, max_new)
         sync()
         t2 = time.perf_counter()
         self.stats["prefill_s"] += t1 - t0
@@ -290,7 +301,7 @@ class MllamaStaticEngine:
                 if keep:  # drop the padding tiles' keys/values: fewer bytes a step, no mask
                     cross_len, cross_bias = keep, None
         self._full_cross_len = self._cross_len(x)
-        self._ensure_state((bsz, max_len, cross_len, cross_bias is not None, max_new))
+        self._ensure_state((bsz, max_len, cross_len, cross_bias is not None, max_new, self._grammar is not None))
         return plen, cross_bias, row_mask
 
     def _reset_state(self, st: DecodeState, am, pos_ids, plen: int, min_new: int, cross_bias, row_mask) -> None:
@@ -318,11 +329,46 @@ class MllamaStaticEngine:
         steps = 0
         for steps in range(1, max_new):
             if self._graph is not None:
-                self._graph.replay()
+                self._graph[0].replay()
             else:
                 decode_step(self.weights, st)
             if steps % self.eos_check_every == 0 and bool(st.finished.all()):
                 break
+        return steps
+
+    def _constrained_loop(self, st: DecodeState, rules, max_new: int) -> int:
+        """The decode loop under a grammar. Each step: launch the forward (graph or eager),
+        and while the device runs it, feed the previous token to the matchers and fill the
+        next mask on the host; then copy the mask over and launch the masked choice. The
+        host reads each chosen token through a pinned buffer and an event, so it waits for
+        the small choice kernel of the last step, never for the forward it overlaps."""
+        torch = self._torch
+        on_cuda = self.device.type == "cuda"
+        host_tok = torch.empty(st.tok.shape, dtype=torch.long, pin_memory=on_cuda)
+        host_mask = torch.empty(st.allow.shape, dtype=torch.int32, pin_memory=on_cuda)
+        ready = torch.cuda.Event() if on_cuda else None
+        host_tok.copy_(st.tok, non_blocking=on_cuda)
+        steps = 0
+        while steps < max_new - 1:
+            steps += 1
+            if ready is not None:
+                ready.record()
+            if self._graph is not None:
+                self._graph[0].replay()
+            else:
+                decode_step(self.weights, st)
+            if ready is not None:
+                ready.synchronize()  # the last choice's token is in host_tok (the forward runs on)
+            rules.advance(host_tok.tolist())
+            if rules.all_done():
+                break
+            host_mask.copy_(rules.fill())
+            st.allow.copy_(host_mask, non_blocking=on_cuda)
+            if self._graph is not None:
+                self._graph[1].replay()
+            else:
+                select_next(st.logits, st)
+            host_tok.copy_(st.tok, non_blocking=on_cuda)
         return steps
 
     def _prefill(self, x, pos_ids, r0: int, r1: int, plen: int):
@@ -394,7 +440,7 @@ class MllamaStaticEngine:
             return
         self.release()
         torch = self._torch
-        bsz, max_len, cross_len, has_bias, max_new = key
+        bsz, max_len, cross_len, has_bias, max_new, constrained = key
         w, dev, dt = self.weights, self.device, self.dtype
         kv_shape = (bsz, w.num_kv_heads, max_len, w.head_dim)
         n_cross = sum(lw.cross for lw in w.layers)
@@ -416,6 +462,11 @@ class MllamaStaticEngine:
             logp=zeros(bsz, max_new, dtype=torch.float32) if self.score_tokens else None,
             eos=torch.tensor(self.eos_ids, device=dev, dtype=torch.long),
             min_new=zeros(1, dtype=torch.long), pad_id=self.pad_id, cos=cos, sin=sin)
+        if constrained:
+            vocab = w.lm_head.shape[0]
+            st.logits = zeros(bsz, vocab, dtype=torch.float32)
+            st.allow = torch.full((bsz, (vocab + 31) // 32), -1, device=dev, dtype=torch.int32)
+            st.bit_shifts = torch.arange(32, device=dev, dtype=torch.int32)
         self._state = st
         if self.use_cuda_graphs and max_new > 1:
             t0 = time.perf_counter()
@@ -441,20 +492,30 @@ class MllamaStaticEngine:
         self._key = key
 
     def _capture(self, st: DecodeState):
-        """Warm up (kernel selection, workspaces) then capture one decode step. The warm-up
-        writes into the buffers; every one of them is reset before a batch starts."""
+        """Warm up (kernel selection, workspaces) then capture one decode step: one graph, or
+        under a grammar two (the forward up to the logits, and the masked choice). The
+        warm-up writes into the buffers; every one of them is reset before a batch starts."""
         torch = self._torch
+
+        def choose():
+            select_next(st.logits, st)
+
+        parts = [lambda: decode_step(self.weights, st)] + ([choose] if st.logits is not None else [])
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                decode_step(self.weights, st)
+                for part in parts:
+                    part()
         torch.cuda.current_stream().wait_stream(side)
         st.cur.zero_()
         st.step.zero_()
         st.pos.zero_()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            decode_step(self.weights, st)
+        graphs = []
+        for part in parts:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=graphs[0].pool() if graphs else None):
+                part()
+            graphs.append(graph)
         torch.cuda.synchronize()
-        return graph
+        return graphs

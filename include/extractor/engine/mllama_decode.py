@@ -218,6 +218,12 @@ class DecodeState:
     cos: Any            # [Lpos, D]
     sin: Any
     record_logits: list | None = None  # debug (eager only): collects each step's float32 logits
+    # Constrained decoding (a grammar's mask each step): the step stops at the logits, which
+    # wait in ``logits`` until the host has filled ``allow`` (packed int32 bitmask [B, words],
+    # bit set = token allowed); ``select_next`` then masks and chooses. None when unconstrained.
+    logits: Any = None   # [B, V] float32
+    allow: Any = None    # [B, ceil(V / 32)] int32
+    bit_shifts: Any = None  # [32] int32: 0..31
 
 
 def decode_step(w: TextWeights, st: DecodeState) -> None:
@@ -269,7 +275,10 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
     logits = F.linear(ops.rms(h, w.norm, w.eps), w.lm_head)[:, 0].to(torch.float32)
     if st.record_logits is not None:
         st.record_logits.append(logits.clone())
-    select_next(logits, st)
+    if st.logits is None:
+        select_next(logits, st)
+    else:  # constrained: the choice waits for the host's mask (select_next on st.logits)
+        st.logits.copy_(logits)
     st.pos.add_(1)
     st.cur.add_(1)
 
@@ -293,6 +302,9 @@ def select_next(logits, st: DecodeState) -> None:
     # MinNewTokensLengthLogitsProcessor: EOS is impossible before min_new tokens exist.
     blocked = (st.step < st.min_new).to(logits.dtype) * torch.finfo(logits.dtype).min
     logits.index_add_(1, st.eos, blocked.expand(logits.shape[0], st.eos.shape[0]).contiguous())
+    if st.allow is not None:  # the grammar's mask: bit j of word i allows token 32 * i + j
+        bits = (st.allow.unsqueeze(-1) >> st.bit_shifts) & 1
+        logits.masked_fill_(bits.reshape(logits.shape[0], -1)[:, :logits.shape[1]] == 0, float("-inf"))
     nxt = logits.argmax(dim=-1)
     if st.logp is not None:  # the chosen token's log-probability: max logit - logsumexp (0 once finished)
         chosen = logits.amax(dim=-1) - torch.logsumexp(logits, dim=-1)
