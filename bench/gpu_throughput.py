@@ -15,6 +15,9 @@ Sections (``--sections``, comma separated, run in this order):
   tiles2    2-tile images: engine with/without dropping padding tiles, check, prefill split
   generate  plain batched model.generate at ``--gen-batches``
   seed      the seed guide's loop: one receipt per generate call (``--seed-receipts``)
+  grammar   schema-constrained decoding (the hf backend's default): engine at batch 32 with and
+            without the receipt grammar, over a Llama-sized stand-in tokenizer (bench_tokenizer.py);
+            decode ms/step, host mask time, how many outputs parse into a Receipt
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -476,6 +479,58 @@ def section_seed(rec, model, args):
              "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
 
 
+def _parse_rate(tokenizer, out) -> tuple[int, float]:
+    """How many rows of ``out`` parse into a ``Receipt`` (JSON repair + validation), and the
+    mean number of new tokens per row (up to its EOS)."""
+    from extractor import jsonrepair
+    from extractor.schema import Receipt
+
+    ok, lengths = 0, []
+    for row in out.tolist():
+        n = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        lengths.append(n)
+        try:
+            Receipt.model_validate(jsonrepair.drop_placeholders(jsonrepair.extract_json(
+                tokenizer.decode(row[:n], skip_special_tokens=True))))
+            ok += 1
+        except Exception:  # noqa: BLE001 - counted, not raised: the rate is the result
+            pass
+    return ok, sum(lengths) / len(lengths)
+
+
+def section_grammar(rec, model, args):
+    from bench_tokenizer import llama_sized_tokenizer
+
+    from extractor.backends.grammar import ReceiptGrammar
+    from extractor.engine import MllamaStaticEngine
+
+    t0 = time.perf_counter()
+    tokenizer = llama_sized_tokenizer()
+    grammar = ReceiptGrammar(tokenizer, model.lm_head.weight.shape[0], [tokenizer.eos_token_id])
+    rec.put("grammar_setup_s", round(time.perf_counter() - t0, 2))
+    batch, new = 32, args.new
+    x = make_inputs(batch, args.prompt, "cuda")
+    for label, g in (("engine, free (no grammar), not pinned", None), ("engine + receipt grammar", grammar),
+                     ("engine, free (no grammar), not pinned", None), ("engine + receipt grammar", grammar)):
+        engine = MllamaStaticEngine(model, max_batch=batch)
+        first_s, _ = timed(lambda e=engine, g=g: e.generate(**x, max_new_tokens=new, grammar=g))
+        total_s, out = timed(lambda e=engine, g=g: e.generate(**x, max_new_tokens=new, grammar=g))
+        st = dict(engine.stats)
+        ok, mean_len = _parse_rate(tokenizer, out)
+        steps = max(st["decode_steps"], 1)
+        rec.run({"way": label, "batch": batch, "max_new": new, "receipts_per_s": batch / total_s,
+                 "total_s": total_s, "first_call_s": first_s, "decode_steps": st["decode_steps"],
+                 "decode_ms_per_step": 1000 * st["decode_s"] / steps,
+                 "prefill_ms_per_receipt": 1000 * st["prefill_s"] / batch,
+                 "grammar_host_ms_per_step": 1000 * st.get("grammar_host_s", 0.0) / steps,
+                 "grammar_wait_ms_per_step": 1000 * st.get("grammar_wait_s", 0.0) / steps,
+                 "mean_new_tokens": mean_len, "receipts": batch, "ok": ok, "gpu": torch.cuda.get_device_name(0),
+                 "cuda_graph": st.get("cuda_graph"), "graph_error": st.get("graph_error")})
+        engine.release()
+        del engine
+        torch.cuda.empty_cache()
+
+
 def section_quant(rec, args):
     from transformers import BitsAndBytesConfig
 
@@ -516,7 +571,7 @@ def print_table(rec):
         if "receipts_per_s" in r:
             print(f"| {r['way']} | {r['batch']} | {r['receipts_per_s']:.3f} | "
                   f"{r.get('prefill_ms_per_receipt', float('nan')):.1f} | "
-                  f"{r.get('decode_ms_per_step', float('nan')):.2f} | {r['peak_gib']:.1f} |")
+                  f"{r.get('decode_ms_per_step', float('nan')):.2f} | {r.get('peak_gib', float('nan')):.1f} |")
         elif "graph_replay_ms" in r:
             print(f"| {r['way']} | {r['batch']} | replay {r['graph_replay_ms']} ms | "
                   f"floor {r.get('floor_ms_at_copy_bw', '')} ms | {r.get('achieved_tb_s', '')} TB/s | |")
@@ -544,7 +599,7 @@ def main():
     rec.put("args", vars(args))
     env = section_env(rec) if "env" in sections else {}
     model = None
-    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed"}:
+    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -554,7 +609,8 @@ def main():
              ("profile", lambda: section_profile(rec, model, args)),
              ("tiles2", lambda: section_tiles2(rec, model, args)),
              ("generate", lambda: section_generate(rec, model, args)),
-             ("seed", lambda: section_seed(rec, model, args))]
+             ("seed", lambda: section_seed(rec, model, args)),
+             ("grammar", lambda: section_grammar(rec, model, args))]
     for name, fn in steps:
         if name in sections:
             t0 = time.perf_counter()

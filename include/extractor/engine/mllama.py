@@ -357,12 +357,16 @@ class MllamaStaticEngine:
                 self._graph[0].replay()
             else:
                 decode_step(self.weights, st)
+            t0 = time.perf_counter()
             if ready is not None:
                 ready.synchronize()  # the last choice's token is in host_tok (the forward runs on)
+            t1 = time.perf_counter()
             rules.advance(host_tok.tolist())
             if rules.all_done():
                 break
             host_mask.copy_(rules.fill())
+            self.stats["grammar_wait_s"] = self.stats.get("grammar_wait_s", 0.0) + t1 - t0
+            self.stats["grammar_host_s"] = self.stats.get("grammar_host_s", 0.0) + time.perf_counter() - t1
             st.allow.copy_(host_mask, non_blocking=on_cuda)
             if self._graph is not None:
                 self._graph[1].replay()
