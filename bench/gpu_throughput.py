@@ -18,6 +18,8 @@ Sections (``--sections``, comma separated, run in this order):
   grammar   schema-constrained decoding (the hf backend's default): engine at batch 32 with and
             without the receipt grammar, over a Llama-sized stand-in tokenizer (bench_tokenizer.py);
             decode ms/step, host mask time, how many outputs parse into a Receipt
+  fp8       the engine with FP8 decode weights (opt-in) against bf16 at ``--engine-batches``:
+            receipts/s, decode ms/step, and the first decoded step's logits against bf16
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -531,6 +533,47 @@ def section_grammar(rec, model, args):
         torch.cuda.empty_cache()
 
 
+def _first_step_logits(model, x, **kwargs):
+    from extractor.engine import MllamaStaticEngine
+
+    engine = MllamaStaticEngine(model, use_cuda_graphs=False, max_batch=x["input_ids"].shape[0], **kwargs)
+    recorded: list = []
+    original = engine._ensure_state
+
+    def ensure_and_record(key):
+        original(key)
+        engine._state.record_logits = recorded
+
+    engine._ensure_state = ensure_and_record
+    tokens = engine.generate(**x, max_new_tokens=16, min_new_tokens=16)
+    engine.release()
+    return tokens, recorded[0].float().cpu()
+
+
+def section_fp8(rec, model, args):
+    x = make_inputs(8, args.prompt, "cuda", seed=7)
+    bf16_tokens, bf16 = _first_step_logits(model, x)
+    fp8_tokens, fp8 = _first_step_logits(model, x, fp8=True)
+    same = (bf16_tokens == fp8_tokens).long().cumprod(-1).sum(-1)
+    rec.put("fp8_vs_bf16_first_decode_step", {
+        "rows": 8, "rel_diff": float((fp8 - bf16).norm() / bf16.norm()),
+        "max_abs_diff": float((fp8 - bf16).abs().max()),
+        "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
+        "tokens_equal_steps_per_row": [int(v) for v in same]})
+    print(json.dumps(rec.data["fp8_vs_bf16_first_decode_step"]), flush=True)
+    for batch in [int(b) for b in args.engine_batches.split(",")]:
+        for label, kw in (("engine bf16", {}), ("engine fp8 decode weights", {"fp8": True})):
+            try:
+                engine, _ = run_engine(rec, model, batch, args, label=label, **kw)
+                if engine._graph is not None:
+                    rec.run({"way": label, "batch": batch, "graph_replay_ms": round(time_graph_replay(engine), 2)})
+                engine.release()
+                del engine
+            except Exception:
+                rec.error(f"{label} batch {batch}")
+            torch.cuda.empty_cache()
+
+
 def section_quant(rec, args):
     from transformers import BitsAndBytesConfig
 
@@ -599,7 +642,7 @@ def main():
     rec.put("args", vars(args))
     env = section_env(rec) if "env" in sections else {}
     model = None
-    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar"}:
+    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -610,7 +653,8 @@ def main():
              ("tiles2", lambda: section_tiles2(rec, model, args)),
              ("generate", lambda: section_generate(rec, model, args)),
              ("seed", lambda: section_seed(rec, model, args)),
-             ("grammar", lambda: section_grammar(rec, model, args))]
+             ("grammar", lambda: section_grammar(rec, model, args)),
+             ("fp8", lambda: section_fp8(rec, model, args))]
     for name, fn in steps:
         if name in sections:
             t0 = time.perf_counter()

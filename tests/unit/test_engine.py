@@ -243,3 +243,36 @@ def test_pick_batch_size_from_free_memory():
     assert pick_batch_size(1 * GIB, rb.total, reserve_bytes=8 * GIB) == 1
     with pytest.raises(ValueError):
         pick_batch_size(GIB, 0)
+
+
+def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
+    """FP8 (opt-in, Hopper in production) runs on the CPU too (torch._scaled_mm): the decode
+    GEMMs read float8 e4m3 weights with per-row scales; not exact, so the first decoded
+    step's logits are compared, as docs/gpu.md does on the 11B shape."""
+    from extractor.engine.mllama_decode import Fp8Weight
+
+    batch = _batch(lengths=[6, 9], tiles=[1, 2], seed=3)
+
+    def first_step_logits(**kwargs):
+        engine = MllamaStaticEngine(tiny_mllama, **kwargs)
+        recorded: list = []
+        original = engine._ensure_state
+
+        def ensure_and_record(key):
+            original(key)
+            engine._state.record_logits = recorded
+
+        engine._ensure_state = ensure_and_record
+        tokens = engine.generate(**batch, max_new_tokens=4)
+        return engine, tokens, recorded[0]
+
+    full_engine, full_tokens, full = first_step_logits()
+    fp8_engine, fp8_tokens, fp8 = first_step_logits(fp8=True)
+    layer = fp8_engine.weights.layers[0]
+    assert isinstance(fp8_engine.weights.lm_head, Fp8Weight) and layer.wo.q.element_size() == 1
+    assert not isinstance(full_engine.weights.lm_head, Fp8Weight)
+    rel = float((fp8 - full).norm() / full.norm())
+    assert 0 < rel < 0.1, rel  # not exact, and close
+    assert fp8_tokens.shape == full_tokens.shape
+    # HF's own modules keep their full-precision weights (the prefill runs on them)
+    assert tiny_mllama.lm_head.weight.dtype == torch.float32

@@ -333,3 +333,14 @@ def test_skip_modules_for_the_real_11b_architecture_on_the_meta_device():
 
     assert skip_modules_for_config(MllamaConfig()) == [
         "model.vision_model", "model.multi_modal_projector", "lm_head"]
+
+
+def test_fp8_runs_in_the_static_engine_and_is_refused_where_it_would_not(tiny_mllama_dir):
+    pytest.importorskip("extractor.engine.mllama")
+    backend = HFBackend(_spec("mllama", quantization="fp8", engine="static"), model_dir=tiny_mllama_dir)
+    assert backend.engine_name == "static" and backend.engine.fp8
+    assert backend.version.endswith("+fp8:v1")
+    [result] = backend.extract([ReceiptInput.from_bytes(_jpeg(3), "r.jpg")])
+    assert result.raw_text  # it decoded (gibberish: random weights, free decoding)
+    with pytest.raises(ConfigError, match="static engine"):  # "auto" on a CPU means generate: no silent bf16
+        HFBackend(_spec("mllama", quantization="fp8"), model_dir=tiny_mllama_dir)

@@ -91,7 +91,7 @@ class HFBackend(Backend):
             load_kwargs: dict[str, Any] = dict(kwargs, dtype=self.dtype)
             if self.on_cuda and self.spec.device_map:
                 load_kwargs["device_map"] = self.spec.device_map
-            if self.spec.quantization:
+            if self.spec.quantization in ("8bit", "4bit"):
                 if not self.on_cuda:
                     raise ConfigError(f"{self.spec.quantization} quantisation needs a CUDA GPU (bitsandbytes)")
                 config = AutoConfig.from_pretrained(where, **kwargs)
@@ -103,7 +103,7 @@ class HFBackend(Backend):
             model = AutoModelForImageTextToText.from_pretrained(where, **load_kwargs)
         except OSError as exc:  # missing files, no network, unknown repo
             raise ModelSourceError(f"cannot load model from {where}: {exc}") from exc
-        if self.on_cuda and not self.spec.device_map and not self.spec.quantization:
+        if self.on_cuda and not self.spec.device_map and self.spec.quantization in (None, "fp8"):
             model = model.to("cuda")
         return processor, model.eval()
 
@@ -126,6 +126,10 @@ class HFBackend(Backend):
         wanted = self.spec.engine
         is_mllama = type(self.model).__name__ == "MllamaForConditionalGeneration"
         if wanted == "generate" or (wanted == "auto" and not (is_mllama and self.on_cuda)):
+            if self.spec.quantization == "fp8":  # never a silent bf16 run stamped as fp8
+                raise ConfigError("quantization 'fp8' runs in the static engine: an Mllama model on one CUDA "
+                                  f"GPU (or engine: static); this is {type(self.model).__name__} "
+                                  f"{'on CUDA' if self.on_cuda else 'on the CPU'}")
             return None, "generate"
         try:
             from extractor import engine as engine_pkg
@@ -142,7 +146,8 @@ class HFBackend(Backend):
                                   f"{' (quantised)' if self.spec.quantization else ''}")
             return None, "generate"
         return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
-                                  pad_token_id=self.generation_config.pad_token_id), "static"
+                                  pad_token_id=self.generation_config.pad_token_id,
+                                  fp8=self.spec.quantization == "fp8"), "static"
 
     def _make_grammar(self):
         """The compiled receipt grammar when the spec constrains decoding (the default for

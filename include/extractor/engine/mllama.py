@@ -76,6 +76,10 @@ class MllamaStaticEngine:
     the same, read with fewer bytes and without a mask.
     ``eos_token_id`` / ``pad_token_id`` default to the model's generation config (pass the
     caller's own generation config values so both paths stop and pad alike).
+    ``fp8`` (opt-in; Hopper GPUs): each decode GEMM reads float8 e4m3 weights with per-row
+    scales (an extra copy of the text weights, ~half their bf16 size) and per-row quantized
+    activations (``torch._scaled_mm``); the prefill keeps HF's bf16 forward. Not exact:
+    docs/gpu.md records its first-step logits difference against bf16.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -86,7 +90,7 @@ class MllamaStaticEngine:
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 trim_cross_tiles: bool = True, score_tokens: bool = True):
+                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool = False):
         import torch
 
         self.model = model.eval()
@@ -97,7 +101,8 @@ class MllamaStaticEngine:
                              "a model spread by device_map decodes with generate")
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else bool(use_cuda_graphs and on_cuda)
-        self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights)
+        self.fp8 = fp8
+        self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights, fp8=fp8)
         if on_cuda if compile_ops is None else compile_ops:
             self.weights.ops = DecodeOps.compiled()
         self.prefill_sdpa_backends = prefill_sdpa_backends

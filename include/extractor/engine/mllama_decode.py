@@ -65,10 +65,11 @@ class DecodeOps:
     rms: Any
     rope: Any
     act: Any
+    quant: Any = None  # activation quantization for FP8 GEMMs (quantize_rows)
 
     @classmethod
     def eager(cls) -> DecodeOps:
-        return cls(rms=rms_norm, rope=apply_rope, act=silu_mul)
+        return cls(rms=rms_norm, rope=apply_rope, act=silu_mul, quant=quantize_rows)
 
     @classmethod
     def compiled(cls) -> DecodeOps:
@@ -76,7 +77,62 @@ class DecodeOps:
 
         opts = dict(fullgraph=True)  # static for the first shape, dynamic after a change
         return cls(rms=torch.compile(rms_norm, **opts), rope=torch.compile(apply_rope, **opts),
-                   act=torch.compile(silu_mul, **opts))
+                   act=torch.compile(silu_mul, **opts), quant=torch.compile(quantize_rows, **opts))
+
+
+@dataclass
+class Fp8Weight:
+    """A decode GEMM's weight in float8 e4m3 with one float32 scale per output row: half the
+    bytes of bf16 for a step that is bound by reading weights. The bf16 original stays in
+    the HF module (the prefill runs HF's forward)."""
+
+    q: Any      # [N, K] float8_e4m3fn, row-major (its .t() is the column-major mat2 _scaled_mm wants)
+    scale: Any  # [1, N] float32
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def numel(self) -> int:
+        return self.q.numel()
+
+    def element_size(self) -> int:
+        return 1
+
+    @classmethod
+    def of(cls, weight) -> Fp8Weight:
+        import torch
+
+        w = weight.detach().to(torch.float32)
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / _FP8_MAX
+        q = (w / scale[:, None]).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+        return cls(q=q.contiguous(), scale=scale[None, :].contiguous())
+
+
+_FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+def quantize_rows(x2d):
+    """Activations [M, K] -> (float8 e4m3 [M, K], float32 scale [M, 1]), one scale per row."""
+    import torch
+
+    scale = x2d.abs().amax(dim=-1, keepdim=True).to(torch.float32).clamp(min=1e-12) / _FP8_MAX
+    return (x2d.to(torch.float32) / scale).to(torch.float8_e4m3fn), scale
+
+
+def linear(x, weight, quant=quantize_rows):
+    """``F.linear(x, weight)`` for a plain tensor; for an ``Fp8Weight`` a row-scaled FP8
+    GEMM (``torch._scaled_mm``: activations quantized per row, weights per output row,
+    accumulated in float32, written in ``x``'s dtype)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(weight, Fp8Weight):
+        return F.linear(x, weight)
+    x2d = x.reshape(-1, x.shape[-1])
+    xq, xs = quant(x2d)
+    out = torch._scaled_mm(xq, weight.q.t(), scale_a=xs, scale_b=weight.scale, out_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def text_model_of(model):
@@ -112,8 +168,9 @@ def _fuse_rows(linears) -> Any:
     return fused
 
 
-def collect_weights(model, *, fuse: bool) -> TextWeights:
-    """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously."""
+def collect_weights(model, *, fuse: bool, fp8: bool = False) -> TextWeights:
+    """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously;
+    with ``fp8`` every GEMM a decode step runs (and the LM head) gets an ``Fp8Weight`` copy."""
     import torch
 
     text = text_model_of(model)
@@ -144,12 +201,27 @@ def collect_weights(model, *, fuse: bool) -> TextWeights:
             lw.gate_mlp = layer.cross_attn_mlp_gate.tanh()
         layers.append(lw)
     rotary = text.rotary_emb
-    return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=model.lm_head.weight,
+    if fp8:
+        for lw in layers:
+            to_fp8(lw)
+    lm_head = Fp8Weight.of(model.lm_head.weight) if fp8 else model.lm_head.weight
+    return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=lm_head,
                        layers=layers, eps=cfg.rms_norm_eps, num_heads=cfg.num_attention_heads,
                        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
                        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                        inv_freq=rotary.inv_freq, attention_scaling=float(rotary.attention_scaling), fused=fuse,
                        ops=DecodeOps.eager())
+
+
+def to_fp8(lw: LayerWeights) -> None:
+    """Swap the weights one decode step multiplies by for FP8 copies (fused ones when fused)."""
+    names = ["wo", "wd"] + (["wgu"] if lw.wgu is not None else ["wg", "wu"])
+    if lw.cross:
+        names.append("wq")
+    else:
+        names += ["wqkv"] if lw.wqkv is not None else ["wq", "wk", "wv"]
+    for name in names:
+        setattr(lw, name, Fp8Weight.of(getattr(lw, name)))
 
 
 def rotary_tables(w: TextWeights, length: int, dtype, device):
@@ -251,17 +323,17 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
             ci += 1
             if ck is None:  # HF skips cross layers when the batch carries no image
                 continue
-            q = F.linear(x, lw.wq).view(bsz, nkv, nrep, hd)
+            q = linear(x, lw.wq, ops.quant).view(bsz, nkv, nrep, hd)
             q = ops.rms(q, lw.q_norm, w.eps)
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=st.cross_bias, scale=scale)
-            h = h + lw.gate_attn * F.linear(a.reshape(bsz, 1, q_size), lw.wo)
+            h = h + lw.gate_attn * linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant)
             m = _mlp(ops.rms(h, lw.ln2, w.eps), lw, w)
             h = h + lw.gate_mlp * (st.row_mask * m)
         else:
             if lw.wqkv is not None:
-                q, k, v = F.linear(x, lw.wqkv).split([q_size, kv_size, kv_size], dim=-1)
+                q, k, v = linear(x, lw.wqkv, ops.quant).split([q_size, kv_size, kv_size], dim=-1)
             else:
-                q, k, v = F.linear(x, lw.wq), F.linear(x, lw.wk), F.linear(x, lw.wv)
+                q, k, v = linear(x, lw.wq, ops.quant), linear(x, lw.wk, ops.quant), linear(x, lw.wv, ops.quant)
             q = q.view(bsz, nkv, nrep, hd)
             k = k.view(bsz, nkv, 1, hd)
             q, k = ops.rope(q, k, cos, sin)
@@ -270,9 +342,9 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
             kc.index_copy_(2, st.cur, k)
             vc.index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
             a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self_mask, scale=scale)
-            h = h + F.linear(a.reshape(bsz, 1, q_size), lw.wo)
+            h = h + linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant)
             h = h + _mlp(ops.rms(h, lw.ln2, w.eps), lw, w)
-    logits = F.linear(ops.rms(h, w.norm, w.eps), w.lm_head)[:, 0].to(torch.float32)
+    logits = linear(ops.rms(h, w.norm, w.eps), w.lm_head, ops.quant)[:, 0].to(torch.float32)
     if st.record_logits is not None:
         st.record_logits.append(logits.clone())
     if st.logits is None:
@@ -284,13 +356,12 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
 
 
 def _mlp(x, lw: LayerWeights, w: TextWeights):
-    import torch.nn.functional as F
 
     if lw.wgu is not None:
-        g, u = F.linear(x, lw.wgu).split(w.intermediate_size, dim=-1)
+        g, u = linear(x, lw.wgu, w.ops.quant).split(w.intermediate_size, dim=-1)
     else:
-        g, u = F.linear(x, lw.wg), F.linear(x, lw.wu)
-    return F.linear(w.ops.act(g, u), lw.wd)
+        g, u = linear(x, lw.wg, w.ops.quant), linear(x, lw.wu, w.ops.quant)
+    return linear(w.ops.act(g, u), lw.wd, w.ops.quant)
 
 
 def select_next(logits, st: DecodeState) -> None:
