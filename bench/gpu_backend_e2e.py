@@ -92,6 +92,10 @@ def main() -> None:
                     help="the backend's decoding grammar (default: its own default); with a grammar the "
                          "output length is not pinned (a closed object allows only EOS)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--barrier", help="folder: after warm-up, wait until --workers files are there "
+                                      "(bench/gpu_workers.py starts one process per GPU this way)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--name", default="gpu_backend_e2e.json")
     a = ap.parse_args()
     rec = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "transformers": transformers.__version__, "batch": a.batch, "new_tokens": a.new}
@@ -118,12 +122,24 @@ def main() -> None:
         rec[f"{engine}_warmup_s"] = round(time.perf_counter() - t, 1)
         n = a.receipts if engine == "auto" else a.generate_receipts
         rec[f"{engine}_engine"] = backend.engine_name
+        if a.barrier and engine == "auto":
+            wait_for_peers(Path(a.barrier), a.workers)
+        rec[f"{engine}_start_unix"] = time.time()
         rec[engine] = run(backend, items[:n], a.batch)
+        rec[f"{engine}_end_unix"] = time.time()
         print(json.dumps({engine: rec[engine], "engine": backend.engine_name}), flush=True)
         backend.engine = None
         torch.cuda.empty_cache()
     print(json.dumps(rec, indent=1))
-    Path(a.out, "gpu_backend_e2e.json").write_text(json.dumps(rec, indent=1))
+    Path(a.out, a.name).write_text(json.dumps(rec, indent=1))
+
+
+def wait_for_peers(barrier: Path, workers: int) -> None:
+    """Every worker writes its file once warm, then waits for all: the timed runs overlap."""
+    barrier.mkdir(parents=True, exist_ok=True)
+    (barrier / f"ready-{os.getpid()}").touch()
+    while len(list(barrier.glob("ready-*"))) < workers:
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

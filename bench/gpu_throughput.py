@@ -553,16 +553,21 @@ def _first_step_logits(model, x, **kwargs):
 def section_fp8(rec, model, args):
     x = make_inputs(8, args.prompt, "cuda", seed=7)
     bf16_tokens, bf16 = _first_step_logits(model, x)
-    fp8_tokens, fp8 = _first_step_logits(model, x, fp8=True)
-    same = (bf16_tokens == fp8_tokens).long().cumprod(-1).sum(-1)
-    rec.put("fp8_vs_bf16_first_decode_step", {
-        "rows": 8, "rel_diff": float((fp8 - bf16).norm() / bf16.norm()),
-        "max_abs_diff": float((fp8 - bf16).abs().max()),
-        "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
-        "tokens_equal_steps_per_row": [int(v) for v in same]})
-    print(json.dumps(rec.data["fp8_vs_bf16_first_decode_step"]), flush=True)
+    for mode in ("rowwise", "tensorwise"):
+        fp8_tokens, fp8 = _first_step_logits(model, x, fp8=mode)
+        same = (bf16_tokens == fp8_tokens).long().cumprod(-1).sum(-1)
+        rec.put(f"fp8_{mode}_vs_bf16_first_decode_step", {
+            "rows": 8, "rel_diff": float((fp8 - bf16).norm() / bf16.norm()),
+            "max_abs_diff": float((fp8 - bf16).abs().max()),
+            "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
+            "tokens_equal_steps_per_row": [int(v) for v in same]})
+        print(json.dumps(rec.data[f"fp8_{mode}_vs_bf16_first_decode_step"]), flush=True)
+    # the noise floor of the comparison: bf16 against itself with the rows in another batch size
+    other_tokens, other = _first_step_logits(model, {k: v[:4] for k, v in x.items()})
+    rec.put("bf16_b4_vs_b8_first_decode_step_rel_diff", float((other - bf16[:4]).norm() / bf16[:4].norm()))
     for batch in [int(b) for b in args.engine_batches.split(",")]:
-        for label, kw in (("engine bf16", {}), ("engine fp8 decode weights", {"fp8": True})):
+        for label, kw in (("engine bf16", {}), ("engine fp8 rowwise", {"fp8": "rowwise"}),
+                          ("engine fp8 tensorwise", {"fp8": "tensorwise"})):
             try:
                 engine, _ = run_engine(rec, model, batch, args, label=label, **kw)
                 if engine._graph is not None:

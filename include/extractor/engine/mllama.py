@@ -90,7 +90,7 @@ class MllamaStaticEngine:
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool = False):
+                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False):
         import torch
 
         self.model = model.eval()

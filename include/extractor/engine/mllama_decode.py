@@ -100,13 +100,16 @@ class Fp8Weight:
         return 1
 
     @classmethod
-    def of(cls, weight) -> Fp8Weight:
+    def of(cls, weight, per_row: bool = True) -> Fp8Weight:
+        """``per_row``: one scale per output row (and per activation row at run time);
+        otherwise one scale for the tensor (cuBLASLt's native FP8 GEMM)."""
         import torch
 
         w = weight.detach().to(torch.float32)
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / _FP8_MAX
-        q = (w / scale[:, None]).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
-        return cls(q=q.contiguous(), scale=scale[None, :].contiguous())
+        amax = w.abs().amax(dim=1) if per_row else w.abs().amax().reshape(1)
+        scale = amax.clamp(min=1e-12) / _FP8_MAX
+        q = (w / (scale[:, None] if per_row else scale)).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+        return cls(q=q.contiguous(), scale=scale[None, :].contiguous() if per_row else scale.reshape(()))
 
 
 _FP8_MAX = 448.0  # largest finite float8 e4m3fn
@@ -120,6 +123,14 @@ def quantize_rows(x2d):
     return (x2d.to(torch.float32) / scale).to(torch.float8_e4m3fn), scale
 
 
+def quantize_tensor(x2d):
+    """Activations [M, K] -> (float8 e4m3 [M, K], float32 scalar scale)."""
+    import torch
+
+    scale = x2d.abs().amax().to(torch.float32).clamp(min=1e-12) / _FP8_MAX
+    return (x2d.to(torch.float32) / scale).to(torch.float8_e4m3fn), scale
+
+
 def linear(x, weight, quant=quantize_rows):
     """``F.linear(x, weight)`` for a plain tensor; for an ``Fp8Weight`` a row-scaled FP8
     GEMM (``torch._scaled_mm``: activations quantized per row, weights per output row,
@@ -130,7 +141,7 @@ def linear(x, weight, quant=quantize_rows):
     if not isinstance(weight, Fp8Weight):
         return F.linear(x, weight)
     x2d = x.reshape(-1, x.shape[-1])
-    xq, xs = quant(x2d)
+    xq, xs = quant(x2d) if weight.scale.dim() else quantize_tensor(x2d)
     out = torch._scaled_mm(xq, weight.q.t(), scale_a=xs, scale_b=weight.scale, out_dtype=x.dtype)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -168,9 +179,10 @@ def _fuse_rows(linears) -> Any:
     return fused
 
 
-def collect_weights(model, *, fuse: bool, fp8: bool = False) -> TextWeights:
+def collect_weights(model, *, fuse: bool, fp8: bool | str = False) -> TextWeights:
     """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously;
-    with ``fp8`` every GEMM a decode step runs (and the LM head) gets an ``Fp8Weight`` copy."""
+    with ``fp8`` every GEMM a decode step runs (and the LM head) gets an ``Fp8Weight`` copy
+    (``True`` / ``"rowwise"``: per-row scales; ``"tensorwise"``: one scale per tensor)."""
     import torch
 
     text = text_model_of(model)
@@ -201,10 +213,11 @@ def collect_weights(model, *, fuse: bool, fp8: bool = False) -> TextWeights:
             lw.gate_mlp = layer.cross_attn_mlp_gate.tanh()
         layers.append(lw)
     rotary = text.rotary_emb
+    per_row = fp8 != "tensorwise"
     if fp8:
         for lw in layers:
-            to_fp8(lw)
-    lm_head = Fp8Weight.of(model.lm_head.weight) if fp8 else model.lm_head.weight
+            to_fp8(lw, per_row=per_row)
+    lm_head = Fp8Weight.of(model.lm_head.weight, per_row=per_row) if fp8 else model.lm_head.weight
     return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=lm_head,
                        layers=layers, eps=cfg.rms_norm_eps, num_heads=cfg.num_attention_heads,
                        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
@@ -213,7 +226,7 @@ def collect_weights(model, *, fuse: bool, fp8: bool = False) -> TextWeights:
                        ops=DecodeOps.eager())
 
 
-def to_fp8(lw: LayerWeights) -> None:
+def to_fp8(lw: LayerWeights, per_row: bool = True) -> None:
     """Swap the weights one decode step multiplies by for FP8 copies (fused ones when fused)."""
     names = ["wo", "wd"] + (["wgu"] if lw.wgu is not None else ["wg", "wu"])
     if lw.cross:
@@ -221,7 +234,7 @@ def to_fp8(lw: LayerWeights) -> None:
     else:
         names += ["wqkv"] if lw.wqkv is not None else ["wq", "wk", "wv"]
     for name in names:
-        setattr(lw, name, Fp8Weight.of(getattr(lw, name)))
+        setattr(lw, name, Fp8Weight.of(getattr(lw, name), per_row=per_row))
 
 
 def rotary_tables(w: TextWeights, length: int, dtype, device):
