@@ -544,12 +544,16 @@ def section_refill(rec, model, args):
     rng = random.Random(11)
     lengths = [rng.randint(80, longest) for _ in range(n)]
     x = make_inputs(n, args.prompt, "cuda", seed=5)
-    for label, refill in (("engine, static batches", False), ("engine, continuous refill", True)):
-        engine = MllamaStaticEngine(model, max_batch=slots, refill=refill)
+    variants = (("engine, static batches", dict(refill=False)),
+                ("engine, continuous refill (horizon 2, joins 4+ rows)", {}),
+                ("engine, continuous refill (horizon 2, joins 8+ rows)", dict(refill_min_rows=8)),
+                ("engine, continuous refill (horizon 3, joins 8+ rows)", dict(refill_min_rows=8, refill_horizon=3)))
+    for label, kw in variants:
+        engine = MllamaStaticEngine(model, max_batch=slots, **kw)
         first_s, _ = timed(lambda e=engine: e.generate(**x, max_new_tokens=longest, lengths=lengths))
         total_s, out = timed(lambda e=engine: e.generate(**x, max_new_tokens=longest, lengths=lengths))
         st = dict(engine.stats)
-        made = [int((row != 128004).sum()) for row in out]  # the pad id: every other token counts
+        made = [int((row != engine.pad_id).sum()) for row in out]  # may undercount: random weights can write the pad id
         rec.run({"way": label, "batch": slots, "receipts": n, "receipts_per_s": n / total_s, "total_s": total_s,
                  "first_call_s": first_s, "decode_steps": st["decode_steps"],
                  "decode_ms_per_step": 1000 * st["decode_s"] / max(st["decode_steps"], 1),

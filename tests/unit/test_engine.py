@@ -291,7 +291,7 @@ def test_continuous_refill_gives_every_row_its_own_tokens(tiny_mllama):
     tiny_mllama.generation_config.eos_token_id = [eos, 2]
     try:
         want_tokens, want = _reference_logprobs(tiny_mllama, batch, max_new=14)
-        engine = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1)
+        engine = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1, refill_min_rows=1)
         tokens, got = engine.generate(**batch, max_new_tokens=14, return_logprobs=True)
         static = MllamaStaticEngine(tiny_mllama, max_batch=2, refill=False).generate(**batch, max_new_tokens=14)
     finally:
@@ -309,7 +309,7 @@ def test_refill_with_exact_lengths_decodes_fewer_steps_than_static_batches(tiny_
     each batch's longest row, refill only for the rows' own lengths."""
     batch = _batch(lengths=[8] * 6, tiles=[2] * 6, seed=9)
     lengths = [3, 12, 4, 11, 2, 10]
-    refill = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1)
+    refill = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1, refill_min_rows=1)
     static = MllamaStaticEngine(tiny_mllama, max_batch=2, refill=False)
     a = refill.generate(**batch, max_new_tokens=12, lengths=lengths)
     b = static.generate(**batch, max_new_tokens=12, lengths=lengths)

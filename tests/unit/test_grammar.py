@@ -162,6 +162,7 @@ def test_refilled_constrained_batches_agree_with_generate(pair, monkeypatch):
     static, generate = pair
     monkeypatch.setattr(static.engine, "max_batch", 2)
     monkeypatch.setattr(static.engine, "refill_check_every", 1)
+    monkeypatch.setattr(static.engine, "refill_min_rows", 1)
     images = [_image(40 + i, (70, 150)) for i in range(4)]  # one tile count: one refill group
     a, b = static._forward(images), generate._forward(images)
     assert static.engine.stats.get("refilled_rows", 0) >= 1

@@ -84,7 +84,9 @@ class MllamaStaticEngine(SlotScheduler):
     ``refill`` (default on): when a call has more rows than a decode batch holds, a row that
     finishes is replaced by a waiting one (same tile count) without waiting for the batch's
     slowest row (``engine/slots.py``); the cache then holds ``refill_horizon`` answers'
-    worth of positions, and finished rows are looked for every ``refill_check_every`` steps.
+    worth of positions, finished rows are looked for every ``refill_check_every`` steps, and
+    rows join once ``refill_min_rows`` slots are free (or the queue is that short): a prefill
+    of a few rows at once uses the GPU better than one row at a time.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -96,7 +98,8 @@ class MllamaStaticEngine(SlotScheduler):
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False,
-                 refill: bool = True, refill_horizon: int = 3, refill_check_every: int = 4):
+                 refill: bool = True, refill_horizon: int = 2, refill_check_every: int = 4,
+                 refill_min_rows: int = 4):
         import torch
 
         self.model = model.eval()
@@ -129,6 +132,7 @@ class MllamaStaticEngine(SlotScheduler):
         self.eos_check_every = max(1, eos_check_every)
         self.refill, self.refill_horizon = refill, max(1, refill_horizon)
         self.refill_check_every = max(1, refill_check_every)
+        self.refill_min_rows = max(1, refill_min_rows)
         self.len_multiple = len_multiple if self.use_cuda_graphs else 1
         self._key: tuple | None = None
         self._state: DecodeState | None = None
@@ -291,8 +295,7 @@ class MllamaStaticEngine(SlotScheduler):
             if x[name] is not None:
                 x[name] = x[name][:, lead:]
         bsz, plen = x["input_ids"].shape
-        slack = max(self.eos_check_every, self.refill_check_every)  # a stretch of steps may run past the end
-        max_len = -(-(plen + max(span, max_new + slack)) // self.len_multiple) * self.len_multiple
+        max_len = -(-(plen + span) // self.len_multiple) * self.len_multiple
         cross_len = self._cross_len(x)
         cross_bias = row_mask = None
         if cross_len > 0:

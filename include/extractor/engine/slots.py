@@ -53,7 +53,8 @@ class SlotScheduler:
     def _run_batch(self, first: list[int], queue: deque, inputs, max_new: int, limits, results) -> None:
         torch = self._torch
         x = self._subset(inputs, first)
-        span = max_new * (self.refill_horizon if queue else 1)
+        slack = max(self.eos_check_every, self.refill_check_every)  # a stretch may end past a row's last step
+        span = max_new * (self.refill_horizon if queue else 1) + slack
         plen, cross_bias, row_mask = self._prepare_chunk(x, max_new, span)
         st, bsz = self._state, len(first)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -86,7 +87,8 @@ class SlotScheduler:
             self._harvest(st, slots, results)
             sync()
             self.stats["decode_s"] += time.perf_counter() - t1
-            if queue and any(row is None for row in slots):
+            free = sum(row is None for row in slots)
+            if queue and free >= min(self.refill_min_rows, len(queue), len(slots)):
                 for s in self._admit(queue, slots, inputs, plen + steps, max_new, limits, rules, host):
                     left[s] = int(limits[1][slots[s]]) - 1
             if all(row is None for row in slots):
