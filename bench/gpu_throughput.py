@@ -545,9 +545,9 @@ def section_refill(rec, model, args):
     lengths = [rng.randint(80, longest) for _ in range(n)]
     x = make_inputs(n, args.prompt, "cuda", seed=5)
     variants = (("engine, static batches", dict(refill=False)),
-                ("engine, continuous refill (horizon 2, joins 4+ rows)", {}),
-                ("engine, continuous refill (horizon 2, joins 8+ rows)", dict(refill_min_rows=8)),
-                ("engine, continuous refill (horizon 3, joins 8+ rows)", dict(refill_min_rows=8, refill_horizon=3)))
+                ("engine, continuous refill (rows join 4+ at a time, the default)", {}),
+                ("engine, continuous refill (rows join 8+ at a time)", dict(refill_min_rows=8)),
+                ("engine, continuous refill (rows join one by one)", dict(refill_min_rows=1)))
     for label, kw in variants:
         engine = MllamaStaticEngine(model, max_batch=slots, **kw)
         first_s, _ = timed(lambda e=engine: e.generate(**x, max_new_tokens=longest, lengths=lengths))

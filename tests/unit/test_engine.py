@@ -291,12 +291,14 @@ def test_continuous_refill_gives_every_row_its_own_tokens(tiny_mllama):
     tiny_mllama.generation_config.eos_token_id = [eos, 2]
     try:
         want_tokens, want = _reference_logprobs(tiny_mllama, batch, max_new=14)
-        engine = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1, refill_min_rows=1)
+        engine = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1, refill_min_rows=1,
+                                    eos_check_every=1)  # a short ring: it wraps within this test
         tokens, got = engine.generate(**batch, max_new_tokens=14, return_logprobs=True)
         static = MllamaStaticEngine(tiny_mllama, max_batch=2, refill=False).generate(**batch, max_new_tokens=14)
     finally:
         tiny_mllama.generation_config.eos_token_id = old
     assert engine.stats["refilled_rows"] >= 2  # rows did join running batches
+    assert engine.stats["ring_laps"] >= 1  # and the cache ring wrapped round under them
     assert torch.equal(tokens, want_tokens) and torch.equal(static, want_tokens)
     stops = torch.isin(tokens, torch.tensor([eos, 2]))
     assert 0 < int(stops.any(-1).sum()) < 7  # some rows stopped early, some ran to the limit

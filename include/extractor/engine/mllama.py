@@ -83,8 +83,8 @@ class MllamaStaticEngine(SlotScheduler):
     docs/gpu.md records its first-step logits difference against bf16.
     ``refill`` (default on): when a call has more rows than a decode batch holds, a row that
     finishes is replaced by a waiting one (same tile count) without waiting for the batch's
-    slowest row (``engine/slots.py``); the cache then holds ``refill_horizon`` answers'
-    worth of positions, finished rows are looked for every ``refill_check_every`` steps, and
+    slowest row (``engine/slots.py``; the cache is a ring, so rows keep joining for as long as
+    there are waiting ones); finished rows are looked for every ``refill_check_every`` steps, and
     rows join once ``refill_min_rows`` slots are free (or the queue is that short): a prefill
     of a few rows at once uses the GPU better than one row at a time.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
@@ -98,8 +98,7 @@ class MllamaStaticEngine(SlotScheduler):
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False,
-                 refill: bool = True, refill_horizon: int = 2, refill_check_every: int = 4,
-                 refill_min_rows: int = 4):
+                 refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4):
         import torch
 
         self.model = model.eval()
@@ -130,7 +129,7 @@ class MllamaStaticEngine(SlotScheduler):
         self.max_batch = max_batch
         self.prefill_batch = prefill_batch
         self.eos_check_every = max(1, eos_check_every)
-        self.refill, self.refill_horizon = refill, max(1, refill_horizon)
+        self.refill = refill
         self.refill_check_every = max(1, refill_check_every)
         self.refill_min_rows = max(1, refill_min_rows)
         self.len_multiple = len_multiple if self.use_cuda_graphs else 1
@@ -244,7 +243,8 @@ class MllamaStaticEngine(SlotScheduler):
         n_cross = len(cfg.cross_attention_layers)
         per_row = row_bytes(num_self_layers=len(w.layers) - n_cross, num_cross_layers=n_cross,
                             num_kv_heads=w.num_kv_heads, head_dim=w.head_dim,
-                            max_len=inputs["input_ids"].shape[1] + self._span(max_new, bsz) + self.len_multiple,
+                            max_len=inputs["input_ids"].shape[1] + max_new + self.len_multiple
+                            + max(self.eos_check_every, self.refill_check_every),
                             cross_len=cross_len, vocab_size=w.lm_head.shape[0], hidden_size=w.hidden_size,
                             dtype_bytes=w.embed.element_size())
         # Prefill of one sub-batch: vision states (+ intermediate layers), projected states and
@@ -263,12 +263,6 @@ class MllamaStaticEngine(SlotScheduler):
             return 0
         tensors = st.self_k + st.self_v + [t for t in st.cross_k + st.cross_v if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-    def _span(self, max_new: int, rows: int) -> int:
-        """Cache positions a decode batch needs after its prompt (for sizing batches): one
-        answer, or ``refill_horizon`` answers when rows will join running batches."""
-        refilling = self.refill and rows > (self.max_batch or 64)
-        return max_new * (self.refill_horizon if refilling else 1)
 
     def _run_split_on_oom(self, group: list[int], inputs, cap: int, max_new: int, limits) -> dict[int, Any]:
         torch = self._torch
@@ -315,7 +309,7 @@ class MllamaStaticEngine(SlotScheduler):
         self._ensure_state((bsz, max_len, cross_len, cross_bias is not None, max_new, self._grammar is not None))
         return plen, cross_bias, row_mask
 
-    def _prefill(self, x, pos_ids, sl: slice, start: int, rows=None):
+    def _prefill(self, x, pos_ids, sl: slice, start, rows=None):
         """HF forward over rows ``sl`` of the prompt; keys/values copied into the static cache
         at positions ``start ..`` of decode slots ``rows`` (default: the same rows)."""
         torch = self._torch
@@ -346,9 +340,10 @@ class MllamaStaticEngine(SlotScheduler):
         rows = {k: (v[sl] if v is not None else None) for k, v in x.items()}
         return self.model(**rows, position_ids=pos_ids[sl], use_cache=True, logits_to_keep=1)
 
-    def _copy_cache(self, cache, rows, start: int) -> None:
-        """HF's cache of a prefill into decode slots ``rows`` (a slice or an index tensor),
-        self-attention keys/values at positions ``start .. start + prompt length``."""
+    def _copy_cache(self, cache, rows, start) -> None:
+        """HF's cache of a prefill into decode slots ``rows`` (a slice or an index tensor):
+        self-attention keys/values at positions ``start ..`` (an int), or at the positions
+        of the tensor ``start`` (a row joining a running batch, wrapped round the ring)."""
         st = self._state
         si = ci = 0
         for idx, lw in enumerate(self.weights.layers):
@@ -362,11 +357,16 @@ class MllamaStaticEngine(SlotScheduler):
                     st.cross_k[ci][rows] = layer.keys[:, :, :keep]
                     st.cross_v[ci][rows] = layer.values[:, :, :keep]
                 ci += 1
-            else:
+                continue
+            if isinstance(start, int):
                 end = start + layer.keys.shape[2]
                 st.self_k[si][rows, :, start:end] = layer.keys
                 st.self_v[si][rows, :, start:end] = layer.values
-                si += 1
+            else:
+                for j, slot in enumerate(rows.tolist()):
+                    st.self_k[si][slot].index_copy_(1, start, layer.keys[j])
+                    st.self_v[si][slot].index_copy_(1, start, layer.values[j])
+            si += 1
 
     # ---------------------------------------------------------------- buffers and graph
     def _ensure_state(self, key: tuple) -> None:

@@ -279,8 +279,10 @@ class DecodeState:
     """Every tensor one decode step reads or writes; shapes fixed for a batch's lifetime.
 
     ``cur`` is the cache slot of the token being fed (the same for all rows of a
-    left-padded batch); ``pos`` its rotary position per row; ``step`` the output column
-    it produces. All three live on the device so a captured graph can advance them.
+    left-padded batch; the cache is a ring, so ``cur`` wraps: a row's own positions,
+    prompt and answer, never span more than the cache's length); ``pos`` its rotary
+    position per row (frozen once the row finished); ``step`` counts steps. All live on
+    the device so a captured graph can advance them.
     """
 
     tok: Any            # [B] long, token fed this step
@@ -366,8 +368,8 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
         select_next(logits, st)
     else:  # constrained: the choice waits for the host's mask (select_next on st.logits)
         st.logits.copy_(logits)
-    st.pos.add_(1)
-    st.cur.add_(1)
+    st.pos.add_((~st.finished).long())  # a finished row waits for its slot to be refilled
+    st.cur.add_(1).remainder_(st.self_valid.shape[1])  # a ring: refilled batches run past the end
 
 
 def _mlp(x, lw: LayerWeights, w: TextWeights):

@@ -6,16 +6,17 @@ reads which slots finished (EOS or their length limit), takes their tokens out, 
 ``refill`` on, prefills waiting rows of the same tile count into the free slots while the
 others keep decoding: nobody waits for the slowest row of a batch.
 
-How a row joins a running batch: all rows write the cache slot ``cur`` each step (one
-position for the whole batch, as the graph wants), so a newcomer's prompt is placed to end
-just before ``cur`` (positions ``cur - P .. cur - 1``; the rest of its cache row masked
-off), its rotary positions count from its own first token, and its first token comes from
-its own prefill logits through the same choice as every step (min-new-tokens rule, grammar
-mask, log-probability). The cache is sized ``prompt + refill_horizon * max_new`` so that
-rows can join until ``cur`` leaves room for one more full answer; then the batch drains
-and the next one starts. Attention over the unused and masked cache positions gives
-masked keys weight 0, so a row's tokens are what it would get alone
-(tests/unit/test_engine.py checks them against ``generate``).
+How a row joins a running batch: all rows write the cache position ``cur`` each step (one
+position for the whole batch, as the graph wants), and the cache is a ring of ``longest
+prompt + max_new + one check interval`` positions (``cur`` wraps), so a newcomer's prompt
+is placed to end just before ``cur`` (wrapping; the rest of its cache row masked off),
+its rotary positions count from its own first token (keys are cached already rotated, so
+where a key sits in the ring does not matter), and its first token comes from its own
+prefill logits through the same choice as every step (min-new-tokens rule, grammar mask,
+log-probability). A row's prompt and answer never span more than the ring, so nothing it
+still needs is overwritten, and masked keys get weight 0: a row's tokens are what it
+would get alone (tests/unit/test_engine.py checks them against ``generate``). The step
+reads no more cache than a static batch of the same prompt length.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class SlotScheduler:
     """Mixin of ``MllamaStaticEngine``: the host side of a decode batch (see the module doc)."""
 
     refill: bool
-    refill_horizon: int
     refill_check_every: int
+    refill_min_rows: int
 
     # ---------------------------------------------------------------- a group of rows
     def _run_group(self, group: list[int], inputs, cap: int, max_new: int, limits) -> dict[int, Any]:
@@ -54,8 +55,10 @@ class SlotScheduler:
         torch = self._torch
         x = self._subset(inputs, first)
         slack = max(self.eos_check_every, self.refill_check_every)  # a stretch may end past a row's last step
-        span = max_new * (self.refill_horizon if queue else 1) + slack
-        plen, cross_bias, row_mask = self._prepare_chunk(x, max_new, span)
+        lengths = inputs["attention_mask"].sum(-1)
+        longest = max(int(lengths[r]) for r in list(first) + list(queue))
+        width = int(x["attention_mask"].sum(0).gt(0).sum())  # the batch's prompt width once trimmed
+        plen, cross_bias, row_mask = self._prepare_chunk(x, max_new, max(longest, width) - width + max_new + slack)
         st, bsz = self._state, len(first)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
@@ -89,11 +92,13 @@ class SlotScheduler:
             self.stats["decode_s"] += time.perf_counter() - t1
             free = sum(row is None for row in slots)
             if queue and free >= min(self.refill_min_rows, len(queue), len(slots)):
-                for s in self._admit(queue, slots, inputs, plen + steps, max_new, limits, rules, host):
+                cur = (plen + steps) % st.self_valid.shape[1]
+                for s in self._admit(queue, slots, inputs, cur, max_new, limits, rules, host):
                     left[s] = int(limits[1][slots[s]]) - 1
             if all(row is None for row in slots):
                 break
         self.stats["decode_steps"] += steps
+        self.stats["ring_laps"] = max(self.stats.get("ring_laps", 0), (plen + steps) // st.self_valid.shape[1])
         self.stats["batches"] += 1
         self.stats["cuda_graph"] = self._graph is not None
 
@@ -193,16 +198,16 @@ class SlotScheduler:
 
     # ---------------------------------------------------------------- refill
     def _admit(self, queue: deque, slots: list, inputs, cur: int, max_new: int, limits, rules, host) -> list[int]:
-        """Prefill waiting rows into free slots so their prompts end at ``cur``; returns the
-        slots they took. Rows join only while the cache has room for a full answer after them."""
+        """Prefill waiting rows into free slots so their prompts end at ``cur`` (wrapping
+        round the ring); returns the slots they took. A row joins when its prompt and its
+        answer fit in the ring."""
         torch = self._torch
         st = self._state
         free = [s for s, row in enumerate(slots) if row is None]
         lengths = inputs["attention_mask"].sum(-1)
-        if cur + max_new + max(self.eos_check_every, self.refill_check_every) > st.self_valid.shape[1]:
-            return []
+        room = st.self_valid.shape[1] - max(self.eos_check_every, self.refill_check_every)
         take = []
-        while queue and len(take) < len(free) and int(lengths[queue[0]]) <= cur:
+        while queue and len(take) < len(free) and int(lengths[queue[0]]) + int(limits[1][queue[0]]) <= room:
             take.append(queue.popleft())
         if not take:
             return []
@@ -221,10 +226,12 @@ class SlotScheduler:
         pos_ids = (am.long().cumsum(-1) - 1).masked_fill(am == 0, 0)
         idx = torch.tensor(targets, device=self.device)
         logits = torch.empty(len(take), self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
+        ring = st.self_valid.shape[1]
+        where = torch.arange(cur - plen, cur, device=self.device).remainder(ring)  # the prompt ends at cur
         for r0 in range(0, len(take), self.prefill_batch):
             r1 = min(len(take), r0 + self.prefill_batch)
-            logits[r0:r1] = self._prefill(x, pos_ids, slice(r0, r1), cur - plen, rows=idx[r0:r1])
-        self._join_state(st, idx, x, am, pos_ids, cur, limits, take)
+            logits[r0:r1] = self._prefill(x, pos_ids, slice(r0, r1), where, rows=idx[r0:r1])
+        self._join_state(st, idx, x, am, pos_ids, where, limits, take)
         self._choose_first(st, logits, idx, rules, targets)
         if host is not None:
             host.tok.copy_(st.tok)
@@ -255,11 +262,11 @@ class SlotScheduler:
         return _prepare_cross_attention_mask(x["cross_attention_mask"][:, -1:], num_vision_tokens=self.num_patches,
                                              dtype=self.dtype)
 
-    def _join_state(self, st: DecodeState, idx, x, am, pos_ids, cur: int, limits, rows) -> None:
+    def _join_state(self, st: DecodeState, idx, x, am, pos_ids, where, limits, rows) -> None:
         torch = self._torch
-        plen = am.shape[1]
         st.self_valid[idx] = False
-        st.self_valid[idx, cur - plen:cur] = am.bool()
+        for j, slot in enumerate(idx.tolist()):
+            st.self_valid[slot].index_copy_(0, where, am[j].bool())
         st.pos[idx] = pos_ids[:, -1] + 1
         if st.cross_k[0] is not None:
             bias, row_mask = self._cross_bias_of(x)
