@@ -7,7 +7,7 @@ import pytest
 
 from extractor.ocr.engine import OcrBox
 from extractor.ocr.layout import rebuild_lines
-from extractor.ocr.parser import parse_receipt
+from extractor.ocr.parser import date_candidates, parse_receipt
 from extractor.ocr.patterns import amounts_in
 
 
@@ -90,6 +90,27 @@ def test_amounts_in_line(text, amounts):
 ])
 def test_date_formats(line, expected):
     assert parse_receipt(lines_from_text(f"SHOP ENTERPRISE\n{line}\nTOTAL   1.00")).values["date"] == expected
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("Date: 25 Mar 20189:27PM", date(2018, 3, 25)),  # a one-digit hour glued to the year
+    ("Date 27/06/185:02:32 PM", date(2018, 6, 27)),
+    ("18:1524/05/18", date(2018, 5, 24)),  # the time glued in front
+    ("CB#59581331715 14May/2017 02.56:39", date(2017, 5, 14)),
+    ("Date/Time 20180428/191204", date(2018, 4, 28)),
+    ("02:49PH 565287 05~05-17", date(2017, 5, 5)),  # misread separators
+    ("01:34PM 568017 05 02-18", date(2018, 2, 5)),
+    ("REGEIPT #.CS00633800 DATE: 2504/2017", date(2017, 4, 25)),
+    ("#19536001/06/2018 6:31", date(2018, 6, 1)),
+])
+def test_dates_the_recogniser_garbles_are_candidates(line, expected):
+    assert expected in {c.value for c in date_candidates(lines_from_text(line))}
+
+
+def test_loose_dates_are_flagged_and_need_a_full_year_when_glued():
+    [strict] = date_candidates(lines_from_text("DATE 05-02-2018"))
+    assert "loose" not in strict.extra
+    assert {c.value for c in date_candidates(lines_from_text("TEL 03-1205-12"))} == set()
 
 
 def test_an_address_candidate_ends_before_contact_details():

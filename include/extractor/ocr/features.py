@@ -286,6 +286,14 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
         c.extra["features"] = f
 
 
+_DATE_KW = {
+    "kw_date_fuzzy": r"D\s?[A4]\s?[TI1]\s?[E3F]|TARIKH|TRH", "kw_invoice": r"INVOICE|RECEIPT|BILL|INV\b|DOC",
+    "kw_expiry": r"EXP|VALID|UNTIL|BEFORE", "kw_due_word": r"\bDUE\b", "kw_print": r"PRINT",
+    "kw_check": r"CHECK|CLOSED|OPEN|IN\b|OUT\b|TIME", "kw_member": r"MEMBER|CARD|POINT|JOIN|SINCE|BIRTH",
+}
+_DATE_KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _DATE_KW.items()}
+
+
 def date_features(page: Page, cands: Sequence[Candidate]) -> None:
     if not cands:
         return
@@ -293,16 +301,26 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
     for c in cands:
         counts[c.value] = counts.get(c.value, 0) + 1
     first_line = min(c.line for c in cands)
+    latest, earliest = max(c.value for c in cands), min(c.value for c in cands)
+    per_line = {c.line: sum(d.line == c.line for d in cands) for c in cands}
     for k, c in enumerate(cands):
         own = page.lines[c.line].text.upper()
         prev = page.lines[c.line - 1].text.upper() if c.line > 0 else ""
+        nxt = page.lines[c.line + 1].text.upper() if c.line + 1 < len(page.lines) else ""
+        before = own[:max(own.find(c.text.upper()), 0)]
         f = {"bias": 1.0, "y": (page.lines[c.line].y0 - page.y0) / page.height,
              "first": float(k == 0), "first_line": float(c.line == first_line),
              "count": min(counts[c.value], 4) / 4, "kw_date": float("DATE" in own or "TARIKH" in own),
              "prev_date": float("DATE" in prev), "has_time": float(bool(patterns.TIME_RE.search(own))),
+             "next_time": float(bool(patterns.TIME_RE.search(nxt))),
              "kw_due": float(bool(re.search(r"DUE|EXP|VALID|PRINT", own))),
              "iso": float(bool(re.match(r"\d{4}", c.text))),
              "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
              "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
-             "compact": float(bool(c.extra.get("compact"))), "score": c.ocr_score}
+             "compact": float(bool(c.extra.get("compact"))), "loose": float(bool(c.extra.get("loose"))),
+             "latest": float(c.value == latest), "earliest": float(c.value == earliest),
+             "n_in_line": min(per_line[c.line], 3) / 3, "score": c.ocr_score,
+             "date_right_before": float(bool(re.search(r"D\s?[A4]\s?[TI1]\s?[E3F]\W*$|TARIKH\W*$", before)))}
+        f.update({f"own_{n}": float(bool(r.search(own))) for n, r in _DATE_KW_RE.items()})
+        f.update({f"prev_{n}": float(bool(r.search(prev))) for n, r in _DATE_KW_RE.items()})
         c.extra["features"] = f
