@@ -217,7 +217,10 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 # --- total ---------------------------------------------------------------------------
 _KW = {
-    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T",
+    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b",
+    "kw_total_misread": r"\b[TFIL1][O0U][TFIL1][A4][L1I]\b",
+    "kw_payable": r"PAYABLE|TO BE PAID|TO PAY|AMOUNT DUE|AMT DUE|BALANCE DUE", "kw_percent": r"\d\s?%",
+    "kw_supplies": r"SUPPL|SUMMARY|ZERO|EXEMPT", "kw_after": r"\bAFTER|\bATF|FINAL", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T",
     "kw_round": r"ROUND",
     "kw_rounded": r"ROUNDED|ROUNDING\s*TOTAL|TOTAL\s*ROUND", "kw_adj": r"ADJ",
     "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE",
@@ -235,6 +238,45 @@ def _keyword_flags(text: str, prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": float(bool(r.search(text))) for k, r in _KW_RE.items()}
 
 
+def _paid_minus_change(page: Page, cands: Sequence[Candidate]) -> set[Decimal]:
+    """Amounts paid less change given: the cash / tender lines, or the line just above a
+    CHANGE line ("Accepted total 10.00 / Change 5.00"), minus the change."""
+    paid, change = [], []
+    change_lines = {c.line for c in cands if _KW_RE["kw_change"].search(page.lines[c.line].text)}
+    for c in cands:
+        own = page.lines[c.line].text
+        if _KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own) or c.line + 1 in change_lines:
+            paid.append(c.value)
+        if c.line in change_lines:
+            change.append(c.value)
+    return {a - b for a in paid for b in change}
+
+
+def _arithmetic(cands: Sequence[Candidate], total_lines: set[int]) -> dict[int, dict[str, float]]:
+    """Which amounts are the result of two amounts printed above them (a + b, a - b:
+    "SUB-TOTAL 57.00 / DISCOUNT 17.40 / GRAND TOTAL 39.60", "6% SUPPLIES 32.05 / 0%
+    SUPPLIES 19.83 / PAYABLE 51.88") and which are operands of such a result below."""
+    nonzero = [c for c in cands if abs(c.value) >= Decimal("0.05")]  # not 5-sen roundings
+    out = {id(c): {"sum_of_above": 0.0, "difference_of_above": 0.0, "operand_of_below": 0.0,
+                   "result_of_total_line": 0.0} for c in cands}
+    for c in nonzero:
+        above = [a for a in nonzero if a.line < c.line and a.value != c.value]
+        for a in above:
+            for b in above:
+                if b.line == a.line or b is a:
+                    continue
+                if a.value + b.value == c.value and a.line < b.line:
+                    out[id(c)]["sum_of_above"] = 1.0
+                elif a.value - abs(b.value) == c.value:
+                    out[id(c)]["difference_of_above"] = 1.0
+                else:
+                    continue
+                out[id(a)]["operand_of_below"] = out[id(b)]["operand_of_below"] = 1.0
+                if a.line in total_lines:
+                    out[id(c)]["result_of_total_line"] = 1.0
+    return out
+
+
 def total_features(page: Page, cands: Sequence[Candidate]) -> None:
     """Add a feature dict to each amount candidate (in place)."""
     if not cands:
@@ -244,15 +286,9 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
     for c in cands:
         counts[c.value] = counts.get(c.value, 0) + 1
     n_lines = len(page.lines)
-    by_kw = {}
-    for c in cands:  # the amounts on cash / change lines: cash - change = total
-        own = page.lines[c.line].text
-        if _KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own):
-            by_kw.setdefault("cash", []).append(c.value)
-        if _KW_RE["kw_change"].search(own):
-            by_kw.setdefault("change", []).append(c.value)
-    paid_minus_change = {a - b for a in by_kw.get("cash", []) for b in by_kw.get("change", [])}
+    paid_minus_change = _paid_minus_change(page, cands)
     total_lines = [c.line for c in cands if _KW_RE["kw_total"].search(page.lines[c.line].text)]
+    arithmetic = _arithmetic(cands, set(total_lines)) if len(cands) <= 60 else {}
     cents = {c.value: int(abs(c.value) * 100) for c in cands}
     # Malaysian cash totals are rounded to 5 sen: "TOTAL 25.44 ... AMOUNT TO BE PAID 25.45"
     rounds_other = {c.value for c in cands if cents[c.value] % 5 == 0 and any(
@@ -278,9 +314,10 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "negative": float(bool(re.search(r"-\s?(RM)?\s?" + re.escape(str(c.value)), own))),
              "last_total_line": float(bool(total_lines) and c.line == max(total_lines)),
              "first_total_line": float(bool(total_lines) and c.line == min(total_lines)),
+             "total_line_below": float(any(t > c.line for t in total_lines)),
              "no_letters": float(_letters(own) <= 2),
              "rounds_other": float(c.value in rounds_other),
-             "has_rounded_twin": float(c.value in has_rounded_twin)}
+             "has_rounded_twin": float(c.value in has_rounded_twin), **arithmetic.get(id(c), {})}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
         c.extra["features"] = f
