@@ -16,6 +16,7 @@ from typing import Any
 from extractor import normalize
 from extractor.errors import NormalizationError
 from extractor.ocr import patterns
+from extractor.ocr.items import extract_line_items
 from extractor.ocr.layout import Line
 from extractor.ocr.lexicon import correct_text
 
@@ -269,4 +270,6 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
                                                     patterns.re.compile(r"REG|NO\b|ID\b|SUMMARY",
                                                                         patterns.re.I))
     out.values["currency"] = find_currency(lines)
+    out.values["line_items"] = extract_line_items(lines, total=out.values.get("total"),
+                                                  subtotal=out.values["subtotal"], tax=out.values["tax_amount"])
     return out
