@@ -90,6 +90,12 @@ def test_dates_the_recogniser_garbles_are_candidates(line, expected):
     assert expected in {c.value for c in date_candidates(lines_from_text(line))}
 
 
+def test_a_year_ending_in_3_also_offers_the_8_it_may_be():
+    dates = date_candidates(lines_from_text("04-05-2013 16:07"))
+    assert [(c.value, bool(c.extra.get("year_misread"))) for c in dates] == [
+        (date(2013, 5, 4), False), (date(2018, 5, 4), True)]
+
+
 def test_loose_dates_are_flagged_and_need_a_full_year_when_glued():
     [strict] = date_candidates(lines_from_text("DATE 05-02-2018"))
     assert "loose" not in strict.extra

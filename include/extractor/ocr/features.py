@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from statistics import median
 
@@ -331,6 +332,9 @@ _DATE_KW = {
 _DATE_KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _DATE_KW.items()}
 
 
+_GST_START = date(2015, 4, 1)
+
+
 def date_features(page: Page, cands: Sequence[Candidate]) -> None:
     if not cands:
         return
@@ -340,6 +344,7 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
     first_line = min(c.line for c in cands)
     latest, earliest = max(c.value for c in cands), min(c.value for c in cands)
     per_line = {c.line: sum(d.line == c.line for d in cands) for c in cands}
+    gst = any(re.search(r"\bGST\b", ln.text, re.IGNORECASE) for ln in page.lines)
     for k, c in enumerate(cands):
         own = page.lines[c.line].text.upper()
         prev = page.lines[c.line - 1].text.upper() if c.line > 0 else ""
@@ -357,6 +362,9 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
              "compact": float(bool(c.extra.get("compact"))), "loose": float(bool(c.extra.get("loose"))),
              "latest": float(c.value == latest), "earliest": float(c.value == earliest),
              "n_in_line": min(per_line[c.line], 3) / 3, "score": c.ocr_score,
+             "year_misread": float(bool(c.extra.get("year_misread"))),
+             # Malaysia charged GST from 2015-04-01 to 2018-08-31: a GST receipt is not older
+             "before_gst": float(gst and c.value < _GST_START),
              "date_right_before": float(bool(re.search(r"D\s?[A4]\s?[TI1]\s?[E3F]\W*$|TARIKH\W*$", before)))}
         f.update({f"own_{n}": float(bool(r.search(own))) for n, r in _DATE_KW_RE.items()})
         f.update({f"prev_{n}": float(bool(r.search(prev))) for n, r in _DATE_KW_RE.items()})

@@ -111,6 +111,9 @@ def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
                 continue
             seen.add(value)
             out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score, extra=extra))
+            if value.year % 10 == 3:  # faded thermal print: the year's 8 read as 3 ("2013", "-13")
+                out.append(Candidate(value=value.replace(year=value.year + 5), line=ln.index, text=raw,
+                                     ocr_score=ln.score, extra={**extra, "year_misread": True}))
     return out
 
 
