@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from extractor.ocr.parser import date_candidates, parse_receipt
+from extractor.ocr.parser import date_candidates, parse_receipt, total_candidates
 from extractor.ocr.patterns import amounts_in
 from extractor.testing.ocr_lines import lines_from_text
 
@@ -119,3 +119,17 @@ INVOICE NO 123
     assert cut[0].extra["features"]["value_contact"] == 0.0
     whole = [c for c in features.address_candidates(page, [0]) if "Whatsapps" in c.value]
     assert whole and all(c.extra["features"]["value_contact"] == 1.0 for c in whole)
+
+
+def test_total_features_see_the_receipts_arithmetic():
+    from extractor.ocr import features
+
+    lines = lines_from_text("SHOP ENTERPRISE\nSub-Total   57.00\nCoupon Discount   17.40\n"
+                            "Grand Total   39.60\nAccepted total   40.00\nChange   0.40\n")
+    totals = total_candidates(lines)
+    features.total_features(features.Page.of(lines), totals)
+    f = {str(c.value): c.extra["features"] for c in totals}
+    assert f["39.60"]["difference_of_above"] == f["39.60"]["result_of_total_line"] == 1.0
+    assert f["57.00"]["operand_of_below"] == f["17.40"]["operand_of_below"] == 1.0
+    assert f["39.60"]["cash_minus_change"] == 1.0  # paid read from the line above CHANGE
+    assert f["57.00"]["cash_minus_change"] == 0.0
