@@ -55,9 +55,9 @@ class PreloadedBackend(HFBackend):
     def _load(self):
         return self.preloaded
 
-    def _generate(self, model_inputs, max_new_tokens, min_new_tokens=0):
+    def _generate(self, model_inputs, max_new_tokens, min_new_tokens=0, **kwargs):
         pinned = max_new_tokens if self.pin_new_tokens else min_new_tokens
-        return super()._generate(model_inputs, max_new_tokens, min_new_tokens=pinned)
+        return super()._generate(model_inputs, max_new_tokens, min_new_tokens=pinned, **kwargs)
 
 
 def receipts(n: int) -> list[ReceiptInput]:
@@ -78,6 +78,7 @@ def run(backend, items, batch):
     return {"receipts": len(results), "wall_s": round(wall, 2), "receipts_per_s": round(len(results) / wall, 3),
             "decode_and_shrink_s": round(pre, 2),
             "statuses": {s: sum(r.status == s for r in results) for s in ("ok", "failed")},
+            "ok": sum(r.status == "ok" for r in results),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
 
@@ -87,12 +88,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--generate-receipts", type=int, default=32, help="0 skips the generate comparison")
+    ap.add_argument("--grammar", choices=["receipt-json", "none"], default="receipt-json",
+                    help="the backend's decoding grammar (default: its own default); with a grammar the "
+                         "output length is not pinned (a closed object allows only EOS)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--barrier", help="folder: after warm-up, wait until --workers files are there "
+                                      "(bench/gpu_workers.py starts one process per GPU this way)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--name", default="gpu_backend_e2e.json")
     a = ap.parse_args()
     rec = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "transformers": transformers.__version__, "batch": a.batch, "new_tokens": a.new}
     processor, model = processor_for_11b(), build_model()
     PreloadedBackend.preloaded = (processor, model)
+    PreloadedBackend.pin_new_tokens = a.grammar == "none"
+    rec["grammar"] = a.grammar
     rec["image_processor"] = type(processor.image_processor).__name__
     items = receipts(a.receipts)
     for engine in ("auto", "generate"):
@@ -100,7 +110,7 @@ def main() -> None:
             continue
         spec = resolve_spec({"backend": "hf", "model_id": "random/llama-3.2-11b-vision-shape",
                              "batch_size": a.batch, "max_new_tokens": a.new, "engine": engine,
-                             "device_map": None})
+                             "device_map": None, "grammar": a.grammar})
         backend = PreloadedBackend(spec)
         probe = backend.batch_inputs([backend._preprocess(items[0])], [backend.processor.apply_chat_template(
             __import__("extractor.prompts", fromlist=["x"]).build_messages(spec, backend.questions["full"]),
@@ -112,12 +122,24 @@ def main() -> None:
         rec[f"{engine}_warmup_s"] = round(time.perf_counter() - t, 1)
         n = a.receipts if engine == "auto" else a.generate_receipts
         rec[f"{engine}_engine"] = backend.engine_name
+        if a.barrier and engine == "auto":
+            wait_for_peers(Path(a.barrier), a.workers)
+        rec[f"{engine}_start_unix"] = time.time()
         rec[engine] = run(backend, items[:n], a.batch)
+        rec[f"{engine}_end_unix"] = time.time()
         print(json.dumps({engine: rec[engine], "engine": backend.engine_name}), flush=True)
         backend.engine = None
         torch.cuda.empty_cache()
     print(json.dumps(rec, indent=1))
-    Path(a.out, "gpu_backend_e2e.json").write_text(json.dumps(rec, indent=1))
+    Path(a.out, a.name).write_text(json.dumps(rec, indent=1))
+
+
+def wait_for_peers(barrier: Path, workers: int) -> None:
+    """Every worker writes its file once warm, then waits for all: the timed runs overlap."""
+    barrier.mkdir(parents=True, exist_ok=True)
+    (barrier / f"ready-{os.getpid()}").touch()
+    while len(list(barrier.glob("ready-*"))) < workers:
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

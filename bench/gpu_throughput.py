@@ -15,6 +15,11 @@ Sections (``--sections``, comma separated, run in this order):
   tiles2    2-tile images: engine with/without dropping padding tiles, check, prefill split
   generate  plain batched model.generate at ``--gen-batches``
   seed      the seed guide's loop: one receipt per generate call (``--seed-receipts``)
+  grammar   schema-constrained decoding (the hf backend's default): engine at batch 32 with and
+            without the receipt grammar, over a Llama-sized stand-in tokenizer (bench_tokenizer.py);
+            decode ms/step, host mask time, how many outputs parse into a Receipt
+  fp8       the engine with FP8 decode weights (opt-in) against bf16 at ``--engine-batches``:
+            receipts/s, decode ms/step, and the first decoded step's logits against bf16
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -171,8 +176,10 @@ def section_check(rec, model, args):
     steps = args.check_steps
     with torch.inference_mode():
         ref = model.generate(**x, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+                             output_logits=True, output_scores=True, return_dict_in_generate=True)
     ref_tokens = ref.sequences[:, 400:].cpu()
+    ref_logp = torch.stack([torch.log_softmax(s.float(), -1).gather(1, ref.sequences[:, 400 + i:401 + i])[:, 0]
+                            for i, s in enumerate(ref.scores)], dim=1).cpu()
     eager = MllamaStaticEngine(model, use_cuda_graphs=False, fuse_weights=True)
     recorded = []
     original = eager._ensure_state
@@ -185,7 +192,8 @@ def section_check(rec, model, args):
     eager_tokens = eager.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
     eager.release()
     graph = MllamaStaticEngine(model, max_batch=4)
-    graph_tokens = graph.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
+    graph_tokens, graph_logp = graph.generate(**x, max_new_tokens=steps, min_new_tokens=steps,
+                                              return_logprobs=True)
     graph.release()
 
     def rel(a, b):
@@ -216,11 +224,23 @@ def section_check(rec, model, args):
               "graph_vs_generate_matching_steps": matching_prefix(graph_tokens, ref_tokens),
               "eager_vs_generate_matching_steps": matching_prefix(eager_tokens, ref_tokens),
               "graph_equals_eager": bool(torch.equal(graph_tokens, eager_tokens)),
+              "chosen_token_logprob_vs_generate": _logprob_agreement(graph_tokens, graph_logp, ref_tokens, ref_logp),
               "graph_vs_eager_matching_steps": matching_prefix(graph_tokens, eager_tokens)}
     rec.put("check", result)
     print(json.dumps(result), flush=True)
     del ref
     torch.cuda.empty_cache()
+
+
+def _logprob_agreement(tokens, logp, ref_tokens, ref_logp):
+    """Per-field confidence's inputs: the engine's chosen-token log-probabilities against
+    generate's log-softmax of its processed scores, over each row's steps before the first
+    token that differs (after it the two sides score different prefixes)."""
+    agree = (tokens == ref_tokens).long().cumprod(-1).bool()
+    diff = (logp - ref_logp).abs()[agree]
+    prob_diff = (logp.exp() - ref_logp.exp()).abs()[agree]
+    return {"steps_compared": int(agree.sum()), "max_abs_logprob_diff": float(diff.max()),
+            "max_abs_prob_diff": float(prob_diff.max()), "mean_abs_prob_diff": float(prob_diff.mean())}
 
 
 def run_engine(rec, model, batch, args, *, label="engine", repeat=True, new=None, tiles=4, **kwargs):
@@ -263,11 +283,11 @@ def time_graph_replay(engine, n=50):
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     rewind()
-    engine._graph.replay()
+    engine._graph[0].replay()
     start.record()
     for _ in range(n):
         rewind()
-        engine._graph.replay()
+        engine._graph[0].replay()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / n
@@ -314,6 +334,9 @@ VARIANTS = {  # name: (label, engine kwargs, new tokens or None for --new)
               dict(prefill_sdpa_backends=("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")),
               None),
     "prefill16": ("engine, prefill 16 rows per call", dict(prefill_batch=16), None),
+    # per-field confidence: each step also writes the chosen token's log-probability (the default)
+    "score": ("engine, token scoring on (default)", {}, None),
+    "noscore": ("engine, token scoring off", dict(score_tokens=False), None),
 }
 
 
@@ -458,6 +481,104 @@ def section_seed(rec, model, args):
              "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
 
 
+def _parse_rate(tokenizer, out) -> tuple[int, float]:
+    """How many rows of ``out`` parse into a ``Receipt`` (JSON repair + validation), and the
+    mean number of new tokens per row (up to its EOS)."""
+    from extractor import jsonrepair
+    from extractor.schema import Receipt
+
+    ok, lengths = 0, []
+    for row in out.tolist():
+        n = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        lengths.append(n)
+        try:
+            Receipt.model_validate(jsonrepair.drop_placeholders(jsonrepair.extract_json(
+                tokenizer.decode(row[:n], skip_special_tokens=True))))
+            ok += 1
+        except Exception:  # noqa: BLE001 - counted, not raised: the rate is the result
+            pass
+    return ok, sum(lengths) / len(lengths)
+
+
+def section_grammar(rec, model, args):
+    from bench_tokenizer import llama_sized_tokenizer
+
+    from extractor.backends.grammar import ReceiptGrammar
+    from extractor.engine import MllamaStaticEngine
+
+    t0 = time.perf_counter()
+    tokenizer = llama_sized_tokenizer()
+    grammar = ReceiptGrammar(tokenizer, model.lm_head.weight.shape[0], [tokenizer.eos_token_id])
+    rec.put("grammar_setup_s", round(time.perf_counter() - t0, 2))
+    batch, new = 32, args.new
+    x = make_inputs(batch, args.prompt, "cuda")
+    for label, g in (("engine, free (no grammar), not pinned", None), ("engine + receipt grammar", grammar),
+                     ("engine, free (no grammar), not pinned", None), ("engine + receipt grammar", grammar)):
+        engine = MllamaStaticEngine(model, max_batch=batch)
+        first_s, _ = timed(lambda e=engine, g=g: e.generate(**x, max_new_tokens=new, grammar=g))
+        total_s, out = timed(lambda e=engine, g=g: e.generate(**x, max_new_tokens=new, grammar=g))
+        st = dict(engine.stats)
+        ok, mean_len = _parse_rate(tokenizer, out)
+        steps = max(st["decode_steps"], 1)
+        rec.run({"way": label, "batch": batch, "max_new": new, "receipts_per_s": batch / total_s,
+                 "total_s": total_s, "first_call_s": first_s, "decode_steps": st["decode_steps"],
+                 "decode_ms_per_step": 1000 * st["decode_s"] / steps,
+                 "prefill_ms_per_receipt": 1000 * st["prefill_s"] / batch,
+                 "grammar_host_ms_per_step": 1000 * st.get("grammar_host_s", 0.0) / steps,
+                 "grammar_wait_ms_per_step": 1000 * st.get("grammar_wait_s", 0.0) / steps,
+                 "mean_new_tokens": mean_len, "receipts": batch, "ok": ok, "gpu": torch.cuda.get_device_name(0),
+                 "cuda_graph": st.get("cuda_graph"), "graph_error": st.get("graph_error")})
+        engine.release()
+        del engine
+        torch.cuda.empty_cache()
+
+
+def _first_step_logits(model, x, **kwargs):
+    from extractor.engine import MllamaStaticEngine
+
+    engine = MllamaStaticEngine(model, use_cuda_graphs=False, max_batch=x["input_ids"].shape[0], **kwargs)
+    recorded: list = []
+    original = engine._ensure_state
+
+    def ensure_and_record(key):
+        original(key)
+        engine._state.record_logits = recorded
+
+    engine._ensure_state = ensure_and_record
+    tokens = engine.generate(**x, max_new_tokens=16, min_new_tokens=16)
+    engine.release()
+    return tokens, recorded[0].float().cpu()
+
+
+def section_fp8(rec, model, args):
+    x = make_inputs(8, args.prompt, "cuda", seed=7)
+    bf16_tokens, bf16 = _first_step_logits(model, x)
+    for mode in ("rowwise", "tensorwise"):
+        fp8_tokens, fp8 = _first_step_logits(model, x, fp8=mode)
+        same = (bf16_tokens == fp8_tokens).long().cumprod(-1).sum(-1)
+        rec.put(f"fp8_{mode}_vs_bf16_first_decode_step", {
+            "rows": 8, "rel_diff": float((fp8 - bf16).norm() / bf16.norm()),
+            "max_abs_diff": float((fp8 - bf16).abs().max()),
+            "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
+            "tokens_equal_steps_per_row": [int(v) for v in same]})
+        print(json.dumps(rec.data[f"fp8_{mode}_vs_bf16_first_decode_step"]), flush=True)
+    # the noise floor of the comparison: bf16 against itself with the rows in another batch size
+    other_tokens, other = _first_step_logits(model, {k: v[:4] for k, v in x.items()})
+    rec.put("bf16_b4_vs_b8_first_decode_step_rel_diff", float((other - bf16[:4]).norm() / bf16[:4].norm()))
+    for batch in [int(b) for b in args.engine_batches.split(",")]:
+        for label, kw in (("engine bf16", {}), ("engine fp8 rowwise", {"fp8": "rowwise"}),
+                          ("engine fp8 tensorwise", {"fp8": "tensorwise"})):
+            try:
+                engine, _ = run_engine(rec, model, batch, args, label=label, **kw)
+                if engine._graph is not None:
+                    rec.run({"way": label, "batch": batch, "graph_replay_ms": round(time_graph_replay(engine), 2)})
+                engine.release()
+                del engine
+            except Exception:
+                rec.error(f"{label} batch {batch}")
+            torch.cuda.empty_cache()
+
+
 def section_quant(rec, args):
     from transformers import BitsAndBytesConfig
 
@@ -498,7 +619,7 @@ def print_table(rec):
         if "receipts_per_s" in r:
             print(f"| {r['way']} | {r['batch']} | {r['receipts_per_s']:.3f} | "
                   f"{r.get('prefill_ms_per_receipt', float('nan')):.1f} | "
-                  f"{r.get('decode_ms_per_step', float('nan')):.2f} | {r['peak_gib']:.1f} |")
+                  f"{r.get('decode_ms_per_step', float('nan')):.2f} | {r.get('peak_gib', float('nan')):.1f} |")
         elif "graph_replay_ms" in r:
             print(f"| {r['way']} | {r['batch']} | replay {r['graph_replay_ms']} ms | "
                   f"floor {r.get('floor_ms_at_copy_bw', '')} ms | {r.get('achieved_tb_s', '')} TB/s | |")
@@ -526,7 +647,7 @@ def main():
     rec.put("args", vars(args))
     env = section_env(rec) if "env" in sections else {}
     model = None
-    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed"}:
+    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -536,7 +657,9 @@ def main():
              ("profile", lambda: section_profile(rec, model, args)),
              ("tiles2", lambda: section_tiles2(rec, model, args)),
              ("generate", lambda: section_generate(rec, model, args)),
-             ("seed", lambda: section_seed(rec, model, args))]
+             ("seed", lambda: section_seed(rec, model, args)),
+             ("grammar", lambda: section_grammar(rec, model, args)),
+             ("fp8", lambda: section_fp8(rec, model, args))]
     for name, fn in steps:
         if name in sections:
             t0 = time.perf_counter()

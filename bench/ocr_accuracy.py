@@ -13,7 +13,7 @@
 
        python bench/ocr_accuracy.py table --dataset ../shared/datasets/sroie-dev \\
            --cache /work/scratch-ocr/cache/prod --folds 5 \\
-           --out include/extractor/ocr/picker_weights.json --report var/ocr_accuracy.json
+           --store-cv --out include/extractor/ocr/picker_weights.json   (report: bench/results/ocr_accuracy.json)
 
 The numbers in docs/ocr.md come from these two commands.
 """

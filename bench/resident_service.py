@@ -60,8 +60,8 @@ def pin_output_length() -> None:
 
     original = HFBackend._generate
 
-    def pinned(self, model_inputs, max_new_tokens, min_new_tokens=0):
-        return original(self, model_inputs, max_new_tokens, min_new_tokens=max_new_tokens)
+    def pinned(self, model_inputs, max_new_tokens, min_new_tokens=0, **kwargs):
+        return original(self, model_inputs, max_new_tokens, min_new_tokens=max_new_tokens, **kwargs)
 
     HFBackend._generate = pinned
 

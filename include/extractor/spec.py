@@ -33,7 +33,9 @@ class ExtractorSpec(BaseModel):
         None, description="where the weights come from: None/'hf' (the Hub), 's3://bucket/prefix', "
                           "or a local directory; defaults to the Hub")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
-    quantization: Literal["8bit", "4bit"] | None = None
+    quantization: Literal["8bit", "4bit", "fp8"] | None = Field(
+        None, description="'8bit' / '4bit': bitsandbytes (generate); 'fp8': float8 decode weights in the "
+                          "static engine (Hopper GPUs), prefill in bf16")
     batch_size: int = Field(8, ge=1, le=1024)
     max_new_tokens: int = Field(512, ge=1, le=8192)
     prompt_version: str = "v1"
@@ -43,6 +45,10 @@ class ExtractorSpec(BaseModel):
     engine: Literal["auto", "generate", "static"] = Field(
         "auto", description="'static': the project's graph-captured Mllama decoder; "
                             "'generate': plain transformers generate; 'auto' picks")
+    grammar: Literal["receipt-json", "none"] | None = Field(
+        None, description="schema-constrained decoding: 'receipt-json' (the hf backend's default in the "
+                          "full prompt mode) lets the model write only a Receipt-shaped JSON object that "
+                          "closes within max_new_tokens; 'none' decodes freely")
 
     @model_validator(mode="after")
     def _check(self) -> ExtractorSpec:
@@ -51,13 +57,28 @@ class ExtractorSpec(BaseModel):
                              "set trust_remote_code: true explicitly to allow it")
         if self.backend == "hf" and self.trust_remote_code:
             raise ValueError("trust_remote_code is only for the legacy-remote-code backend")
+        if self.quantization == "fp8" and (self.backend != "hf" or self.engine == "generate"):
+            raise ValueError("quantization 'fp8' is the static engine's (hf backend, engine auto or static)")
+        if self.grammar == "receipt-json" and (self.backend != "hf" or self.prompt_mode != "full"):
+            raise ValueError("grammar 'receipt-json' constrains the hf backend's full-receipt JSON answer; "
+                             f"it does not apply to backend {self.backend!r} in prompt mode {self.prompt_mode!r}")
         return self
 
     @property
+    def decoding_grammar(self) -> str | None:
+        """The grammar decoding is constrained by, or None (the default: 'receipt-json' for
+        the hf backend's full prompt mode, nothing elsewhere)."""
+        if self.grammar == "none" or self.backend != "hf" or self.prompt_mode != "full":
+            return None
+        return "receipt-json"
+
+    @property
     def version(self) -> str:
-        """Lineage key: backend + model id + revision + prompt version (+ quantisation)."""
+        """Lineage key: backend + model id + revision + prompt version (+ quantisation, + the
+        decoding grammar: constrained output is other output)."""
         quant = f"+{self.quantization}" if self.quantization else ""
-        return f"{self.backend}:{self.model_id}@{self.revision or 'main'}{quant}:{self.prompt_version}"
+        grammar = f"+{self.decoding_grammar}" if self.decoding_grammar else ""
+        return f"{self.backend}:{self.model_id}@{self.revision or 'main'}{quant}:{self.prompt_version}{grammar}"
 
 
 # The production preset is pinned to a commit (the newest snapshot of the repo found in public
@@ -70,6 +91,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-3.2-11b-vision-instruct": dict(
         backend="hf", model_id="meta-llama/Llama-3.2-11B-Vision-Instruct",
         revision=LLAMA_11B_INSTRUCT_COMMIT, batch_size=32, max_new_tokens=512),
+    # Opt-in on Hopper (H100 / H200): the same weights, FP8 decode GEMMs in the static engine.
+    "llama-3.2-11b-vision-instruct-fp8": dict(
+        backend="hf", model_id="meta-llama/Llama-3.2-11B-Vision-Instruct",
+        revision=LLAMA_11B_INSTRUCT_COMMIT, batch_size=32, max_new_tokens=512, quantization="fp8",
+        engine="static"),
     "llama-3.2-11b-vision": dict(
         backend="hf", model_id="meta-llama/Llama-3.2-11B-Vision",
         revision="main", batch_size=32, max_new_tokens=512),

@@ -37,7 +37,8 @@ def test_switch_to_a_tiny_mllama_and_roll_back(pipeline, tiny_mllama, monkeypatc
     pipeline.put(DAY, "broken.jpg", b"\xff\xd8\xff\xe0 truncated")
     hf_spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": "test",
                "source": str(tiny_mllama), "dtype": "float32", "batch_size": 2,
-               "max_new_tokens": 8, "device_map": None}
+               "max_new_tokens": 8, "device_map": None,
+               "grammar": "none"}  # free decoding: random weights write gibberish (quarantined)
     hf_version = "hf:tiny/mllama@test:v1"
 
     ocr_run = pipeline.run(DAY)  # the Variable: ocr
@@ -103,7 +104,7 @@ def test_hub_model_downloaded_once_with_the_token_from_the_connection(pipeline, 
     pipeline.put(DAY, "a.jpg", synthetic_receipt(1, date="2026-02-27"))
     sha = "0123abcd" * 5  # a commit: a branch would be resolved on the Hub first (unreachable here)
     spec = {"backend": "hf", "model_id": "tiny/mllama", "revision": sha, "dtype": "float32",
-            "device_map": None, "batch_size": 2, "max_new_tokens": 4}
+            "device_map": None, "batch_size": 2, "max_new_tokens": 4, "grammar": "none"}
 
     first = pipeline.run(DAY, conf={"extractor": spec})
     pipeline.put(DAY, "b.jpg", synthetic_receipt(2, date="2026-02-28"))  # arrives late

@@ -89,7 +89,7 @@ def test_s3_partition_into_postgres(pipeline, s3_endpoint, postgres_db, monkeypa
     monkeypatch.setenv("RECEIPT_ALLOWED_MODELS", "tiny/mllama")  # admin: a run may name it
     hf = {"backend": "hf", "model_id": "tiny/mllama", "revision": "s3test",
           "source": "s3://models/tiny-mllama", "dtype": "float32", "device_map": None,
-          "batch_size": 4, "max_new_tokens": 4}
+          "batch_size": 4, "max_new_tokens": 4, "grammar": "none"}
     hf_run = pipeline.run(DAY, conf={"extractor": hf})
     assert hf_run.state == "success", pipeline.task_states(hf_run)
     cached = [p for p in (pipeline.root / "models").iterdir() if p.is_dir()]

@@ -57,7 +57,7 @@ def test_compare_two_extractors(capsys, tiny_mllama_dir, tmp_path, monkeypatch):
     """OCR vs the tiny random Mllama loaded from a local folder via the model store."""
     monkeypatch.setenv("RECEIPT_MODEL_CACHE", str(tmp_path / "cache"))
     spec_b = json.dumps({"backend": "hf", "model_id": "tiny/mllama", "source": str(tiny_mllama_dir),
-                         "dtype": "float32", "max_new_tokens": 8, "batch_size": 1})
+                         "dtype": "float32", "max_new_tokens": 8, "batch_size": 1, "grammar": "none"})
     assert main(["compare", "--image", str(SAMPLE), "--model-a", "ocr", "--model-b", spec_b]) == 0
     out = capsys.readouterr().out
     assert "store_name" in out and "total" in out and "≠" in out  # a random model disagrees with OCR

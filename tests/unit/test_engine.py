@@ -156,6 +156,50 @@ def test_engine_step_logits_match_generate_scores(tiny_mllama):
         assert rel < 1e-5, (step, float(rel))
 
 
+def _reference_logprobs(model, batch, max_new, min_new=0):
+    """generate's tokens and, per step, the log-softmax of its processed scores (after the
+    min-new-tokens rule) at the chosen token: what per-field confidence is built from."""
+    with torch.inference_mode():
+        ref = model.generate(**batch, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+    tokens = ref.sequences[:, batch["input_ids"].shape[1]:]
+    logp = torch.stack([torch.log_softmax(s.float(), -1).gather(1, tokens[:, i:i + 1])[:, 0]
+                        for i, s in enumerate(ref.scores)], dim=1)
+    return tokens, logp
+
+
+def test_chosen_token_logprobs_match_generate_scores(tiny_mllama):
+    """The engine scores each chosen token inside the step (max logit - logsumexp); it must
+    equal generate's log-softmax of the processed scores, EOS blocking and early stops
+    included, and be 0 once a row has finished."""
+    batch = _batch(lengths=[10, 7, 8, 6], tiles=[1, 2, 2, 1], seed=1)
+    free_run = _reference(tiny_mllama, batch, max_new=12)
+    old = tiny_mllama.generation_config.eos_token_id
+    tiny_mllama.generation_config.eos_token_id = [int(free_run[0, 3]), 2]  # rows stop at different steps
+    try:
+        for min_new in (0, 5):
+            want_tokens, want = _reference_logprobs(tiny_mllama, batch, max_new=12, min_new=min_new)
+            engine = MllamaStaticEngine(tiny_mllama, eos_check_every=2)
+            tokens, got = engine.generate(**batch, max_new_tokens=12, min_new_tokens=min_new, return_logprobs=True)
+            assert torch.equal(tokens, want_tokens)
+            eos = torch.isin(tokens, torch.tensor([int(free_run[0, 3]), 2]))
+            live = (eos.cumsum(1) - eos.long()) == 0  # up to and including each row's EOS
+            assert not bool(live.all()) and bool((got[~live] == 0).all())
+            assert torch.allclose(got[live], want[live], atol=1e-5), (got, want)
+            assert bool((got[live] < 0).all()) and float(got[live].min()) > -20
+    finally:
+        tiny_mllama.generation_config.eos_token_id = old
+
+
+def test_scoring_off_gives_the_same_tokens_and_no_logprobs(tiny_mllama):
+    batch = _batch(lengths=[8, 5], tiles=[2, 1], seed=6)
+    engine = MllamaStaticEngine(tiny_mllama, score_tokens=False)
+    assert torch.equal(engine.generate(**batch, max_new_tokens=7), _reference(tiny_mllama, batch, max_new=7))
+    assert engine._state.logp is None
+    with pytest.raises(ValueError, match="score_tokens"):
+        engine.generate(**batch, max_new_tokens=7, return_logprobs=True)
+
+
 def test_oom_splits_the_batch_and_loses_nothing(tiny_mllama, monkeypatch):
     """No GPU here: the CUDA out-of-memory error is injected for batches above two rows."""
     batch = _batch(lengths=[7, 5, 9, 6, 8], tiles=[1, 2, 2, 1, 2], seed=4)
@@ -199,3 +243,36 @@ def test_pick_batch_size_from_free_memory():
     assert pick_batch_size(1 * GIB, rb.total, reserve_bytes=8 * GIB) == 1
     with pytest.raises(ValueError):
         pick_batch_size(GIB, 0)
+
+
+def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
+    """FP8 (opt-in, Hopper in production) runs on the CPU too (torch._scaled_mm): the decode
+    GEMMs read float8 e4m3 weights with per-row scales; not exact, so the first decoded
+    step's logits are compared, as docs/gpu.md does on the 11B shape."""
+    from extractor.engine.mllama_decode import Fp8Weight
+
+    batch = _batch(lengths=[6, 9], tiles=[1, 2], seed=3)
+
+    def first_step_logits(**kwargs):
+        engine = MllamaStaticEngine(tiny_mllama, **kwargs)
+        recorded: list = []
+        original = engine._ensure_state
+
+        def ensure_and_record(key):
+            original(key)
+            engine._state.record_logits = recorded
+
+        engine._ensure_state = ensure_and_record
+        tokens = engine.generate(**batch, max_new_tokens=4)
+        return engine, tokens, recorded[0]
+
+    full_engine, full_tokens, full = first_step_logits()
+    fp8_engine, fp8_tokens, fp8 = first_step_logits(fp8=True)
+    layer = fp8_engine.weights.layers[0]
+    assert isinstance(fp8_engine.weights.lm_head, Fp8Weight) and layer.wo.q.element_size() == 1
+    assert not isinstance(full_engine.weights.lm_head, Fp8Weight)
+    rel = float((fp8 - full).norm() / full.norm())
+    assert 0 < rel < 0.1, rel  # not exact, and close
+    assert fp8_tokens.shape == full_tokens.shape
+    # HF's own modules keep their full-precision weights (the prefill runs on them)
+    assert tiny_mllama.lm_head.weight.dtype == torch.float32

@@ -3,6 +3,8 @@
 The models have random weights, so what they write is gibberish: the receipts come
 back "failed" with the reason and the raw text, which is exactly the path a confused
 real model takes. The "ok" path is checked on ``_postprocess`` with known model text.
+These tests decode freely (``grammar: none``); the constrained default is
+tests/unit/test_grammar.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ KINDS = ("mllama", "llava")
 
 def _spec(kind, **overrides):
     return resolve_spec({"backend": "hf", "model_id": f"tiny/{kind}", "revision": "test",
-                         "max_new_tokens": 12, "batch_size": 4, **overrides})
+                         "max_new_tokens": 12, "batch_size": 4, "grammar": "none", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +159,11 @@ def test_cuda_oom_splits_the_batch_and_loses_nothing(backends, monkeypatch):
     real_generate = backend._generate
     sizes = []
 
-    def small_card(model_inputs, max_new_tokens):
+    def small_card(model_inputs, max_new_tokens, **kwargs):
         sizes.append(model_inputs["input_ids"].shape[0])
         if model_inputs["input_ids"].shape[0] > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_generate(model_inputs, max_new_tokens)
+        return real_generate(model_inputs, max_new_tokens, **kwargs)
 
     monkeypatch.setattr(backend, "_generate", small_card)
     results = backend.extract(items)
@@ -331,3 +333,14 @@ def test_skip_modules_for_the_real_11b_architecture_on_the_meta_device():
 
     assert skip_modules_for_config(MllamaConfig()) == [
         "model.vision_model", "model.multi_modal_projector", "lm_head"]
+
+
+def test_fp8_runs_in_the_static_engine_and_is_refused_where_it_would_not(tiny_mllama_dir):
+    pytest.importorskip("extractor.engine.mllama")
+    backend = HFBackend(_spec("mllama", quantization="fp8", engine="static"), model_dir=tiny_mllama_dir)
+    assert backend.engine_name == "static" and backend.engine.fp8
+    assert backend.version.endswith("+fp8:v1")
+    [result] = backend.extract([ReceiptInput.from_bytes(_jpeg(3), "r.jpg")])
+    assert result.raw_text  # it decoded (gibberish: random weights, free decoding)
+    with pytest.raises(ConfigError, match="static engine"):  # "auto" on a CPU means generate: no silent bf16
+        HFBackend(_spec("mllama", quantization="fp8"), model_dir=tiny_mllama_dir)

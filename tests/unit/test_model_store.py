@@ -274,7 +274,7 @@ def test_a_branch_is_pinned_to_its_commit_before_download(tmp_path):
     spec = _spec(revision="main")
     pinned = pin_revision(spec, token="hf_x", hub_api=api)
     assert pinned.revision == api.sha and api.calls == [("meta-llama/Tiny-Vision", "main", "hf_x")]
-    assert pinned.version == f"hf:meta-llama/Tiny-Vision@{api.sha}:v1" != spec.version
+    assert pinned.version == f"hf:meta-llama/Tiny-Vision@{api.sha}:v1+receipt-json" != spec.version
     path = ensure_model(spec, tmp_path, hub_download=_hub(calls), hub_api=api)
     assert path.name == f"meta-llama--Tiny-Vision@{api.sha}"  # the cache entry names the commit
     assert _calls(calls)[0]["revision"] == api.sha  # and the download asks for the commit

@@ -25,7 +25,7 @@ from extractor.testing.synthetic import render_receipt
 
 def _spec(model_dir, **overrides) -> ExtractorSpec:
     data = {"backend": "hf", "model_id": "tiny/mllama", "revision": "test", "source": str(model_dir),
-            "dtype": "float32", "batch_size": 4, "max_new_tokens": 6, "device_map": None}
+            "dtype": "float32", "batch_size": 4, "max_new_tokens": 6, "device_map": None, "grammar": "none"}
     return ExtractorSpec(**{**data, **overrides})
 
 

@@ -27,7 +27,7 @@ def test_preset_with_overrides_and_params_win():
     spec = resolve_spec(json.dumps({"preset": "llama-3.2-11b-vision-instruct", "revision": "abc123",
                                     "batch_size": 4}), overrides={"batch_size": 2, "revision": None})
     assert (spec.revision, spec.batch_size) == ("abc123", 2)
-    assert spec.version == "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1"
+    assert spec.version == "hf:meta-llama/Llama-3.2-11B-Vision-Instruct@abc123:v1+receipt-json"
 
 
 def test_version_changes_with_what_changes_the_output():
@@ -64,3 +64,11 @@ def test_garbled_card_digits_survive_for_validation_to_flag():
     assert Receipt(card_last4="**** **** 4321").card_last4 == "4321"
     assert Receipt(card_last4="12a4").card_last4 == "12a4"  # the suite's regex quarantines it
     assert Receipt(card_last4=" ").card_last4 is None
+
+
+def test_fp8_is_an_opt_in_preset_of_the_static_engine():
+    spec = resolve_spec("llama-3.2-11b-vision-instruct-fp8")
+    assert (spec.quantization, spec.engine) == ("fp8", "static")
+    assert "+fp8:" in spec.version and spec.version != resolve_spec("llama-3.2-11b-vision-instruct").version
+    with pytest.raises(ConfigError, match="fp8"):
+        resolve_spec({"preset": "llama-3.2-11b-vision-instruct", "quantization": "fp8", "engine": "generate"})

@@ -147,7 +147,7 @@ class Backend(ABC):
 
     def raw_text(self, raw: Any) -> str | None:
         """The text kept for audit with each result (model output, OCR lines)."""
-        return raw if isinstance(raw, str) else None
+        return str(raw) if isinstance(raw, str) else None  # a plain str, not a subclass carrying extras
 
     def close(self) -> None:  # noqa: B027 - an optional hook: backends without a model keep it
         """Release the model (GPU memory) when a worker is done with it."""

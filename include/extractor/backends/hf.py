@@ -6,7 +6,9 @@ forward: the chat template with the image, ``add_special_tokens=False`` (the tem
 already starts with the BOS token), left padding, one greedy ``generate`` per batch
 under ``inference_mode``, only the new tokens decoded. A CUDA out-of-memory error
 splits the batch in halves and retries, so nothing is lost. postprocess: the model's
-text -> JSON (``jsonrepair``) -> a validated ``Receipt``.
+text -> JSON (``jsonrepair``) -> a validated ``Receipt`` whose ``confidence`` holds, per
+field, the lowest probability among the tokens that spell its value (the rule and its
+reasons: ``backends/token_confidence.py``; both decode ways score tokens alike).
 
 Decisions:
 - dtype: the spec's (bf16 by default) on CUDA. On the CPU the model always runs in
@@ -30,9 +32,10 @@ from typing import Any
 
 from extractor import jsonrepair, normalize, prompts
 from extractor.backends.base import Backend
+from extractor.backends.token_confidence import ScoredText, answer_confidence, decode_scored, field_confidence
 from extractor.errors import ConfigError, ModelSourceError, ParseError
 from extractor.images import ReceiptInput, decode_image
-from extractor.schema import Receipt
+from extractor.schema import Receipt, scalar_fields
 from extractor.spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class HFBackend(Backend):
             tokenizer.pad_token = tokenizer.eos_token
         self.generation_config = self._greedy_config()
         self.engine, self.engine_name = self._make_engine()
+        self.grammar = self._make_grammar()
         self.useful_size = _useful_size(self.processor.image_processor)
         log.info("hf backend ready: %s (%s, %s, engine=%s)", self.version, type(self.model).__name__,
                  self.dtype, self.engine_name)
@@ -87,7 +91,7 @@ class HFBackend(Backend):
             load_kwargs: dict[str, Any] = dict(kwargs, dtype=self.dtype)
             if self.on_cuda and self.spec.device_map:
                 load_kwargs["device_map"] = self.spec.device_map
-            if self.spec.quantization:
+            if self.spec.quantization in ("8bit", "4bit"):
                 if not self.on_cuda:
                     raise ConfigError(f"{self.spec.quantization} quantisation needs a CUDA GPU (bitsandbytes)")
                 config = AutoConfig.from_pretrained(where, **kwargs)
@@ -99,7 +103,7 @@ class HFBackend(Backend):
             model = AutoModelForImageTextToText.from_pretrained(where, **load_kwargs)
         except OSError as exc:  # missing files, no network, unknown repo
             raise ModelSourceError(f"cannot load model from {where}: {exc}") from exc
-        if self.on_cuda and not self.spec.device_map and not self.spec.quantization:
+        if self.on_cuda and not self.spec.device_map and self.spec.quantization in (None, "fp8"):
             model = model.to("cuda")
         return processor, model.eval()
 
@@ -122,6 +126,10 @@ class HFBackend(Backend):
         wanted = self.spec.engine
         is_mllama = type(self.model).__name__ == "MllamaForConditionalGeneration"
         if wanted == "generate" or (wanted == "auto" and not (is_mllama and self.on_cuda)):
+            if self.spec.quantization == "fp8":  # never a silent bf16 run stamped as fp8
+                raise ConfigError("quantization 'fp8' runs in the static engine: an Mllama model on one CUDA "
+                                  f"GPU (or engine: static); this is {type(self.model).__name__} "
+                                  f"{'on CUDA' if self.on_cuda else 'on the CPU'}")
             return None, "generate"
         try:
             from extractor import engine as engine_pkg
@@ -138,7 +146,18 @@ class HFBackend(Backend):
                                   f"{' (quantised)' if self.spec.quantization else ''}")
             return None, "generate"
         return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
-                                  pad_token_id=self.generation_config.pad_token_id), "static"
+                                  pad_token_id=self.generation_config.pad_token_id,
+                                  fp8=self.spec.quantization == "fp8"), "static"
+
+    def _make_grammar(self):
+        """The compiled receipt grammar when the spec constrains decoding (the default for
+        the full prompt mode), built once: xgrammar compiles it against this tokenizer."""
+        if self.spec.decoding_grammar is None:
+            return None
+        from extractor.backends.grammar import ReceiptGrammar
+
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        return ReceiptGrammar(self.processor.tokenizer, vocab, _as_ids(self.generation_config.eos_token_id))
 
     # --- stages -------------------------------------------------------------------
     def _preprocess(self, item: ReceiptInput) -> Any:
@@ -149,7 +168,7 @@ class HFBackend(Backend):
         outputs: list[Any] = []
         for start in range(0, len(images), self.spec.batch_size):
             chunk = images[start:start + self.spec.batch_size]
-            per_question = {key: self._answer_split_on_oom(chunk, question)
+            per_question = {key: self._answer_split_on_oom(chunk, question, key)
                             for key, question in self.questions.items()}
             for i in range(len(chunk)):
                 answers = {key: per_question[key][i] for key in self.questions}
@@ -162,11 +181,11 @@ class HFBackend(Backend):
                     outputs.append(answers["full"])
         return outputs
 
-    def _answer_split_on_oom(self, images: list[Any], question: str) -> list[Any]:
+    def _answer_split_on_oom(self, images: list[Any], question: str, key: str = "full") -> list[Any]:
         """Texts for ``images``; on CUDA OOM the batch is halved and retried."""
         torch = self._torch
         try:
-            return self._answer(images, question)
+            return self._answer(images, question, grammar=self.grammar if key == "full" else None)
         except torch.cuda.OutOfMemoryError as exc:
             if len(images) == 1:
                 log.error("out of GPU memory on a single receipt: %s", exc)
@@ -176,18 +195,21 @@ class HFBackend(Backend):
             half = len(images) // 2
             log.warning("out of GPU memory on a batch of %d: retrying as %d + %d",
                         len(images), half, len(images) - half)
-            return (self._answer_split_on_oom(images[:half], question)
-                    + self._answer_split_on_oom(images[half:], question))
+            return (self._answer_split_on_oom(images[:half], question, key)
+                    + self._answer_split_on_oom(images[half:], question, key))
 
-    def _answer(self, images: list[Any], question: str) -> list[str]:
-        """One batched greedy generation: the decoded new text of each image."""
+    def _answer(self, images: list[Any], question: str, grammar=None) -> list[ScoredText]:
+        """One batched greedy generation (under ``grammar`` when given): the decoded new text
+        of each image, carrying each token's span and probability (``ScoredText``)."""
         messages = prompts.build_messages(self.spec, question)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.batch_inputs(images, [prompt] * len(images))
         with self._torch.inference_mode():
-            new_tokens = self._generate(inputs, self.spec.max_new_tokens)
-        return self.processor.batch_decode(new_tokens, skip_special_tokens=True,
-                                           clean_up_tokenization_spaces=False)
+            new_tokens, logprobs = self._generate(inputs, self.spec.max_new_tokens, with_logprobs=True,
+                                                  grammar=grammar)
+        stop = _as_ids(self.generation_config.eos_token_id)
+        return [decode_scored(self.processor.tokenizer, row.tolist(), lps.tolist(), stop_ids=stop)
+                for row, lps in zip(new_tokens, logprobs, strict=True)]
 
     def batch_inputs(self, images: list[Any], texts: list[str]):
         """The collate step: one image and one chat-formatted text per row, left-padded,
@@ -196,27 +218,53 @@ class HFBackend(Backend):
                                 add_special_tokens=False, return_tensors="pt")
         return inputs.to(self.model.device, dtype=self.model.dtype)
 
-    def _generate(self, model_inputs, max_new_tokens: int, min_new_tokens: int = 0):
-        """LongTensor [B, new] of the generated tokens only (the faster-engine seam).
+    def _generate(self, model_inputs, max_new_tokens: int, min_new_tokens: int = 0, *,
+                  with_logprobs: bool = False, grammar=None):
+        """LongTensor [B, new] of the generated tokens only (the faster-engine seam); with
+        ``with_logprobs`` also float32 [B, new], each chosen token's log-probability.
 
-        ``min_new_tokens`` pins the output length for benchmarks; extraction leaves it 0."""
+        ``min_new_tokens`` pins the output length for benchmarks; extraction leaves it 0.
+        Both ways score a token alike: log-softmax of the step's processed logits (after the
+        min-new-tokens rule and the grammar's mask), taken at the greedy choice. ``grammar``
+        (a ``ReceiptGrammar``) constrains both ways with the same per-step masks."""
         if self.engine is not None:
             return self.engine.generate(
                 model_inputs["input_ids"], model_inputs["attention_mask"], model_inputs["pixel_values"],
                 model_inputs["aspect_ratio_ids"], model_inputs["aspect_ratio_mask"],
-                model_inputs["cross_attention_mask"], max_new_tokens, min_new_tokens=min_new_tokens)
+                model_inputs["cross_attention_mask"], max_new_tokens, min_new_tokens=min_new_tokens,
+                return_logprobs=with_logprobs, grammar=grammar)
         prompt_len = model_inputs["input_ids"].shape[1]
         config = copy.copy(self.generation_config)
         config.max_new_tokens = max_new_tokens
         config.min_new_tokens = min_new_tokens or None
-        out = self.model.generate(**model_inputs, generation_config=config)
-        return out[:, prompt_len:]
+        processors = []
+        if grammar is not None:
+            from extractor.backends.grammar import grammar_logits_processor
+
+            if min_new_tokens:
+                raise ValueError("min_new_tokens cannot be combined with a grammar (a closed JSON allows only EOS)")
+            rows = model_inputs["input_ids"].shape[0]
+            processors.append(grammar_logits_processor(grammar.new_batch(rows, max_new_tokens)))
+        scorer = _chosen_token_scorer() if with_logprobs else None
+        if scorer is not None:
+            processors.append(scorer)  # last: it scores the distribution the choice is made from
+        out = self.model.generate(**model_inputs, generation_config=config, logits_processor=processors or None)
+        tokens = out[:, prompt_len:]
+        if scorer is None:
+            return tokens
+        logprobs = self._torch.stack(scorer.steps, dim=1).cpu() if scorer.steps else \
+            self._torch.zeros(tokens.shape, dtype=self._torch.float32)
+        return tokens, logprobs[:, :tokens.shape[1]]
 
     def _postprocess(self, raw: Any) -> Receipt:
         if isinstance(raw, dict):
             return receipt_from_answers(raw)
         data = jsonrepair.drop_placeholders(jsonrepair.extract_json(raw))
-        return Receipt.model_validate(data)
+        receipt = Receipt.model_validate(data)
+        if isinstance(raw, ScoredText):  # the model's own "confidence" key, if it wrote one, is not ours
+            scored = field_confidence(raw, [name for name in scalar_fields() if getattr(receipt, name) is not None])
+            receipt = receipt.model_copy(update={"confidence": scored})
+        return receipt
 
     def raw_text(self, raw: Any) -> str | None:
         if isinstance(raw, dict):
@@ -236,9 +284,12 @@ def receipt_from_answers(answers: dict[str, str]) -> Receipt:
     """Combine the field-mode answers ({"store_name": ..., "date": ..., "total": ...}).
 
     A short answer is taken as the value; a sentence ("The total is RM 12.30.") has its
-    date / amount searched for. An answer that says "not found" is a missing field.
+    date / amount searched for. An answer that says "not found" is a missing field. An
+    answer that carries token probabilities (``ScoredText``) gives its field's confidence:
+    the lowest probability among the answer's visible tokens.
     """
     fields: dict[str, Any] = {}
+    confidence: dict[str, float] = {}
     for key, answer in answers.items():
         text = jsonrepair.drop_placeholders(_strip_answer(answer))
         if text is None:
@@ -247,7 +298,35 @@ def receipt_from_answers(answers: dict[str, str]) -> Receipt:
             fields[key] = _find_amount(text, answer)
         else:
             fields[key] = text
-    return Receipt.model_validate(fields)
+        if isinstance(answer, ScoredText) and (conf := answer_confidence(answer)) is not None:
+            confidence[key] = conf
+    receipt = Receipt.model_validate(fields)
+    return receipt.model_copy(update={"confidence": confidence}) if confidence else receipt
+
+
+def _as_ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _chosen_token_scorer():
+    """A logits processor, last in ``generate``'s list, that records each step's chosen
+    token log-probability (greedy: max of the processed logits minus their logsumexp) and
+    leaves the scores untouched: [B] float32 per step in ``.steps``. Only the chosen token's
+    value is kept, not [B, vocab] scores per step (``output_scores`` would hold gigabytes)."""
+    from transformers import LogitsProcessor
+
+    class ChosenTokenScorer(LogitsProcessor):
+        def __init__(self):
+            self.steps: list[Any] = []
+
+        def __call__(self, input_ids, scores):
+            scores32 = scores.float()
+            self.steps.append(scores32.amax(dim=-1) - scores32.logsumexp(dim=-1))
+            return scores
+
+    return ChosenTokenScorer()
 
 
 def _strip_answer(answer: str) -> str:

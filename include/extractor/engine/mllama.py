@@ -76,6 +76,13 @@ class MllamaStaticEngine:
     the same, read with fewer bytes and without a mask.
     ``eos_token_id`` / ``pad_token_id`` default to the model's generation config (pass the
     caller's own generation config values so both paths stop and pad alike).
+    ``fp8`` (opt-in; Hopper GPUs): each decode GEMM reads float8 e4m3 weights with per-row
+    scales (an extra copy of the text weights, ~half their bf16 size) and per-row quantized
+    activations (``torch._scaled_mm``); the prefill keeps HF's bf16 forward. Not exact:
+    docs/gpu.md records its first-step logits difference against bf16.
+    ``score_tokens`` (default on): each step also writes the chosen token's log-probability
+    (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
+    only to measure what it costs (bench/gpu_throughput.py).
     """
 
     def __init__(self, model, *, use_cuda_graphs: bool | None = None, fuse_weights: bool | None = None,
@@ -83,7 +90,7 @@ class MllamaStaticEngine:
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 trim_cross_tiles: bool = True):
+                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False):
         import torch
 
         self.model = model.eval()
@@ -94,11 +101,13 @@ class MllamaStaticEngine:
                              "a model spread by device_map decodes with generate")
         on_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else bool(use_cuda_graphs and on_cuda)
-        self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights)
+        self.fp8 = fp8
+        self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights, fp8=fp8)
         if on_cuda if compile_ops is None else compile_ops:
             self.weights.ops = DecodeOps.compiled()
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
+        self.score_tokens = score_tokens
         self._full_cross_len = 0
         self.text_config = text_model_of(model).config
         self.num_patches = model.model.vision_model.num_patches
@@ -116,16 +125,31 @@ class MllamaStaticEngine:
         self._key: tuple | None = None
         self._state: DecodeState | None = None
         self._graph: Any = None
+        self._grammar: Any = None
         self.stats: dict[str, float] = {}
         self._torch = torch
 
     # ---------------------------------------------------------------- public API
     def generate(self, input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
-                 cross_attention_mask, max_new_tokens: int, min_new_tokens: int = 0):
-        """New tokens only, [B, n] with n <= max_new_tokens, greedy, like ``generate``."""
+                 cross_attention_mask, max_new_tokens: int, min_new_tokens: int = 0,
+                 return_logprobs: bool = False, grammar=None):
+        """New tokens only, [B, n] with n <= max_new_tokens, greedy, like ``generate``.
+
+        ``return_logprobs``: also the float32 [B, n] log-probability of each chosen token
+        under the step's (min-new-tokens processed) distribution, as ``generate`` scores
+        it; 0 where a row had already finished. Needs ``score_tokens`` (the default).
+        ``grammar``: an object with ``new_batch(rows, max_new)`` returning the per-batch state
+        of a constrained decode (``extractor.backends.grammar.ReceiptGrammar``): each step the
+        host fills an allowed-token bitmask while the device computes the logits, then the
+        masked choice runs (two captured graphs a step instead of one)."""
         torch = self._torch
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if return_logprobs and not self.score_tokens:
+            raise ValueError("return_logprobs needs an engine built with score_tokens=True")
+        if grammar is not None and min_new_tokens:
+            raise ValueError("min_new_tokens cannot be combined with a grammar (a closed JSON allows only EOS)")
+        self._grammar = grammar
         inputs = dict(zip(_INPUT_NAMES, (input_ids, attention_mask, pixel_values, aspect_ratio_ids,
                                          aspect_ratio_mask, cross_attention_mask), strict=False))
         inputs = {k: (v.to(self.device) if v is not None else None) for k, v in inputs.items()}
@@ -139,14 +163,17 @@ class MllamaStaticEngine:
         with torch.inference_mode():
             for start in range(0, bsz, cap):
                 rows = order[start:start + cap]
-                for row, toks in zip(rows, self._run_split_on_oom(rows, inputs, max_new_tokens,
+                for row, pair in zip(rows, self._run_split_on_oom(rows, inputs, max_new_tokens,
                                                                    min_new_tokens), strict=False):
-                    rows_out[row] = toks
-        width = max(t.shape[0] for t in rows_out.values())
+                    rows_out[row] = pair
+        width = max(toks.shape[0] for toks, _ in rows_out.values())
         out = torch.full((bsz, width), self.pad_id, dtype=torch.long)
-        for row, toks in rows_out.items():
+        logp = torch.zeros((bsz, width), dtype=torch.float32)
+        for row, (toks, lps) in rows_out.items():
             out[row, :toks.shape[0]] = toks
-        return out
+            if lps is not None:
+                logp[row, :lps.shape[0]] = lps
+        return (out, logp) if return_logprobs else out
 
     def release(self) -> None:
         """Drop the cached decode buffers and graph (frees the KV cache memory)."""
@@ -217,7 +244,43 @@ class MllamaStaticEngine:
 
     # ---------------------------------------------------------------- one decode batch
     def _generate_chunk(self, x, max_new: int, min_new: int) -> list:
+        """One decode batch: prefill, then the decode loop; [(tokens, logprobs)] per row."""
         torch = self._torch
+        plen, cross_bias, row_mask = self._prepare_chunk(x, max_new)
+        st = self._state
+        am = x["attention_mask"]
+        bsz = am.shape[0]
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        sync()
+        t0 = time.perf_counter()
+        pos_ids = am.long().cumsum(-1) - 1
+        pos_ids = pos_ids.masked_fill(am == 0, 0)
+        first_logits = torch.empty(bsz, self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
+        for r0 in range(0, bsz, self.prefill_batch):
+            r1 = min(bsz, r0 + self.prefill_batch)
+            first_logits[r0:r1] = self._prefill(x, pos_ids, r0, r1, plen)
+        self._reset_state(st, am, pos_ids, plen, min_new, cross_bias, row_mask)
+        rules = self._grammar.new_batch(bsz, max_new) if self._grammar is not None else None
+        if rules is not None:
+            st.allow.copy_(rules.fill())
+        select_next(first_logits, st)
+        sync()
+        t1 = time.perf_counter()
+        steps = self._decode_loop(st, max_new) if rules is None else self._constrained_loop(st, rules, max_new)
+        sync()
+        t2 = time.perf_counter()
+        self.stats["prefill_s"] += t1 - t0
+        self.stats["decode_s"] += t2 - t1
+        self.stats["decode_steps"] += steps
+        self.stats["batches"] += 1
+        self.stats["cuda_graph"] = self._graph is not None
+        logp = st.logp.cpu() if st.logp is not None else None
+        return self._trim(st.out.cpu(), logp, max_new)
+
+    def _prepare_chunk(self, x, max_new: int):
+        """Cut the chunk's shared left padding, work out its cross-attention bias (or none)
+        and make the decode buffers for its shape. Returns (prompt length, bias, row mask)."""
         from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask
 
         am = x["attention_mask"]
@@ -225,13 +288,11 @@ class MllamaStaticEngine:
         for name in ("input_ids", "attention_mask", "cross_attention_mask"):
             if x[name] is not None:
                 x[name] = x[name][:, lead:]
-        am = x["attention_mask"]
         bsz, plen = x["input_ids"].shape
         max_len = -(-(plen + max_new) // self.len_multiple) * self.len_multiple
         cross_len = self._cross_len(x)
-        has_image = cross_len > 0
         cross_bias = row_mask = None
-        if has_image:
+        if cross_len > 0:
             if x["cross_attention_mask"] is None:
                 raise ValueError("pixel_values given without cross_attention_mask")
             # The decode token's cross mask is the prompt's last row (generate repeats it).
@@ -245,19 +306,11 @@ class MllamaStaticEngine:
                 if keep:  # drop the padding tiles' keys/values: fewer bytes a step, no mask
                     cross_len, cross_bias = keep, None
         self._full_cross_len = self._cross_len(x)
-        key = (bsz, max_len, cross_len, cross_bias is not None, max_new)
-        self._ensure_state(key)
-        st = self._state
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        self._ensure_state((bsz, max_len, cross_len, cross_bias is not None, max_new, self._grammar is not None))
+        return plen, cross_bias, row_mask
 
-        sync()
-        t0 = time.perf_counter()
-        pos_ids = am.long().cumsum(-1) - 1
-        pos_ids = pos_ids.masked_fill(am == 0, 0)
-        first_logits = torch.empty(bsz, self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
-        for r0 in range(0, bsz, self.prefill_batch):
-            r1 = min(bsz, r0 + self.prefill_batch)
-            first_logits[r0:r1] = self._prefill(x, pos_ids, r0, r1, plen)
+    def _reset_state(self, st: DecodeState, am, pos_ids, plen: int, min_new: int, cross_bias, row_mask) -> None:
+        """Every buffer a captured step reads set for this batch (none keeps the last batch's values)."""
         st.tok.zero_()
         st.pos.copy_(pos_ids[:, -1] + 1)
         st.cur.fill_(plen)
@@ -265,31 +318,67 @@ class MllamaStaticEngine:
         st.min_new.fill_(min_new)
         st.finished.zero_()
         st.out.fill_(self.pad_id)
+        if st.logp is not None:
+            st.logp.zero_()
         st.self_valid.zero_()
         st.self_valid[:, :plen] = am.bool()
-        if has_image:
+        if row_mask is not None:
             st.row_mask.copy_(row_mask[:, 0])
             if cross_bias is not None:
                 st.cross_bias.copy_(cross_bias)
-        select_next(first_logits, st)
-        sync()
-        t1 = time.perf_counter()
+
+    def _decode_loop(self, st: DecodeState, max_new: int) -> int:
+        """Steps 2..max_new (the graph replayed, or eagerly), stopping early once every row
+        finished (checked every ``eos_check_every`` steps: one host sync each). Returns the
+        number of steps run."""
         steps = 0
         for steps in range(1, max_new):
             if self._graph is not None:
-                self._graph.replay()
+                self._graph[0].replay()
             else:
                 decode_step(self.weights, st)
             if steps % self.eos_check_every == 0 and bool(st.finished.all()):
                 break
-        sync()
-        t2 = time.perf_counter()
-        self.stats["prefill_s"] += t1 - t0
-        self.stats["decode_s"] += t2 - t1
-        self.stats["decode_steps"] += steps
-        self.stats["batches"] += 1
-        self.stats["cuda_graph"] = self._graph is not None
-        return self._trim(st.out.cpu(), max_new)
+        return steps
+
+    def _constrained_loop(self, st: DecodeState, rules, max_new: int) -> int:
+        """The decode loop under a grammar. Each step: launch the forward (graph or eager),
+        and while the device runs it, feed the previous token to the matchers and fill the
+        next mask on the host; then copy the mask over and launch the masked choice. The
+        host reads each chosen token through a pinned buffer and an event, so it waits for
+        the small choice kernel of the last step, never for the forward it overlaps."""
+        torch = self._torch
+        on_cuda = self.device.type == "cuda"
+        host_tok = torch.empty(st.tok.shape, dtype=torch.long, pin_memory=on_cuda)
+        host_mask = torch.empty(st.allow.shape, dtype=torch.int32, pin_memory=on_cuda)
+        ready = torch.cuda.Event() if on_cuda else None
+        host_tok.copy_(st.tok, non_blocking=on_cuda)
+        steps = 0
+        while steps < max_new - 1:
+            steps += 1
+            if ready is not None:
+                ready.record()
+            if self._graph is not None:
+                self._graph[0].replay()
+            else:
+                decode_step(self.weights, st)
+            t0 = time.perf_counter()
+            if ready is not None:
+                ready.synchronize()  # the last choice's token is in host_tok (the forward runs on)
+            t1 = time.perf_counter()
+            rules.advance(host_tok.tolist())
+            if rules.all_done():
+                break
+            host_mask.copy_(rules.fill())
+            self.stats["grammar_wait_s"] = self.stats.get("grammar_wait_s", 0.0) + t1 - t0
+            self.stats["grammar_host_s"] = self.stats.get("grammar_host_s", 0.0) + time.perf_counter() - t1
+            st.allow.copy_(host_mask, non_blocking=on_cuda)
+            if self._graph is not None:
+                self._graph[1].replay()
+            else:
+                select_next(st.logits, st)
+            host_tok.copy_(st.tok, non_blocking=on_cuda)
+        return steps
 
     def _prefill(self, x, pos_ids, r0: int, r1: int, plen: int):
         """HF forward over rows r0:r1 of the prompt; keys/values copied into the static cache."""
@@ -341,8 +430,9 @@ class MllamaStaticEngine:
                 st.self_v[si][sl, :, :plen].copy_(layer.values)
                 si += 1
 
-    def _trim(self, out, max_new: int) -> list:
-        """Cut the batch to generate's length: up to the step where the last row finished."""
+    def _trim(self, out, logp, max_new: int) -> list:
+        """Cut the batch to generate's length: up to the step where the last row finished.
+        One (tokens, logprobs or None) pair per row."""
         torch = self._torch
         is_eos = torch.isin(out, torch.tensor(self.eos_ids, dtype=out.dtype))
         finished = is_eos.any(-1)
@@ -350,7 +440,8 @@ class MllamaStaticEngine:
             width = int(is_eos.float().argmax(-1).max()) + 1  # first eos of the slowest row
         else:
             width = max_new
-        return list(out[:, :width])
+        logp_rows = list(logp[:, :width]) if logp is not None else [None] * out.shape[0]
+        return list(zip(out[:, :width], logp_rows, strict=True))
 
     # ---------------------------------------------------------------- buffers and graph
     def _ensure_state(self, key: tuple) -> None:
@@ -358,7 +449,7 @@ class MllamaStaticEngine:
             return
         self.release()
         torch = self._torch
-        bsz, max_len, cross_len, has_bias, max_new = key
+        bsz, max_len, cross_len, has_bias, max_new, constrained = key
         w, dev, dt = self.weights, self.device, self.dtype
         kv_shape = (bsz, w.num_kv_heads, max_len, w.head_dim)
         n_cross = sum(lw.cross for lw in w.layers)
@@ -377,8 +468,14 @@ class MllamaStaticEngine:
             cross_bias=zeros(bsz, 1, 1, cross_len) if has_bias else None,
             row_mask=torch.ones(bsz, 1, 1, device=dev, dtype=dt),
             finished=zeros(bsz, dtype=torch.bool), out=zeros(bsz, max_new, dtype=torch.long),
+            logp=zeros(bsz, max_new, dtype=torch.float32) if self.score_tokens else None,
             eos=torch.tensor(self.eos_ids, device=dev, dtype=torch.long),
             min_new=zeros(1, dtype=torch.long), pad_id=self.pad_id, cos=cos, sin=sin)
+        if constrained:
+            vocab = w.lm_head.shape[0]
+            st.logits = zeros(bsz, vocab, dtype=torch.float32)
+            st.allow = torch.full((bsz, (vocab + 31) // 32), -1, device=dev, dtype=torch.int32)
+            st.bit_shifts = torch.arange(32, device=dev, dtype=torch.int32)
         self._state = st
         if self.use_cuda_graphs and max_new > 1:
             t0 = time.perf_counter()
@@ -404,20 +501,30 @@ class MllamaStaticEngine:
         self._key = key
 
     def _capture(self, st: DecodeState):
-        """Warm up (kernel selection, workspaces) then capture one decode step. The warm-up
-        writes into the buffers; every one of them is reset before a batch starts."""
+        """Warm up (kernel selection, workspaces) then capture one decode step: one graph, or
+        under a grammar two (the forward up to the logits, and the masked choice). The
+        warm-up writes into the buffers; every one of them is reset before a batch starts."""
         torch = self._torch
+
+        def choose():
+            select_next(st.logits, st)
+
+        parts = [lambda: decode_step(self.weights, st)] + ([choose] if st.logits is not None else [])
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                decode_step(self.weights, st)
+                for part in parts:
+                    part()
         torch.cuda.current_stream().wait_stream(side)
         st.cur.zero_()
         st.step.zero_()
         st.pos.zero_()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            decode_step(self.weights, st)
+        graphs = []
+        for part in parts:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=graphs[0].pool() if graphs else None):
+                part()
+            graphs.append(graph)
         torch.cuda.synchronize()
-        return graph
+        return graphs

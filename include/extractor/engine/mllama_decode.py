@@ -65,10 +65,11 @@ class DecodeOps:
     rms: Any
     rope: Any
     act: Any
+    quant: Any = None  # activation quantization for FP8 GEMMs (quantize_rows)
 
     @classmethod
     def eager(cls) -> DecodeOps:
-        return cls(rms=rms_norm, rope=apply_rope, act=silu_mul)
+        return cls(rms=rms_norm, rope=apply_rope, act=silu_mul, quant=quantize_rows)
 
     @classmethod
     def compiled(cls) -> DecodeOps:
@@ -76,7 +77,73 @@ class DecodeOps:
 
         opts = dict(fullgraph=True)  # static for the first shape, dynamic after a change
         return cls(rms=torch.compile(rms_norm, **opts), rope=torch.compile(apply_rope, **opts),
-                   act=torch.compile(silu_mul, **opts))
+                   act=torch.compile(silu_mul, **opts), quant=torch.compile(quantize_rows, **opts))
+
+
+@dataclass
+class Fp8Weight:
+    """A decode GEMM's weight in float8 e4m3 with one float32 scale per output row: half the
+    bytes of bf16 for a step that is bound by reading weights. The bf16 original stays in
+    the HF module (the prefill runs HF's forward)."""
+
+    q: Any      # [N, K] float8_e4m3fn, row-major (its .t() is the column-major mat2 _scaled_mm wants)
+    scale: Any  # [1, N] float32
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def numel(self) -> int:
+        return self.q.numel()
+
+    def element_size(self) -> int:
+        return 1
+
+    @classmethod
+    def of(cls, weight, per_row: bool = True) -> Fp8Weight:
+        """``per_row``: one scale per output row (and per activation row at run time);
+        otherwise one scale for the tensor (cuBLASLt's native FP8 GEMM)."""
+        import torch
+
+        w = weight.detach().to(torch.float32)
+        amax = w.abs().amax(dim=1) if per_row else w.abs().amax().reshape(1)
+        scale = amax.clamp(min=1e-12) / _FP8_MAX
+        q = (w / (scale[:, None] if per_row else scale)).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+        return cls(q=q.contiguous(), scale=scale[None, :].contiguous() if per_row else scale.reshape(()))
+
+
+_FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+def quantize_rows(x2d):
+    """Activations [M, K] -> (float8 e4m3 [M, K], float32 scale [M, 1]), one scale per row."""
+    import torch
+
+    scale = x2d.abs().amax(dim=-1, keepdim=True).to(torch.float32).clamp(min=1e-12) / _FP8_MAX
+    return (x2d.to(torch.float32) / scale).to(torch.float8_e4m3fn), scale
+
+
+def quantize_tensor(x2d):
+    """Activations [M, K] -> (float8 e4m3 [M, K], float32 scalar scale)."""
+    import torch
+
+    scale = x2d.abs().amax().to(torch.float32).clamp(min=1e-12) / _FP8_MAX
+    return (x2d.to(torch.float32) / scale).to(torch.float8_e4m3fn), scale
+
+
+def linear(x, weight, quant=quantize_rows):
+    """``F.linear(x, weight)`` for a plain tensor; for an ``Fp8Weight`` a row-scaled FP8
+    GEMM (``torch._scaled_mm``: activations quantized per row, weights per output row,
+    accumulated in float32, written in ``x``'s dtype)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(weight, Fp8Weight):
+        return F.linear(x, weight)
+    x2d = x.reshape(-1, x.shape[-1])
+    xq, xs = quant(x2d) if weight.scale.dim() else quantize_tensor(x2d)
+    out = torch._scaled_mm(xq, weight.q.t(), scale_a=xs, scale_b=weight.scale, out_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def text_model_of(model):
@@ -112,8 +179,10 @@ def _fuse_rows(linears) -> Any:
     return fused
 
 
-def collect_weights(model, *, fuse: bool) -> TextWeights:
-    """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously."""
+def collect_weights(model, *, fuse: bool, fp8: bool | str = False) -> TextWeights:
+    """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously;
+    with ``fp8`` every GEMM a decode step runs (and the LM head) gets an ``Fp8Weight`` copy
+    (``True`` / ``"rowwise"``: per-row scales; ``"tensorwise"``: one scale per tensor)."""
     import torch
 
     text = text_model_of(model)
@@ -144,12 +213,28 @@ def collect_weights(model, *, fuse: bool) -> TextWeights:
             lw.gate_mlp = layer.cross_attn_mlp_gate.tanh()
         layers.append(lw)
     rotary = text.rotary_emb
-    return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=model.lm_head.weight,
+    per_row = fp8 != "tensorwise"
+    if fp8:
+        for lw in layers:
+            to_fp8(lw, per_row=per_row)
+    lm_head = Fp8Weight.of(model.lm_head.weight, per_row=per_row) if fp8 else model.lm_head.weight
+    return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=lm_head,
                        layers=layers, eps=cfg.rms_norm_eps, num_heads=cfg.num_attention_heads,
                        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
                        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                        inv_freq=rotary.inv_freq, attention_scaling=float(rotary.attention_scaling), fused=fuse,
                        ops=DecodeOps.eager())
+
+
+def to_fp8(lw: LayerWeights, per_row: bool = True) -> None:
+    """Swap the weights one decode step multiplies by for FP8 copies (fused ones when fused)."""
+    names = ["wo", "wd"] + (["wgu"] if lw.wgu is not None else ["wg", "wu"])
+    if lw.cross:
+        names.append("wq")
+    else:
+        names += ["wqkv"] if lw.wqkv is not None else ["wq", "wk", "wv"]
+    for name in names:
+        setattr(lw, name, Fp8Weight.of(getattr(lw, name), per_row=per_row))
 
 
 def rotary_tables(w: TextWeights, length: int, dtype, device):
@@ -211,12 +296,19 @@ class DecodeState:
     row_mask: Any       # [B, 1, 1] full_text_row_masked_out_mask of the decode token
     finished: Any       # [B] bool
     out: Any            # [B, max_new] long
+    logp: Any           # [B, max_new] float32 log-probability of each chosen token, or None
     eos: Any            # [E] long
     min_new: Any        # [1] long
     pad_id: int
     cos: Any            # [Lpos, D]
     sin: Any
     record_logits: list | None = None  # debug (eager only): collects each step's float32 logits
+    # Constrained decoding (a grammar's mask each step): the step stops at the logits, which
+    # wait in ``logits`` until the host has filled ``allow`` (packed int32 bitmask [B, words],
+    # bit set = token allowed); ``select_next`` then masks and chooses. None when unconstrained.
+    logits: Any = None   # [B, V] float32
+    allow: Any = None    # [B, ceil(V / 32)] int32
+    bit_shifts: Any = None  # [32] int32: 0..31
 
 
 def decode_step(w: TextWeights, st: DecodeState) -> None:
@@ -244,17 +336,17 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
             ci += 1
             if ck is None:  # HF skips cross layers when the batch carries no image
                 continue
-            q = F.linear(x, lw.wq).view(bsz, nkv, nrep, hd)
+            q = linear(x, lw.wq, ops.quant).view(bsz, nkv, nrep, hd)
             q = ops.rms(q, lw.q_norm, w.eps)
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=st.cross_bias, scale=scale)
-            h = h + lw.gate_attn * F.linear(a.reshape(bsz, 1, q_size), lw.wo)
+            h = h + lw.gate_attn * linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant)
             m = _mlp(ops.rms(h, lw.ln2, w.eps), lw, w)
             h = h + lw.gate_mlp * (st.row_mask * m)
         else:
             if lw.wqkv is not None:
-                q, k, v = F.linear(x, lw.wqkv).split([q_size, kv_size, kv_size], dim=-1)
+                q, k, v = linear(x, lw.wqkv, ops.quant).split([q_size, kv_size, kv_size], dim=-1)
             else:
-                q, k, v = F.linear(x, lw.wq), F.linear(x, lw.wk), F.linear(x, lw.wv)
+                q, k, v = linear(x, lw.wq, ops.quant), linear(x, lw.wk, ops.quant), linear(x, lw.wv, ops.quant)
             q = q.view(bsz, nkv, nrep, hd)
             k = k.view(bsz, nkv, 1, hd)
             q, k = ops.rope(q, k, cos, sin)
@@ -263,35 +355,44 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
             kc.index_copy_(2, st.cur, k)
             vc.index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
             a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self_mask, scale=scale)
-            h = h + F.linear(a.reshape(bsz, 1, q_size), lw.wo)
+            h = h + linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant)
             h = h + _mlp(ops.rms(h, lw.ln2, w.eps), lw, w)
-    logits = F.linear(ops.rms(h, w.norm, w.eps), w.lm_head)[:, 0].to(torch.float32)
+    logits = linear(ops.rms(h, w.norm, w.eps), w.lm_head, ops.quant)[:, 0].to(torch.float32)
     if st.record_logits is not None:
         st.record_logits.append(logits.clone())
-    select_next(logits, st)
+    if st.logits is None:
+        select_next(logits, st)
+    else:  # constrained: the choice waits for the host's mask (select_next on st.logits)
+        st.logits.copy_(logits)
     st.pos.add_(1)
     st.cur.add_(1)
 
 
 def _mlp(x, lw: LayerWeights, w: TextWeights):
-    import torch.nn.functional as F
 
     if lw.wgu is not None:
-        g, u = F.linear(x, lw.wgu).split(w.intermediate_size, dim=-1)
+        g, u = linear(x, lw.wgu, w.ops.quant).split(w.intermediate_size, dim=-1)
     else:
-        g, u = F.linear(x, lw.wg), F.linear(x, lw.wu)
-    return F.linear(w.ops.act(g, u), lw.wd)
+        g, u = linear(x, lw.wg, w.ops.quant), linear(x, lw.wu, w.ops.quant)
+    return linear(w.ops.act(g, u), lw.wd, w.ops.quant)
 
 
 def select_next(logits, st: DecodeState) -> None:
     """Greedy choice with generate's min-new-tokens rule and finished-row padding;
-    writes ``st.out[:, st.step]``, updates ``st.finished`` / ``st.tok``, advances step."""
+    writes ``st.out[:, st.step]`` (and ``st.logp[:, st.step]``), updates ``st.finished`` /
+    ``st.tok``, advances step."""
     import torch
 
     # MinNewTokensLengthLogitsProcessor: EOS is impossible before min_new tokens exist.
     blocked = (st.step < st.min_new).to(logits.dtype) * torch.finfo(logits.dtype).min
     logits.index_add_(1, st.eos, blocked.expand(logits.shape[0], st.eos.shape[0]).contiguous())
+    if st.allow is not None:  # the grammar's mask: bit j of word i allows token 32 * i + j
+        bits = (st.allow.unsqueeze(-1) >> st.bit_shifts) & 1
+        logits.masked_fill_(bits.reshape(logits.shape[0], -1)[:, :logits.shape[1]] == 0, float("-inf"))
     nxt = logits.argmax(dim=-1)
+    if st.logp is not None:  # the chosen token's log-probability: max logit - logsumexp (0 once finished)
+        chosen = logits.amax(dim=-1) - torch.logsumexp(logits, dim=-1)
+        st.logp.index_copy_(1, st.step, torch.where(st.finished, 0.0, chosen)[:, None])
     nxt = torch.where(st.finished, torch.full_like(nxt, st.pad_id), nxt)
     st.finished.logical_or_((nxt[:, None] == st.eos[None, :]).any(-1))
     st.out.index_copy_(1, st.step, nxt[:, None])
