@@ -18,6 +18,8 @@ Sections (``--sections``, comma separated, run in this order):
   grammar   schema-constrained decoding (the hf backend's default): engine at batch 32 with and
             without the receipt grammar, over a Llama-sized stand-in tokenizer (bench_tokenizer.py);
             decode ms/step, host mask time, how many outputs parse into a Receipt
+  refill    continuous refill against static batches: ``--refill-receipts`` receipts with exact
+            output lengths drawn from 80-300 tokens (seeded), 32 decode slots
   fp8       the engine with FP8 decode weights (opt-in) against bf16 at ``--engine-batches``:
             receipts/s, decode ms/step, and the first decoded step's logits against bf16
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
@@ -533,6 +535,36 @@ def section_grammar(rec, model, args):
         torch.cuda.empty_cache()
 
 
+def section_refill(rec, model, args):
+    import random
+
+    from extractor.engine import MllamaStaticEngine
+
+    n, slots, longest = args.refill_receipts, 32, 300
+    rng = random.Random(11)
+    lengths = [rng.randint(80, longest) for _ in range(n)]
+    x = make_inputs(n, args.prompt, "cuda", seed=5)
+    variants = (("engine, static batches", dict(refill=False)),
+                ("engine, continuous refill (rows join 4+ at a time, the default)", {}),
+                ("engine, continuous refill (rows join 8+ at a time)", dict(refill_min_rows=8)),
+                ("engine, continuous refill (rows join one by one)", dict(refill_min_rows=1)))
+    for label, kw in variants:
+        engine = MllamaStaticEngine(model, max_batch=slots, **kw)
+        first_s, _ = timed(lambda e=engine: e.generate(**x, max_new_tokens=longest, lengths=lengths))
+        total_s, out = timed(lambda e=engine: e.generate(**x, max_new_tokens=longest, lengths=lengths))
+        st = dict(engine.stats)
+        made = [int((row != engine.pad_id).sum()) for row in out]  # may undercount: random weights can write the pad id
+        rec.run({"way": label, "batch": slots, "receipts": n, "receipts_per_s": n / total_s, "total_s": total_s,
+                 "first_call_s": first_s, "decode_steps": st["decode_steps"],
+                 "decode_ms_per_step": 1000 * st["decode_s"] / max(st["decode_steps"], 1),
+                 "prefill_ms_per_receipt": 1000 * st["prefill_s"] / n, "refilled_rows": st.get("refilled_rows", 0),
+                 "mean_new_tokens": sum(lengths) / n, "lengths_as_asked": made == lengths,
+                 "gpu": torch.cuda.get_device_name(0), "cuda_graph": st.get("cuda_graph")})
+        engine.release()
+        del engine
+        torch.cuda.empty_cache()
+
+
 def _first_step_logits(model, x, **kwargs):
     from extractor.engine import MllamaStaticEngine
 
@@ -640,6 +672,7 @@ def main():
     ap.add_argument("--quant-modes", default="int8,nf4")
     ap.add_argument("--quant-batches", default="8")
     ap.add_argument("--quant-new", type=int, default=64)
+    ap.add_argument("--refill-receipts", type=int, default=96)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     sections = args.sections.split(",")
@@ -647,7 +680,8 @@ def main():
     rec.put("args", vars(args))
     env = section_env(rec) if "env" in sections else {}
     model = None
-    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8"}:
+    if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8",
+                        "refill"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -659,7 +693,8 @@ def main():
              ("generate", lambda: section_generate(rec, model, args)),
              ("seed", lambda: section_seed(rec, model, args)),
              ("grammar", lambda: section_grammar(rec, model, args)),
-             ("fp8", lambda: section_fp8(rec, model, args))]
+             ("fp8", lambda: section_fp8(rec, model, args)),
+             ("refill", lambda: section_refill(rec, model, args))]
     for name, fn in steps:
         if name in sections:
             t0 = time.perf_counter()

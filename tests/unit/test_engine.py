@@ -204,21 +204,21 @@ def test_oom_splits_the_batch_and_loses_nothing(tiny_mllama, monkeypatch):
     """No GPU here: the CUDA out-of-memory error is injected for batches above two rows."""
     batch = _batch(lengths=[7, 5, 9, 6, 8], tiles=[1, 2, 2, 1, 2], seed=4)
     ref = _reference(tiny_mllama, batch, max_new=6)
-    engine = MllamaStaticEngine(tiny_mllama)
-    real = engine._generate_chunk
+    engine = MllamaStaticEngine(tiny_mllama, refill=False)
+    real = engine._run_batch
     tried, done = [], []
 
-    def flaky(x, max_new, min_new):
-        tried.append(x["input_ids"].shape[0])
-        if x["input_ids"].shape[0] > 2:
+    def flaky(first, *args):
+        tried.append(len(first))
+        if len(first) > 2:
             raise torch.cuda.OutOfMemoryError("injected")
-        done.append(x["input_ids"].shape[0])
-        return real(x, max_new, min_new)
+        done.append(len(first))
+        return real(first, *args)
 
-    monkeypatch.setattr(engine, "_generate_chunk", flaky)
+    monkeypatch.setattr(engine, "_run_batch", flaky)
     got = engine.generate(**batch, max_new_tokens=6)
     assert torch.equal(got, ref)
-    assert tried[0] == 5 and sum(done) == 5 and max(done) <= 2  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    assert tried[0] == 5 and sum(done) == 5 and max(done) <= 2  # 5 -> 2 + 2 + 1
     assert engine.max_batch <= 2
 
 
@@ -276,3 +276,45 @@ def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
     assert fp8_tokens.shape == full_tokens.shape
     # HF's own modules keep their full-precision weights (the prefill runs on them)
     assert tiny_mllama.lm_head.weight.dtype == torch.float32
+
+
+def test_continuous_refill_gives_every_row_its_own_tokens(tiny_mllama):
+    """Seven rows through two decode slots: rows stop at different steps (an EOS that the
+    free run emits at various steps, and the length limit), waiting rows of the same tile
+    count take the freed slots mid-batch (their prompts placed to end at the batch's
+    current cache position), and every row's tokens and log-probabilities are still what
+    generate gives it in one left-padded batch."""
+    batch = _batch(lengths=[9, 7, 12, 6, 10, 8, 11], tiles=[2, 2, 2, 1, 2, 1, 1], seed=8)
+    free_run = _reference(tiny_mllama, batch, max_new=14)
+    eos = int(free_run[1, 2])  # row 1 stops after 3 tokens; others whenever they emit it
+    old = tiny_mllama.generation_config.eos_token_id
+    tiny_mllama.generation_config.eos_token_id = [eos, 2]
+    try:
+        want_tokens, want = _reference_logprobs(tiny_mllama, batch, max_new=14)
+        engine = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1, refill_min_rows=1,
+                                    eos_check_every=1)  # a short ring: it wraps within this test
+        tokens, got = engine.generate(**batch, max_new_tokens=14, return_logprobs=True)
+        static = MllamaStaticEngine(tiny_mllama, max_batch=2, refill=False).generate(**batch, max_new_tokens=14)
+    finally:
+        tiny_mllama.generation_config.eos_token_id = old
+    assert engine.stats["refilled_rows"] >= 2  # rows did join running batches
+    assert engine.stats["ring_laps"] >= 1  # and the cache ring wrapped round under them
+    assert torch.equal(tokens, want_tokens) and torch.equal(static, want_tokens)
+    stops = torch.isin(tokens, torch.tensor([eos, 2]))
+    assert 0 < int(stops.any(-1).sum()) < 7  # some rows stopped early, some ran to the limit
+    live = (stops.cumsum(1) - stops.long()) == 0
+    assert torch.allclose(got[live], want[live], atol=1e-5)
+
+
+def test_refill_with_exact_lengths_decodes_fewer_steps_than_static_batches(tiny_mllama):
+    """The bench's length mix, small: with exact per-row lengths, static batches pay for
+    each batch's longest row, refill only for the rows' own lengths."""
+    batch = _batch(lengths=[8] * 6, tiles=[2] * 6, seed=9)
+    lengths = [3, 12, 4, 11, 2, 10]
+    refill = MllamaStaticEngine(tiny_mllama, max_batch=2, refill_check_every=1, refill_min_rows=1)
+    static = MllamaStaticEngine(tiny_mllama, max_batch=2, refill=False)
+    a = refill.generate(**batch, max_new_tokens=12, lengths=lengths)
+    b = static.generate(**batch, max_new_tokens=12, lengths=lengths)
+    assert torch.equal(a, b)
+    assert [int((row != PAD).sum()) for row in a] == lengths
+    assert refill.stats["decode_steps"] < static.stats["decode_steps"]

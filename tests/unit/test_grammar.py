@@ -154,3 +154,18 @@ def test_grammar_settings_are_checked_and_versioned(pair):
     inputs = static.batch_inputs([_image(1, (60, 60))], ["<|image|>total?"])
     with pytest.raises(ValueError, match="min_new_tokens"):  # a closed object allows only EOS
         static._generate(inputs, 8, min_new_tokens=4, grammar=static.grammar)
+
+
+def test_refilled_constrained_batches_agree_with_generate(pair, monkeypatch):
+    """Four receipts (one generate call) through two decode slots under the grammar: rows that finish hand their
+    slot (and a fresh matcher) to a waiting receipt; the texts are still generate's."""
+    static, generate = pair
+    monkeypatch.setattr(static.engine, "max_batch", 2)
+    monkeypatch.setattr(static.engine, "refill_check_every", 1)
+    monkeypatch.setattr(static.engine, "refill_min_rows", 1)
+    images = [_image(40 + i, (70, 150)) for i in range(4)]  # one tile count: one refill group
+    a, b = static._forward(images), generate._forward(images)
+    assert static.engine.stats.get("refilled_rows", 0) >= 1
+    assert [str(x) for x in a] == [str(y) for y in b]
+    for x, y in zip(a, b, strict=True):
+        assert np.allclose([p for *_, p in x.token_spans], [p for *_, p in y.token_spans], atol=1e-5)

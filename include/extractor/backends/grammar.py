@@ -149,62 +149,84 @@ class _RowState:
 
 
 class GrammarBatch:
-    """The grammar state of one batch of rows being decoded together."""
+    """The grammar state of one batch of rows being decoded together (a row may be reset
+    when a new receipt takes its place in a continuously refilled batch)."""
 
     def __init__(self, grammar: ReceiptGrammar, rows: int, max_new_tokens: int):
-        xgr = grammar._xgr
         self.grammar = grammar
         self.max_new = max_new_tokens
-        self.matchers = [xgr.GrammarMatcher(grammar.compiled, override_stop_tokens=grammar.stop_ids)
-                         for _ in range(rows)]
+        self.matchers = [self._matcher() for _ in range(rows)]
         self.rows = [_RowState() for _ in range(rows)]
-        self.bitmask = xgr.allocate_token_bitmask(rows, grammar.vocab_size)  # CPU int32 [rows, words]
-        self.step = 0
+        self.steps = [0] * rows  # tokens each row has written
+        self.bitmask = grammar._xgr.allocate_token_bitmask(rows, grammar.vocab_size)  # CPU int32 [rows, words]
         self.left_grammar = 0
 
+    def _matcher(self):
+        g = self.grammar
+        return g._xgr.GrammarMatcher(g.compiled, override_stop_tokens=g.stop_ids)
+
+    @property
+    def step(self) -> int:
+        return max(self.steps, default=0)
+
+    def reset_rows(self, rows: list[int]) -> None:
+        """Fresh state for rows that a new receipt takes over."""
+        for i in rows:
+            self.matchers[i] = self._matcher()
+            self.rows[i] = _RowState()
+            self.steps[i] = 0
+
     def fill(self):
-        """The packed bitmask of what each row may write at the current step (all bits set
+        """The packed bitmask of what each row may write at its current step (all bits set
         for rows that are done). A CPU int32 tensor [rows, words], reused between steps."""
+        for i in range(len(self.rows)):
+            self._fill_row(i)
+        return self.bitmask
+
+    def fill_rows(self, rows: list[int]):
+        """Only these rows' masks (a new tensor [len(rows), words])."""
+        for i in rows:
+            self._fill_row(i)
+        return self.bitmask[rows].clone()
+
+    def _fill_row(self, i: int) -> None:
         import numpy as np
 
-        g = self.grammar
-        mask = self.bitmask.numpy()
-        tight = self.max_new - self.step <= g.reserve
-        for i, (matcher, row) in enumerate(zip(self.matchers, self.rows, strict=True)):
-            if row.done:
-                mask[i] = -1
-                continue
-            matcher.fill_next_token_bitmask(self.bitmask, i)
-            if tight:
-                options = (g.close_string,) if row.in_string else (g.close_brackets, g.close_any)
-                for allowed in options:
-                    narrowed = np.bitwise_and(mask[i], allowed)
-                    if narrowed.any():
-                        mask[i] = narrowed
-                        break
-        return self.bitmask
+        g, mask, row = self.grammar, self.bitmask.numpy(), self.rows[i]
+        if row.done:
+            mask[i] = -1
+            return
+        self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
+        if self.max_new - self.steps[i] <= g.reserve:
+            options = (g.close_string,) if row.in_string else (g.close_brackets, g.close_any)
+            for allowed in options:
+                narrowed = np.bitwise_and(mask[i], allowed)
+                if narrowed.any():
+                    mask[i] = narrowed
+                    break
 
     def all_done(self) -> bool:
         return all(row.done for row in self.rows)
 
     def advance(self, tokens) -> None:
         """Feed each row's chosen token to its matcher (``tokens``: ints, one per row)."""
-        for matcher, row, token in zip(self.matchers, self.rows, tokens, strict=True):
+        for i, token in enumerate(tokens):
+            row = self.rows[i]
             if row.done:
                 continue
             token = int(token)
-            if not matcher.accept_token(token):
+            self.steps[i] += 1
+            if not self.matchers[i].accept_token(token):
                 # cannot happen while the mask is applied; if it does, the row is left
                 # unconstrained and its output is judged by the parser like any other
                 log.warning("grammar rejected token %d; row left unconstrained", token)
                 row.done = True
                 self.left_grammar += 1
                 continue
-            if matcher.is_terminated() or token in self.grammar.stop_ids:
+            if self.matchers[i].is_terminated() or token in self.grammar.stop_ids:
                 row.done = True
                 continue
             self._track_string(row, self.grammar.texts[token])
-        self.step += 1
 
     @staticmethod
     def _track_string(row: _RowState, text: str) -> None:

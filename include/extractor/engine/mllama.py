@@ -30,6 +30,7 @@ from extractor.engine.mllama_decode import (
     select_next,
     text_model_of,
 )
+from extractor.engine.slots import SlotScheduler
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _shared_valid_prefix(cross_bias, row_mask) -> int:
     return keep if keep and bool(valid[0, :keep].all()) else 0
 
 
-class MllamaStaticEngine:
+class MllamaStaticEngine(SlotScheduler):
     """Greedy decoding of ``MllamaForConditionalGeneration`` over a static KV cache.
 
     ``use_cuda_graphs`` and ``fuse_weights`` default to on for CUDA models and off on the
@@ -80,6 +81,12 @@ class MllamaStaticEngine:
     scales (an extra copy of the text weights, ~half their bf16 size) and per-row quantized
     activations (``torch._scaled_mm``); the prefill keeps HF's bf16 forward. Not exact:
     docs/gpu.md records its first-step logits difference against bf16.
+    ``refill`` (default on): when a call has more rows than a decode batch holds, a row that
+    finishes is replaced by a waiting one (same tile count) without waiting for the batch's
+    slowest row (``engine/slots.py``; the cache is a ring, so rows keep joining for as long as
+    there are waiting ones); finished rows are looked for every ``refill_check_every`` steps, and
+    rows join once ``refill_min_rows`` slots are free (or the queue is that short): a prefill
+    of a few rows at once uses the GPU better than one row at a time.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -90,7 +97,8 @@ class MllamaStaticEngine:
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False):
+                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False,
+                 refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4):
         import torch
 
         self.model = model.eval()
@@ -121,6 +129,9 @@ class MllamaStaticEngine:
         self.max_batch = max_batch
         self.prefill_batch = prefill_batch
         self.eos_check_every = max(1, eos_check_every)
+        self.refill = refill
+        self.refill_check_every = max(1, refill_check_every)
+        self.refill_min_rows = max(1, refill_min_rows)
         self.len_multiple = len_multiple if self.use_cuda_graphs else 1
         self._key: tuple | None = None
         self._state: DecodeState | None = None
@@ -132,7 +143,7 @@ class MllamaStaticEngine:
     # ---------------------------------------------------------------- public API
     def generate(self, input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
                  cross_attention_mask, max_new_tokens: int, min_new_tokens: int = 0,
-                 return_logprobs: bool = False, grammar=None):
+                 return_logprobs: bool = False, grammar=None, lengths=None):
         """New tokens only, [B, n] with n <= max_new_tokens, greedy, like ``generate``.
 
         ``return_logprobs``: also the float32 [B, n] log-probability of each chosen token
@@ -141,13 +152,14 @@ class MllamaStaticEngine:
         ``grammar``: an object with ``new_batch(rows, max_new)`` returning the per-batch state
         of a constrained decode (``extractor.backends.grammar.ReceiptGrammar``): each step the
         host fills an allowed-token bitmask while the device computes the logits, then the
-        masked choice runs (two captured graphs a step instead of one)."""
+        masked choice runs (two captured graphs a step instead of one).
+        ``lengths`` (benchmarks): each row's exact number of new tokens (its own min = max)."""
         torch = self._torch
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if return_logprobs and not self.score_tokens:
             raise ValueError("return_logprobs needs an engine built with score_tokens=True")
-        if grammar is not None and min_new_tokens:
+        if grammar is not None and (min_new_tokens or lengths is not None):
             raise ValueError("min_new_tokens cannot be combined with a grammar (a closed JSON allows only EOS)")
         self._grammar = grammar
         inputs = dict(zip(_INPUT_NAMES, (input_ids, attention_mask, pixel_values, aspect_ratio_ids,
@@ -157,15 +169,12 @@ class MllamaStaticEngine:
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "capture_s": 0.0, "batches": 0}
         bsz = inputs["input_ids"].shape[0]
-        order = self._bucket_order(inputs)
+        limits = self._row_limits(bsz, max_new_tokens, min_new_tokens, lengths)
         cap = self._batch_cap(inputs, max_new_tokens)
         rows_out: dict[int, Any] = {}
         with torch.inference_mode():
-            for start in range(0, bsz, cap):
-                rows = order[start:start + cap]
-                for row, pair in zip(rows, self._run_split_on_oom(rows, inputs, max_new_tokens,
-                                                                   min_new_tokens), strict=False):
-                    rows_out[row] = pair
+            for group in self._groups(inputs, cap):
+                rows_out.update(self._run_split_on_oom(group, inputs, cap, max_new_tokens, limits))
         width = max(toks.shape[0] for toks, _ in rows_out.values())
         out = torch.full((bsz, width), self.pad_id, dtype=torch.long)
         logp = torch.zeros((bsz, width), dtype=torch.float32)
@@ -174,6 +183,32 @@ class MllamaStaticEngine:
             if lps is not None:
                 logp[row, :lps.shape[0]] = lps
         return (out, logp) if return_logprobs else out
+
+    def _row_limits(self, bsz: int, max_new: int, min_new: int, lengths):
+        """(min new tokens, max new tokens) per row, as CPU long tensors."""
+        torch = self._torch
+        if lengths is None:
+            return torch.full((bsz,), min_new, dtype=torch.long), torch.full((bsz,), max_new, dtype=torch.long)
+        exact = torch.tensor([min(max(1, int(n)), max_new) for n in lengths], dtype=torch.long)
+        if exact.shape[0] != bsz:
+            raise ValueError(f"lengths has {exact.shape[0]} entries for {bsz} rows")
+        return exact.clone(), exact
+
+    def _groups(self, inputs, cap: int) -> list[list[int]]:
+        """Rows in bucket order: one group per tile count when refilling (more rows than one
+        decode batch holds; rows of a group share decode slots), else one group per decode
+        batch of ``cap`` rows."""
+        order = self._bucket_order(inputs)
+        if not self.refill or len(order) <= cap:
+            return [order[i:i + cap] for i in range(0, len(order), cap)]
+        tiles = self._tiles(inputs)
+        groups: list[list[int]] = []
+        for row in order:
+            if groups and tiles[groups[-1][0]] == tiles[row]:
+                groups[-1].append(row)
+            else:
+                groups.append([row])
+        return groups
 
     def release(self) -> None:
         """Drop the cached decode buffers and graph (frees the KV cache memory)."""
@@ -186,9 +221,12 @@ class MllamaStaticEngine:
         """Rows sorted by (tile count, prompt length): a chunk then shares most of its
         left padding, which is trimmed, and its image shape."""
         lengths = inputs["attention_mask"].sum(-1).tolist()
-        arm = inputs["aspect_ratio_mask"]
-        tiles = arm[:, 0].sum(-1).tolist() if arm is not None else [0] * len(lengths)
+        tiles = self._tiles(inputs)
         return sorted(range(len(lengths)), key=lambda i: (tiles[i], lengths[i]))
+
+    def _tiles(self, inputs) -> list[int]:
+        arm = inputs["aspect_ratio_mask"]
+        return arm[:, 0].sum(-1).tolist() if arm is not None else [0] * inputs["input_ids"].shape[0]
 
     def _cross_len(self, inputs) -> int:
         pix = inputs["pixel_values"]
@@ -205,7 +243,8 @@ class MllamaStaticEngine:
         n_cross = len(cfg.cross_attention_layers)
         per_row = row_bytes(num_self_layers=len(w.layers) - n_cross, num_cross_layers=n_cross,
                             num_kv_heads=w.num_kv_heads, head_dim=w.head_dim,
-                            max_len=inputs["input_ids"].shape[1] + max_new + self.len_multiple,
+                            max_len=inputs["input_ids"].shape[1] + max_new + self.len_multiple
+                            + max(self.eos_check_every, self.refill_check_every),
                             cross_len=cross_len, vocab_size=w.lm_head.shape[0], hidden_size=w.hidden_size,
                             dtype_bytes=w.embed.element_size())
         # Prefill of one sub-batch: vision states (+ intermediate layers), projected states and
@@ -225,62 +264,23 @@ class MllamaStaticEngine:
         tensors = st.self_k + st.self_v + [t for t in st.cross_k + st.cross_v if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def _run_split_on_oom(self, rows, inputs, max_new, min_new) -> list:
+    def _run_split_on_oom(self, group: list[int], inputs, cap: int, max_new: int, limits) -> dict[int, Any]:
         torch = self._torch
-        idx = torch.tensor(rows, device=self.device)
-        sub = {k: (v.index_select(0, idx) if v is not None else None) for k, v in inputs.items()}
         try:
-            return self._generate_chunk(sub, max_new, min_new)
+            return self._run_group(group, inputs, cap, max_new, limits)
         except torch.cuda.OutOfMemoryError:
             self.release()
-            if len(rows) == 1:
+            if cap == 1:
                 raise
-            half = len(rows) // 2
+            half = max(1, min(cap, len(group)) // 2)
             self.max_batch = half  # remember: later batches start at the size that fitted
-            log.warning("CUDA out of memory at batch %d; retrying as two batches of %d and %d",
-                        len(rows), half, len(rows) - half)
-            return (self._run_split_on_oom(rows[:half], inputs, max_new, min_new)
-                    + self._run_split_on_oom(rows[half:], inputs, max_new, min_new))
+            log.warning("CUDA out of memory at batch %d; retrying with batches of %d", cap, half)
+            return self._run_split_on_oom(group, inputs, half, max_new, limits)
 
-    # ---------------------------------------------------------------- one decode batch
-    def _generate_chunk(self, x, max_new: int, min_new: int) -> list:
-        """One decode batch: prefill, then the decode loop; [(tokens, logprobs)] per row."""
-        torch = self._torch
-        plen, cross_bias, row_mask = self._prepare_chunk(x, max_new)
-        st = self._state
-        am = x["attention_mask"]
-        bsz = am.shape[0]
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-
-        sync()
-        t0 = time.perf_counter()
-        pos_ids = am.long().cumsum(-1) - 1
-        pos_ids = pos_ids.masked_fill(am == 0, 0)
-        first_logits = torch.empty(bsz, self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
-        for r0 in range(0, bsz, self.prefill_batch):
-            r1 = min(bsz, r0 + self.prefill_batch)
-            first_logits[r0:r1] = self._prefill(x, pos_ids, r0, r1, plen)
-        self._reset_state(st, am, pos_ids, plen, min_new, cross_bias, row_mask)
-        rules = self._grammar.new_batch(bsz, max_new) if self._grammar is not None else None
-        if rules is not None:
-            st.allow.copy_(rules.fill())
-        select_next(first_logits, st)
-        sync()
-        t1 = time.perf_counter()
-        steps = self._decode_loop(st, max_new) if rules is None else self._constrained_loop(st, rules, max_new)
-        sync()
-        t2 = time.perf_counter()
-        self.stats["prefill_s"] += t1 - t0
-        self.stats["decode_s"] += t2 - t1
-        self.stats["decode_steps"] += steps
-        self.stats["batches"] += 1
-        self.stats["cuda_graph"] = self._graph is not None
-        logp = st.logp.cpu() if st.logp is not None else None
-        return self._trim(st.out.cpu(), logp, max_new)
-
-    def _prepare_chunk(self, x, max_new: int):
+    def _prepare_chunk(self, x, max_new: int, span: int):
         """Cut the chunk's shared left padding, work out its cross-attention bias (or none)
-        and make the decode buffers for its shape. Returns (prompt length, bias, row mask)."""
+        and make the decode buffers for its shape (``span`` cache positions after the
+        prompt, ``max_new`` output columns). Returns (prompt length, bias, row mask)."""
         from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask
 
         am = x["attention_mask"]
@@ -289,7 +289,7 @@ class MllamaStaticEngine:
             if x[name] is not None:
                 x[name] = x[name][:, lead:]
         bsz, plen = x["input_ids"].shape
-        max_len = -(-(plen + max_new) // self.len_multiple) * self.len_multiple
+        max_len = -(-(plen + span) // self.len_multiple) * self.len_multiple
         cross_len = self._cross_len(x)
         cross_bias = row_mask = None
         if cross_len > 0:
@@ -309,87 +309,16 @@ class MllamaStaticEngine:
         self._ensure_state((bsz, max_len, cross_len, cross_bias is not None, max_new, self._grammar is not None))
         return plen, cross_bias, row_mask
 
-    def _reset_state(self, st: DecodeState, am, pos_ids, plen: int, min_new: int, cross_bias, row_mask) -> None:
-        """Every buffer a captured step reads set for this batch (none keeps the last batch's values)."""
-        st.tok.zero_()
-        st.pos.copy_(pos_ids[:, -1] + 1)
-        st.cur.fill_(plen)
-        st.step.zero_()
-        st.min_new.fill_(min_new)
-        st.finished.zero_()
-        st.out.fill_(self.pad_id)
-        if st.logp is not None:
-            st.logp.zero_()
-        st.self_valid.zero_()
-        st.self_valid[:, :plen] = am.bool()
-        if row_mask is not None:
-            st.row_mask.copy_(row_mask[:, 0])
-            if cross_bias is not None:
-                st.cross_bias.copy_(cross_bias)
-
-    def _decode_loop(self, st: DecodeState, max_new: int) -> int:
-        """Steps 2..max_new (the graph replayed, or eagerly), stopping early once every row
-        finished (checked every ``eos_check_every`` steps: one host sync each). Returns the
-        number of steps run."""
-        steps = 0
-        for steps in range(1, max_new):
-            if self._graph is not None:
-                self._graph[0].replay()
-            else:
-                decode_step(self.weights, st)
-            if steps % self.eos_check_every == 0 and bool(st.finished.all()):
-                break
-        return steps
-
-    def _constrained_loop(self, st: DecodeState, rules, max_new: int) -> int:
-        """The decode loop under a grammar. Each step: launch the forward (graph or eager),
-        and while the device runs it, feed the previous token to the matchers and fill the
-        next mask on the host; then copy the mask over and launch the masked choice. The
-        host reads each chosen token through a pinned buffer and an event, so it waits for
-        the small choice kernel of the last step, never for the forward it overlaps."""
+    def _prefill(self, x, pos_ids, sl: slice, start, rows=None):
+        """HF forward over rows ``sl`` of the prompt; keys/values copied into the static cache
+        at positions ``start ..`` of decode slots ``rows`` (default: the same rows)."""
         torch = self._torch
-        on_cuda = self.device.type == "cuda"
-        host_tok = torch.empty(st.tok.shape, dtype=torch.long, pin_memory=on_cuda)
-        host_mask = torch.empty(st.allow.shape, dtype=torch.int32, pin_memory=on_cuda)
-        ready = torch.cuda.Event() if on_cuda else None
-        host_tok.copy_(st.tok, non_blocking=on_cuda)
-        steps = 0
-        while steps < max_new - 1:
-            steps += 1
-            if ready is not None:
-                ready.record()
-            if self._graph is not None:
-                self._graph[0].replay()
-            else:
-                decode_step(self.weights, st)
-            t0 = time.perf_counter()
-            if ready is not None:
-                ready.synchronize()  # the last choice's token is in host_tok (the forward runs on)
-            t1 = time.perf_counter()
-            rules.advance(host_tok.tolist())
-            if rules.all_done():
-                break
-            host_mask.copy_(rules.fill())
-            self.stats["grammar_wait_s"] = self.stats.get("grammar_wait_s", 0.0) + t1 - t0
-            self.stats["grammar_host_s"] = self.stats.get("grammar_host_s", 0.0) + time.perf_counter() - t1
-            st.allow.copy_(host_mask, non_blocking=on_cuda)
-            if self._graph is not None:
-                self._graph[1].replay()
-            else:
-                select_next(st.logits, st)
-            host_tok.copy_(st.tok, non_blocking=on_cuda)
-        return steps
-
-    def _prefill(self, x, pos_ids, r0: int, r1: int, plen: int):
-        """HF forward over rows r0:r1 of the prompt; keys/values copied into the static cache."""
-        torch = self._torch
-        sl = slice(r0, r1)
         with self._prefill_attention():
             out = self._prefill_forward(x, pos_ids, sl)
         cache = getattr(out, "cache", None)  # transformers >= 5.2x names it `cache`
         if cache is None:
             cache = out.past_key_values
-        self._copy_cache(cache, sl, plen)
+        self._copy_cache(cache, sl if rows is None else rows, start)
         logits = out.logits[:, -1].to(torch.float32)
         del out, cache
         return logits
@@ -411,7 +340,10 @@ class MllamaStaticEngine:
         rows = {k: (v[sl] if v is not None else None) for k, v in x.items()}
         return self.model(**rows, position_ids=pos_ids[sl], use_cache=True, logits_to_keep=1)
 
-    def _copy_cache(self, cache, sl, plen: int) -> None:
+    def _copy_cache(self, cache, rows, start) -> None:
+        """HF's cache of a prefill into decode slots ``rows`` (a slice or an index tensor):
+        self-attention keys/values at positions ``start ..`` (an int), or at the positions
+        of the tensor ``start`` (a row joining a running batch, wrapped round the ring)."""
         st = self._state
         si = ci = 0
         for idx, lw in enumerate(self.weights.layers):
@@ -422,26 +354,19 @@ class MllamaStaticEngine:
                         raise RuntimeError(f"cross-attention cache holds {layer.keys.shape[2]} vision "
                                            f"tokens, expected {self._full_cross_len}")
                     keep = st.cross_k[ci].shape[2]
-                    st.cross_k[ci][sl].copy_(layer.keys[:, :, :keep])
-                    st.cross_v[ci][sl].copy_(layer.values[:, :, :keep])
+                    st.cross_k[ci][rows] = layer.keys[:, :, :keep]
+                    st.cross_v[ci][rows] = layer.values[:, :, :keep]
                 ci += 1
+                continue
+            if isinstance(start, int):
+                end = start + layer.keys.shape[2]
+                st.self_k[si][rows, :, start:end] = layer.keys
+                st.self_v[si][rows, :, start:end] = layer.values
             else:
-                st.self_k[si][sl, :, :plen].copy_(layer.keys)
-                st.self_v[si][sl, :, :plen].copy_(layer.values)
-                si += 1
-
-    def _trim(self, out, logp, max_new: int) -> list:
-        """Cut the batch to generate's length: up to the step where the last row finished.
-        One (tokens, logprobs or None) pair per row."""
-        torch = self._torch
-        is_eos = torch.isin(out, torch.tensor(self.eos_ids, dtype=out.dtype))
-        finished = is_eos.any(-1)
-        if bool(finished.all()):
-            width = int(is_eos.float().argmax(-1).max()) + 1  # first eos of the slowest row
-        else:
-            width = max_new
-        logp_rows = list(logp[:, :width]) if logp is not None else [None] * out.shape[0]
-        return list(zip(out[:, :width], logp_rows, strict=True))
+                for j, slot in enumerate(rows.tolist()):
+                    st.self_k[si][slot].index_copy_(1, start, layer.keys[j])
+                    st.self_v[si][slot].index_copy_(1, start, layer.values[j])
+            si += 1
 
     # ---------------------------------------------------------------- buffers and graph
     def _ensure_state(self, key: tuple) -> None:
@@ -467,10 +392,12 @@ class MllamaStaticEngine:
                      for _ in range(n_cross)],
             cross_bias=zeros(bsz, 1, 1, cross_len) if has_bias else None,
             row_mask=torch.ones(bsz, 1, 1, device=dev, dtype=dt),
-            finished=zeros(bsz, dtype=torch.bool), out=zeros(bsz, max_new, dtype=torch.long),
-            logp=zeros(bsz, max_new, dtype=torch.float32) if self.score_tokens else None,
+            finished=zeros(bsz, dtype=torch.bool), out=zeros(bsz, max_new + 1, dtype=torch.long),
+            logp=zeros(bsz, max_new + 1, dtype=torch.float32) if self.score_tokens else None,
             eos=torch.tensor(self.eos_ids, device=dev, dtype=torch.long),
-            min_new=zeros(1, dtype=torch.long), pad_id=self.pad_id, cos=cos, sin=sin)
+            min_new=zeros(bsz, dtype=torch.long), row_step=zeros(bsz, dtype=torch.long),
+            max_new_row=torch.full((bsz,), max_new, device=dev, dtype=torch.long),
+            pad_id=self.pad_id, cos=cos, sin=sin)
         if constrained:
             vocab = w.lm_head.shape[0]
             st.logits = zeros(bsz, vocab, dtype=torch.float32)
@@ -520,6 +447,8 @@ class MllamaStaticEngine:
         st.cur.zero_()
         st.step.zero_()
         st.pos.zero_()
+        st.row_step.zero_()
+        st.finished.zero_()
         graphs = []
         for part in parts:
             graph = torch.cuda.CUDAGraph()

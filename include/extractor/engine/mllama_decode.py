@@ -279,8 +279,10 @@ class DecodeState:
     """Every tensor one decode step reads or writes; shapes fixed for a batch's lifetime.
 
     ``cur`` is the cache slot of the token being fed (the same for all rows of a
-    left-padded batch); ``pos`` its rotary position per row; ``step`` the output column
-    it produces. All three live on the device so a captured graph can advance them.
+    left-padded batch; the cache is a ring, so ``cur`` wraps: a row's own positions,
+    prompt and answer, never span more than the cache's length); ``pos`` its rotary
+    position per row (frozen once the row finished); ``step`` counts steps. All live on
+    the device so a captured graph can advance them.
     """
 
     tok: Any            # [B] long, token fed this step
@@ -294,11 +296,13 @@ class DecodeState:
     cross_v: list
     cross_bias: Any     # [B, 1, 1, S] additive, or None when it is all zeros
     row_mask: Any       # [B, 1, 1] full_text_row_masked_out_mask of the decode token
-    finished: Any       # [B] bool
-    out: Any            # [B, max_new] long
-    logp: Any           # [B, max_new] float32 log-probability of each chosen token, or None
+    finished: Any       # [B] bool: the row stopped (EOS, or its length limit)
+    out: Any            # [B, max_new + 1] long: column j = the row's j-th new token (the last is scratch)
+    logp: Any           # [B, max_new + 1] float32 log-probability of each chosen token, or None
     eos: Any            # [E] long
-    min_new: Any        # [1] long
+    min_new: Any        # [B] long: EOS is impossible before a row has this many tokens
+    row_step: Any       # [B] long: how many tokens each row has (rows join at different steps)
+    max_new_row: Any    # [B] long: each row's length limit
     pad_id: int
     cos: Any            # [Lpos, D]
     sin: Any
@@ -364,8 +368,8 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
         select_next(logits, st)
     else:  # constrained: the choice waits for the host's mask (select_next on st.logits)
         st.logits.copy_(logits)
-    st.pos.add_(1)
-    st.cur.add_(1)
+    st.pos.add_((~st.finished).long())  # a finished row waits for its slot to be refilled
+    st.cur.add_(1).remainder_(st.self_valid.shape[1])  # a ring: refilled batches run past the end
 
 
 def _mlp(x, lw: LayerWeights, w: TextWeights):
@@ -377,24 +381,30 @@ def _mlp(x, lw: LayerWeights, w: TextWeights):
     return linear(w.ops.act(g, u), lw.wd, w.ops.quant)
 
 
-def select_next(logits, st: DecodeState) -> None:
-    """Greedy choice with generate's min-new-tokens rule and finished-row padding;
-    writes ``st.out[:, st.step]`` (and ``st.logp[:, st.step]``), updates ``st.finished`` /
-    ``st.tok``, advances step."""
+def select_next(logits, st) -> None:
+    """Greedy choice with generate's min-new-tokens rule, the grammar's mask when there is
+    one, and finished-row padding, per row: writes ``st.out[r, st.row_step[r]]`` (and
+    ``st.logp``), advances each live row's ``row_step``, updates ``st.finished`` (EOS or the
+    row's length limit) and ``st.tok``. ``st`` may be any object with these tensors (a
+    sub-batch of rows joining a running batch uses a small stand-in)."""
     import torch
 
+    live = ~st.finished
     # MinNewTokensLengthLogitsProcessor: EOS is impossible before min_new tokens exist.
-    blocked = (st.step < st.min_new).to(logits.dtype) * torch.finfo(logits.dtype).min
-    logits.index_add_(1, st.eos, blocked.expand(logits.shape[0], st.eos.shape[0]).contiguous())
+    blocked = (st.row_step < st.min_new).to(logits.dtype) * torch.finfo(logits.dtype).min
+    logits.index_add_(1, st.eos, blocked[:, None].expand(logits.shape[0], st.eos.shape[0]).contiguous())
     if st.allow is not None:  # the grammar's mask: bit j of word i allows token 32 * i + j
         bits = (st.allow.unsqueeze(-1) >> st.bit_shifts) & 1
         logits.masked_fill_(bits.reshape(logits.shape[0], -1)[:, :logits.shape[1]] == 0, float("-inf"))
     nxt = logits.argmax(dim=-1)
+    col = st.row_step[:, None]
     if st.logp is not None:  # the chosen token's log-probability: max logit - logsumexp (0 once finished)
         chosen = logits.amax(dim=-1) - torch.logsumexp(logits, dim=-1)
-        st.logp.index_copy_(1, st.step, torch.where(st.finished, 0.0, chosen)[:, None])
-    nxt = torch.where(st.finished, torch.full_like(nxt, st.pad_id), nxt)
+        st.logp.scatter_(1, col, torch.where(live, chosen, 0.0)[:, None])
+    nxt = torch.where(live, nxt, torch.full_like(nxt, st.pad_id))
+    st.out.scatter_(1, col, nxt[:, None])
+    st.row_step.add_(live.long())
     st.finished.logical_or_((nxt[:, None] == st.eos[None, :]).any(-1))
-    st.out.index_copy_(1, st.step, nxt[:, None])
+    st.finished.logical_or_(st.row_step >= st.max_new_row)
     st.tok.copy_(nxt)
     st.step.add_(1)
