@@ -98,7 +98,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
+def _csv_row(r: ExtractionResult) -> dict:
+    row = {"source": r.source, "receipt_id": r.receipt_id, "status": r.status, "reason": r.reason}
+    if r.receipt is not None:
+        row.update(r.receipt.model_dump(include=set(scalar_fields()), mode="json"))
+    return row
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
+    """Extract a folder; results are written as each batch finishes (streamed), so memory
+    holds one batch of images and results, however many receipts the folder has."""
     from rich.progress import Progress
 
     if not Path(args.input_dir).is_dir():
@@ -110,30 +119,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = args.batch_size or backend.spec.batch_size
-    results: list[ExtractionResult] = []
+    counts = {"ok": 0, "failed": 0}
     t0 = time.perf_counter()
-    with Progress(transient=True) as progress:
+    columns = ["source", "receipt_id", "status", "reason", *scalar_fields()]
+    with open(out / "receipts.jsonl", "w") as jsonl, open(out / "receipts.csv", "w", newline="") as table, \
+            Progress(transient=True) as progress:
+        writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
         task = progress.add_task("extracting", total=len(paths))
         for start in range(0, len(paths), size):
             chunk = paths[start:start + size]
-            results += backend.extract([ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p in chunk])
+            for r in backend.extract([ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p in chunk]):
+                jsonl.write(r.model_dump_json() + "\n")
+                writer.writerow(_csv_row(r))
+                counts["ok" if r.status == "ok" else "failed"] += 1
             progress.advance(task, len(chunk))
     elapsed = time.perf_counter() - t0
-    with open(out / "receipts.jsonl", "w") as f:
-        for r in results:
-            f.write(r.model_dump_json() + "\n")
-    columns = ["source", "receipt_id", "status", "reason", *scalar_fields()]
-    with open(out / "receipts.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in results:
-            row = {"source": r.source, "receipt_id": r.receipt_id, "status": r.status, "reason": r.reason}
-            if r.receipt is not None:
-                row.update(r.receipt.model_dump(include=set(scalar_fields()), mode="json"))
-            writer.writerow(row)
-    ok = sum(r.status == "ok" for r in results)
-    summary = {"receipts": len(results), "ok": ok, "failed": len(results) - ok,
-               "seconds": round(elapsed, 2), "receipts_per_s": round(len(results) / elapsed, 3),
+    n = counts["ok"] + counts["failed"]
+    summary = {"receipts": n, **counts, "seconds": round(elapsed, 2), "receipts_per_s": round(n / elapsed, 3),
                "extractor_version": backend.version, "output": str(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_table([summary], list(summary), title="batch summary")

@@ -61,6 +61,10 @@ def test_synthetic_receipts_fields_recovered(backend):
         assert set(receipt.confidence) >= {"store_name", "date", "total"}
         assert all(0.0 <= v <= 1.0 for v in receipt.confidence.values())
         assert truth["total"] in result.raw_text  # raw_text = the reconstructed lines
+        assert [(i.quantity, i.unit_price, i.line_total) for i in receipt.line_items] == [
+            (Decimal(t["quantity"]), Decimal(t["unit_price"]), Decimal(t["line_total"])) for t in truth["line_items"]]
+        assert all(similarity(i.name, t["name"]) >= 0.9 for i, t in zip(receipt.line_items, truth["line_items"],
+                                                                        strict=True))
         assert result.extractor_version.startswith("ocr:rapidocr@")
 
 

@@ -5,26 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from extractor.ocr.engine import OcrBox
-from extractor.ocr.layout import rebuild_lines
-from extractor.ocr.parser import parse_receipt
+from extractor.ocr.parser import date_candidates, parse_receipt, total_candidates
 from extractor.ocr.patterns import amounts_in
-
-
-def lines_from_text(text: str, width: int = 480):
-    """One box per text run; runs on a line are separated by 3+ spaces, the last one
-    right-aligned (as amounts are on a till receipt)."""
-    out = []
-    for row, line in enumerate(t for t in text.strip("\n").splitlines()):
-        runs = [r.strip() for r in line.split("   ") if r.strip()]
-        y = 30 * row
-        for i, run in enumerate(runs):
-            w = 12 * len(run)
-            x = width - w if (i == len(runs) - 1 and len(runs) > 1) else 10 + 200 * i
-            out.append(OcrBox(points=((x, y), (x + w, y), (x + w, y + 22), (x, y + 22)), text=run,
-                              score=0.98))
-    return rebuild_lines(out)
-
+from extractor.testing.ocr_lines import lines_from_text
 
 RECEIPT = """
 tan woon yann
@@ -92,6 +75,33 @@ def test_date_formats(line, expected):
     assert parse_receipt(lines_from_text(f"SHOP ENTERPRISE\n{line}\nTOTAL   1.00")).values["date"] == expected
 
 
+@pytest.mark.parametrize("line, expected", [
+    ("Date: 25 Mar 20189:27PM", date(2018, 3, 25)),  # a one-digit hour glued to the year
+    ("Date 27/06/185:02:32 PM", date(2018, 6, 27)),
+    ("18:1524/05/18", date(2018, 5, 24)),  # the time glued in front
+    ("CB#59581331715 14May/2017 02.56:39", date(2017, 5, 14)),
+    ("Date/Time 20180428/191204", date(2018, 4, 28)),
+    ("02:49PH 565287 05~05-17", date(2017, 5, 5)),  # misread separators
+    ("01:34PM 568017 05 02-18", date(2018, 2, 5)),
+    ("REGEIPT #.CS00633800 DATE: 2504/2017", date(2017, 4, 25)),
+    ("#19536001/06/2018 6:31", date(2018, 6, 1)),
+])
+def test_dates_the_recogniser_garbles_are_candidates(line, expected):
+    assert expected in {c.value for c in date_candidates(lines_from_text(line))}
+
+
+def test_a_year_ending_in_3_also_offers_the_8_it_may_be():
+    dates = date_candidates(lines_from_text("04-05-2013 16:07"))
+    assert [(c.value, bool(c.extra.get("year_misread"))) for c in dates] == [
+        (date(2013, 5, 4), False), (date(2018, 5, 4), True)]
+
+
+def test_loose_dates_are_flagged_and_need_a_full_year_when_glued():
+    [strict] = date_candidates(lines_from_text("DATE 05-02-2018"))
+    assert "loose" not in strict.extra
+    assert {c.value for c in date_candidates(lines_from_text("TEL 03-1205-12"))} == set()
+
+
 def test_an_address_candidate_ends_before_contact_details():
     # "Mobile / Whatsapps" and HOTLINE end an address like TEL does (parser-v3)
     from extractor.ocr import features
@@ -109,3 +119,17 @@ INVOICE NO 123
     assert cut[0].extra["features"]["value_contact"] == 0.0
     whole = [c for c in features.address_candidates(page, [0]) if "Whatsapps" in c.value]
     assert whole and all(c.extra["features"]["value_contact"] == 1.0 for c in whole)
+
+
+def test_total_features_see_the_receipts_arithmetic():
+    from extractor.ocr import features
+
+    lines = lines_from_text("SHOP ENTERPRISE\nSub-Total   57.00\nCoupon Discount   17.40\n"
+                            "Grand Total   39.60\nAccepted total   40.00\nChange   0.40\n")
+    totals = total_candidates(lines)
+    features.total_features(features.Page.of(lines), totals)
+    f = {str(c.value): c.extra["features"] for c in totals}
+    assert f["39.60"]["difference_of_above"] == f["39.60"]["result_of_total_line"] == 1.0
+    assert f["57.00"]["operand_of_below"] == f["17.40"]["operand_of_below"] == 1.0
+    assert f["39.60"]["cash_minus_change"] == 1.0  # paid read from the line above CHANGE
+    assert f["57.00"]["cash_minus_change"] == 0.0

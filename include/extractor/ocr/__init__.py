@@ -8,5 +8,6 @@ lines are the store name and address and which date/amount is the receipt's.
 # The version of the parser, corrections and shipped picker weights, stamped on every
 # row as the spec's ``prompt_version``. Bump it whenever the output for the same OCR can
 # change (v2: bracket spacing, legal-suffix misreads, glued-word splitting, new weights;
-# v3: contact lines (MOBILE / WHATSAPP / HOTLINE) end an address, new weights).
-PARSER_VERSION = "parser-v3"
+# v3: contact lines (MOBILE / WHATSAPP / HOTLINE) end an address, new weights;
+# v4: garbled dates as candidates, date and total features, line items, new weights).
+PARSER_VERSION = "parser-v4"

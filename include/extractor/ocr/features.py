@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from statistics import median
 
@@ -217,7 +218,10 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 # --- total ---------------------------------------------------------------------------
 _KW = {
-    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T",
+    "kw_total": r"T\s?O\s?T\s?A\s?L|JUMLAH|[TI1][O0U][TI1][A4][L1I]\b",
+    "kw_total_misread": r"\b[TFIL1][O0U][TFIL1][A4][L1I]\b",
+    "kw_payable": r"PAYABLE|TO BE PAID|TO PAY|AMOUNT DUE|AMT DUE|BALANCE DUE", "kw_percent": r"\d\s?%",
+    "kw_supplies": r"SUPPL|SUMMARY|ZERO|EXEMPT", "kw_after": r"\bAFTER|\bATF|FINAL", "kw_sub": r"SUB\s?-?\s?T\s?O\s?T",
     "kw_round": r"ROUND",
     "kw_rounded": r"ROUNDED|ROUNDING\s*TOTAL|TOTAL\s*ROUND", "kw_adj": r"ADJ",
     "kw_nett": r"NET", "kw_grand": r"GRAND", "kw_incl": r"INCL|INC\.|INCLUSIVE",
@@ -235,6 +239,45 @@ def _keyword_flags(text: str, prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": float(bool(r.search(text))) for k, r in _KW_RE.items()}
 
 
+def _paid_minus_change(page: Page, cands: Sequence[Candidate]) -> set[Decimal]:
+    """Amounts paid less change given: the cash / tender lines, or the line just above a
+    CHANGE line ("Accepted total 10.00 / Change 5.00"), minus the change."""
+    paid, change = [], []
+    change_lines = {c.line for c in cands if _KW_RE["kw_change"].search(page.lines[c.line].text)}
+    for c in cands:
+        own = page.lines[c.line].text
+        if _KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own) or c.line + 1 in change_lines:
+            paid.append(c.value)
+        if c.line in change_lines:
+            change.append(c.value)
+    return {a - b for a in paid for b in change}
+
+
+def _arithmetic(cands: Sequence[Candidate], total_lines: set[int]) -> dict[int, dict[str, float]]:
+    """Which amounts are the result of two amounts printed above them (a + b, a - b:
+    "SUB-TOTAL 57.00 / DISCOUNT 17.40 / GRAND TOTAL 39.60", "6% SUPPLIES 32.05 / 0%
+    SUPPLIES 19.83 / PAYABLE 51.88") and which are operands of such a result below."""
+    nonzero = [c for c in cands if abs(c.value) >= Decimal("0.05")]  # not 5-sen roundings
+    out = {id(c): {"sum_of_above": 0.0, "difference_of_above": 0.0, "operand_of_below": 0.0,
+                   "result_of_total_line": 0.0} for c in cands}
+    for c in nonzero:
+        above = [a for a in nonzero if a.line < c.line and a.value != c.value]
+        for a in above:
+            for b in above:
+                if b.line == a.line or b is a:
+                    continue
+                if a.value + b.value == c.value and a.line < b.line:
+                    out[id(c)]["sum_of_above"] = 1.0
+                elif a.value - abs(b.value) == c.value:
+                    out[id(c)]["difference_of_above"] = 1.0
+                else:
+                    continue
+                out[id(a)]["operand_of_below"] = out[id(b)]["operand_of_below"] = 1.0
+                if a.line in total_lines:
+                    out[id(c)]["result_of_total_line"] = 1.0
+    return out
+
+
 def total_features(page: Page, cands: Sequence[Candidate]) -> None:
     """Add a feature dict to each amount candidate (in place)."""
     if not cands:
@@ -244,15 +287,9 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
     for c in cands:
         counts[c.value] = counts.get(c.value, 0) + 1
     n_lines = len(page.lines)
-    by_kw = {}
-    for c in cands:  # the amounts on cash / change lines: cash - change = total
-        own = page.lines[c.line].text
-        if _KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own):
-            by_kw.setdefault("cash", []).append(c.value)
-        if _KW_RE["kw_change"].search(own):
-            by_kw.setdefault("change", []).append(c.value)
-    paid_minus_change = {a - b for a in by_kw.get("cash", []) for b in by_kw.get("change", [])}
+    paid_minus_change = _paid_minus_change(page, cands)
     total_lines = [c.line for c in cands if _KW_RE["kw_total"].search(page.lines[c.line].text)]
+    arithmetic = _arithmetic(cands, set(total_lines)) if len(cands) <= 60 else {}
     cents = {c.value: int(abs(c.value) * 100) for c in cands}
     # Malaysian cash totals are rounded to 5 sen: "TOTAL 25.44 ... AMOUNT TO BE PAID 25.45"
     rounds_other = {c.value for c in cands if cents[c.value] % 5 == 0 and any(
@@ -278,12 +315,24 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "negative": float(bool(re.search(r"-\s?(RM)?\s?" + re.escape(str(c.value)), own))),
              "last_total_line": float(bool(total_lines) and c.line == max(total_lines)),
              "first_total_line": float(bool(total_lines) and c.line == min(total_lines)),
+             "total_line_below": float(any(t > c.line for t in total_lines)),
              "no_letters": float(_letters(own) <= 2),
              "rounds_other": float(c.value in rounds_other),
-             "has_rounded_twin": float(c.value in has_rounded_twin)}
+             "has_rounded_twin": float(c.value in has_rounded_twin), **arithmetic.get(id(c), {})}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
         c.extra["features"] = f
+
+
+_DATE_KW = {
+    "kw_date_fuzzy": r"D\s?[A4]\s?[TI1]\s?[E3F]|TARIKH|TRH", "kw_invoice": r"INVOICE|RECEIPT|BILL|INV\b|DOC",
+    "kw_expiry": r"EXP|VALID|UNTIL|BEFORE", "kw_due_word": r"\bDUE\b", "kw_print": r"PRINT",
+    "kw_check": r"CHECK|CLOSED|OPEN|IN\b|OUT\b|TIME", "kw_member": r"MEMBER|CARD|POINT|JOIN|SINCE|BIRTH",
+}
+_DATE_KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _DATE_KW.items()}
+
+
+_GST_START = date(2015, 4, 1)
 
 
 def date_features(page: Page, cands: Sequence[Candidate]) -> None:
@@ -293,16 +342,30 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
     for c in cands:
         counts[c.value] = counts.get(c.value, 0) + 1
     first_line = min(c.line for c in cands)
+    latest, earliest = max(c.value for c in cands), min(c.value for c in cands)
+    per_line = {c.line: sum(d.line == c.line for d in cands) for c in cands}
+    gst = any(re.search(r"\bGST\b", ln.text, re.IGNORECASE) for ln in page.lines)
     for k, c in enumerate(cands):
         own = page.lines[c.line].text.upper()
         prev = page.lines[c.line - 1].text.upper() if c.line > 0 else ""
+        nxt = page.lines[c.line + 1].text.upper() if c.line + 1 < len(page.lines) else ""
+        before = own[:max(own.find(c.text.upper()), 0)]
         f = {"bias": 1.0, "y": (page.lines[c.line].y0 - page.y0) / page.height,
              "first": float(k == 0), "first_line": float(c.line == first_line),
              "count": min(counts[c.value], 4) / 4, "kw_date": float("DATE" in own or "TARIKH" in own),
              "prev_date": float("DATE" in prev), "has_time": float(bool(patterns.TIME_RE.search(own))),
+             "next_time": float(bool(patterns.TIME_RE.search(nxt))),
              "kw_due": float(bool(re.search(r"DUE|EXP|VALID|PRINT", own))),
              "iso": float(bool(re.match(r"\d{4}", c.text))),
              "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
              "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
-             "compact": float(bool(c.extra.get("compact"))), "score": c.ocr_score}
+             "compact": float(bool(c.extra.get("compact"))), "loose": float(bool(c.extra.get("loose"))),
+             "latest": float(c.value == latest), "earliest": float(c.value == earliest),
+             "n_in_line": min(per_line[c.line], 3) / 3, "score": c.ocr_score,
+             "year_misread": float(bool(c.extra.get("year_misread"))),
+             # Malaysia charged GST from 2015-04-01 to 2018-08-31: a GST receipt is not older
+             "before_gst": float(gst and c.value < _GST_START),
+             "date_right_before": float(bool(re.search(r"D\s?[A4]\s?[TI1]\s?[E3F]\W*$|TARIKH\W*$", before)))}
+        f.update({f"own_{n}": float(bool(r.search(own))) for n, r in _DATE_KW_RE.items()})
+        f.update({f"prev_{n}": float(bool(r.search(prev))) for n, r in _DATE_KW_RE.items()})
         c.extra["features"] = f

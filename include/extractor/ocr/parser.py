@@ -16,6 +16,7 @@ from typing import Any
 from extractor import normalize
 from extractor.errors import NormalizationError
 from extractor.ocr import patterns
+from extractor.ocr.items import extract_line_items
 from extractor.ocr.layout import Line
 from extractor.ocr.lexicon import correct_text
 
@@ -39,33 +40,80 @@ class ParsedFields:
 
 
 # --- candidates ------------------------------------------------------------------
+def _date_text(text: str) -> str:
+    """A line made readable for the date patterns: a glued time split off, '~' read as '-'."""
+    text = patterns.TIME_THEN_DATE_RE.sub(r"\1 \2", text.replace("~", "-"))
+    return patterns.GLUED_TIME_RE.sub(r"\1 \2", text)
+
+
+def _read_date(raw: str):
+    """A printed date as a ``date`` in 1990-2035, else None ('14May/2017' reads too)."""
+    text = patterns.re.sub(r"\s*([-/.])\s*", r"\1", raw)
+    text = patterns.re.sub(r"(?<=\d)(?=[A-Za-z])|(?<=[A-Za-z])(?=\d)", " ", text)
+    try:
+        value = normalize.parse_date(text, day_first=True)
+    except NormalizationError:
+        return None
+    return value if value is not None and 1990 <= value.year <= 2035 else None
+
+
+def _strict_dates(text: str) -> list[tuple[str, Any, dict]]:
+    """Dates as printed. The search restarts one character after a match that is not a
+    date ("19- 18/01" in "REG#19- 18/01/2018"), so a false start cannot hide the real date."""
+    out, pos, seen = [], 0, set()
+    while (m := patterns.DATE_RE.search(text, pos)) is not None:
+        pos = m.start() + 1
+        value = _read_date(m.group(0))
+        if value is not None and m.start() not in seen:
+            seen.add(m.start())
+            out.append((m.group(0), value, {}))
+    return out
+
+
+def _unseparated_dates(text: str) -> list[tuple[str, Any, dict]]:
+    """'27032018' and '20180428' printed without separators."""
+    out = []
+    for m in patterns.COMPACT_DATE_RE.finditer(text):
+        value = _read_date(f"{m.group(1)[:2]}/{m.group(1)[2:4]}/{m.group(1)[4:]}")
+        if value is not None:
+            out.append((m.group(1), value, {"compact": True}))
+    for m in patterns.COMPACT_ISO_RE.finditer(text):
+        value = _read_date(f"{m.group(1)}-{m.group(2)}-{m.group(3)}")
+        if value is not None:
+            out.append((m.group(0), value, {"compact": True}))
+    return out
+
+
+def _loose_dates(text: str) -> list[tuple[str, Any, dict]]:
+    """Day, month and year with a misread separator, a missing one or digits glued on
+    the left (these two only with a four-digit year)."""
+    out, pos = [], 0
+    while (m := patterns.LOOSE_DATE_RE.search(text, pos)) is not None:
+        pos = m.start() + 1
+        glued = m.start() > 0 and text[m.start() - 1].isdigit()
+        unseparated = m.end(1) == m.start(2)
+        if (glued or unseparated) and len(m.group(3)) != 4:
+            continue
+        value = _read_date(f"{m.group(1)}/{m.group(2)}/{m.group(3)}")
+        if value is not None:
+            out.append((m.group(0), value, {"loose": True}))
+    return out
+
+
 def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
-    """Every readable date on the page. The search restarts one character after a
-    match that is not a date ("19- 18/01" in "REG#19- 18/01/2018"), so a false start
-    cannot hide the real date."""
+    """Every readable date on the page (one candidate per line and value, the most
+    regular reading first)."""
     out = []
     for ln in lines:
-        text = patterns.GLUED_TIME_RE.sub(r"\1 \2", ln.text)  # "16-04-201814:51": OCR dropped the space
-        pos, seen = 0, set()
-        while (m := patterns.DATE_RE.search(text, pos)) is not None:
-            pos = m.start() + 1
-            raw = m.group(0)
-            try:
-                value = normalize.parse_date(patterns.re.sub(r"\s*([-/.])\s*", r"\1", raw), day_first=True)
-            except NormalizationError:
+        text, seen = _date_text(ln.text), set()
+        for raw, value, extra in _strict_dates(text) + _unseparated_dates(text) + _loose_dates(text):
+            if extra.get("loose") and value in seen:
                 continue
-            if value is None or not 1990 <= value.year <= 2035 or m.start() in seen:
-                continue
-            seen.add(m.start())
-            out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score))
-        for m in patterns.COMPACT_DATE_RE.finditer(text):  # "27032018" printed without separators
-            try:
-                value = normalize.parse_date(m.group(1), day_first=True)
-            except NormalizationError:
-                continue
-            if value is not None and 1990 <= value.year <= 2035:
-                out.append(Candidate(value=value, line=ln.index, text=m.group(1), ocr_score=ln.score,
-                                     extra={"compact": True}))
+            seen.add(value)
+            out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score, extra=extra))
+            if value.year % 10 == 3:  # faded thermal print: the year's 8 read as 3 ("2013", "-13")
+                out.append(Candidate(value=value.replace(year=value.year + 5), line=ln.index, text=raw,
+                                     ocr_score=ln.score, extra={**extra, "year_misread": True}))
     return out
 
 
@@ -225,4 +273,6 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
                                                     patterns.re.compile(r"REG|NO\b|ID\b|SUMMARY",
                                                                         patterns.re.I))
     out.values["currency"] = find_currency(lines)
+    out.values["line_items"] = extract_line_items(lines, total=out.values.get("total"),
+                                                  subtotal=out.values["subtotal"], tax=out.values["tax_amount"])
     return out

@@ -16,8 +16,18 @@ DATE_RE = re.compile(
     r"|(?P<dmon>\d{1,2}[-/ .]?(?:" + MONTH_NAMES + r")[A-Z]*[-/ .,]*(?:20)?\d{2})"
     r"|(?P<mond>(?:" + MONTH_NAMES + r")[A-Z]*\.?\s?\d{1,2},?\s?(?:20)?\d{2})"
     r")(?!\d)", re.IGNORECASE)
-GLUED_TIME_RE = re.compile(r"((?:19|20)\d{2}|(?<=[-/.])\d{2})(\d{2}:\d{2})")
+# The recogniser drops the space between a date and its time: "16-04-201814:51",
+# "25 Mar 20189:27PM", "27/06/185:02:32 PM" (year, then a time of one or two hour digits),
+# and "18:1524/05/18" (a time, then the date).
+GLUED_TIME_RE = re.compile(r"((?:19|20)\d{2}|(?<=[-/.]\d{2}[-/.])\d{2}|(?<=[-/.])\d{2}(?=\d{2}:))"
+                           r"(\d{1,2}:\d{2})")
+TIME_THEN_DATE_RE = re.compile(r"(\d{1,2}:\d{2})(\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?!\d)")
 COMPACT_DATE_RE = re.compile(r"(?<![\d:])((?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])20[0-3]\d)(?![\d:])")
+COMPACT_ISO_RE = re.compile(r"(?<![\d:])(20[0-3]\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?![\d:])")
+# Misread separators ("05~05-17", "05 02-18", "2504/2017") or digits glued on the left
+# ("#19536001/06/2018"): read as dates too, flagged ``loose`` for the picker to weigh.
+LOOSE_DATE_RE = re.compile(r"(0[1-9]|[12]\d|3[01])\s?[-/.~ ]?\s?(0[1-9]|1[0-2])"
+                           r"\s?[-/.~]\s?(20[1-3]\d|[1-3]\d)(?![\d:])")
 # A time has a colon ("14:03", "2:03:55 PM"); "2.03" is an amount unless AM/PM follows.
 TIME_RE = re.compile(r"(?<![\d.,])([01]?\d|2[0-3])(?::([0-5]\d)(?::[0-5]\d)?\s*(?:AM|PM|A\.M\.|P\.M\.)?"
                      r"|\.([0-5]\d)\s*(?:AM|PM))(?![\d])", re.IGNORECASE)

@@ -1,0 +1,39 @@
+"""Peak memory and CPU of ``evaluate()`` with the ``ocr`` backend, arena on or off.
+
+One process per run (peak RSS is the process's own). ``--no-arena`` turns onnxruntime's
+CPU memory arena off (``OcrSettings.mem_arena``), which RapidOCR does by default:
+
+    nice python bench/ocr_eval_memory.py --dataset DIR [--no-arena]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from extractor.backends.ocr import OCRBackend
+    from extractor.evaluation import evaluate
+    from extractor.ocr.engine import OcrSettings
+    from extractor.spec import resolve_spec
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--no-arena", action="store_true")
+    args = ap.parse_args(argv)
+    backend = OCRBackend(resolve_spec("ocr"), settings=OcrSettings(mem_arena=not args.no_arena))
+    cpu0 = time.process_time()
+    report = evaluate(backend, args.dataset)
+    backend.close()
+    print(json.dumps({"mem_arena": not args.no_arena, "receipts": report.n,
+                      "cpu_s_per_receipt": round((time.process_time() - cpu0) / report.n, 3),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "exact": {k: round(v.rate("exact"), 3) for k, v in report.fields.items()}}))
+
+
+if __name__ == "__main__":
+    main()
