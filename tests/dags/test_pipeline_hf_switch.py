@@ -15,8 +15,10 @@ import json
 import pytest
 from receipts_dag_helpers import synthetic_receipt
 
+from extractor.spec import resolve_spec
+
 DAY = dt.date(2026, 3, 1)
-OCR_VERSION = "ocr:rapidocr@3.10.0:parser-v3"
+OCR_VERSION = resolve_spec("ocr").version  # the shipped parser version, whatever it is now
 
 
 @pytest.fixture(scope="module")
