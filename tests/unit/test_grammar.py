@@ -23,28 +23,13 @@ from extractor.errors import ConfigError  # noqa: E402
 from extractor.images import ReceiptInput  # noqa: E402
 from extractor.schema import Receipt  # noqa: E402
 from extractor.spec import resolve_spec  # noqa: E402
+from tests.unit.hf_inputs import noise_image, noise_jpeg, tiny_spec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _spec(kind, **overrides):
-    return resolve_spec({"backend": "hf", "model_id": f"tiny/{kind}", "revision": "test",
-                         "max_new_tokens": 40, "batch_size": 4, **overrides})
-
-
-def _image(seed, size):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _jpeg(seed, size=(90, 140)) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    _image(seed, size).save(buf, "JPEG")
-    return buf.getvalue()
+    return tiny_spec(kind, **{"max_new_tokens": 40, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +112,7 @@ def pair(tiny_mllama_dir):
 def test_engine_and_generate_agree_under_the_grammar(pair):
     static, generate = pair
     assert static.grammar is not None and static.spec.version.endswith("+receipt-json")
-    images = [_image(20 + i, size) for i, size in enumerate([(60, 150), (150, 60), (90, 90), (70, 120)])]
+    images = [noise_image(20 + i, size) for i, size in enumerate([(60, 150), (150, 60), (90, 90), (70, 120)])]
     a, b = static._forward(images), generate._forward(images)
     assert [str(x) for x in a] == [str(y) for y in b]
     for x, y in zip(a, b, strict=True):
@@ -139,7 +124,7 @@ def test_every_constrained_output_parses_into_a_receipt(tiny_model_dirs, kind):
     """Free decoding of the same random models gives only failures
     (test_hf_backend.test_random_model_gives_failed_results_with_reason_and_raw_text)."""
     backend = HFBackend(_spec(kind, max_new_tokens=30), model_dir=tiny_model_dirs[kind])
-    items = [ReceiptInput.from_bytes(_jpeg(i, (80 + 30 * i, 150)), f"r{i}.jpg") for i in range(6)]
+    items = [ReceiptInput.from_bytes(noise_jpeg(i, (80 + 30 * i, 150)), f"r{i}.jpg") for i in range(6)]
     results = backend.extract(items)
     assert [r.status for r in results] == ["ok"] * 6, [r.reason for r in results]
     assert all(r.extractor_version == f"hf:tiny/{kind}@test:v1+receipt-json" for r in results)
@@ -151,7 +136,7 @@ def test_grammar_settings_are_checked_and_versioned(pair):
     with pytest.raises(ConfigError, match="receipt-json"):
         resolve_spec({"preset": "ocr", "grammar": "receipt-json"})
     static = pair[0]
-    inputs = static.batch_inputs([_image(1, (60, 60))], ["<|image|>total?"])
+    inputs = static.batch_inputs([noise_image(1, (60, 60))], ["<|image|>total?"])
     with pytest.raises(ValueError, match="min_new_tokens"):  # a closed object allows only EOS
         static._generate(inputs, 8, min_new_tokens=4, grammar=static.grammar)
 
@@ -163,7 +148,7 @@ def test_refilled_constrained_batches_agree_with_generate(pair, monkeypatch):
     monkeypatch.setattr(static.engine, "max_batch", 2)
     monkeypatch.setattr(static.engine, "refill_check_every", 1)
     monkeypatch.setattr(static.engine, "refill_min_rows", 1)
-    images = [_image(40 + i, (70, 150)) for i in range(4)]  # one tile count: one refill group
+    images = [noise_image(40 + i, (70, 150)) for i in range(4)]  # one tile count: one refill group
     a, b = static._forward(images), generate._forward(images)
     assert static.engine.stats.get("refilled_rows", 0) >= 1
     assert [str(x) for x in a] == [str(y) for y in b]

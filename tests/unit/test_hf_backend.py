@@ -12,21 +12,19 @@ from __future__ import annotations
 import io
 from decimal import Decimal
 
-import numpy as np
 import pytest
 
 from extractor.backends.hf import HFBackend, receipt_from_answers, shrink_for_processor
 from extractor.errors import ConfigError, ParseError
 from extractor.images import ReceiptInput
-from extractor.spec import resolve_spec
+from tests.unit.hf_inputs import noise_image, noise_jpeg, tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 KINDS = ("mllama", "llava")
 
 
 def _spec(kind, **overrides):
-    return resolve_spec({"backend": "hf", "model_id": f"tiny/{kind}", "revision": "test",
-                         "max_new_tokens": 12, "batch_size": 4, "grammar": "none", **overrides})
+    return tiny_spec(kind, **{"grammar": "none", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +32,10 @@ def backends(tiny_model_dirs):
     return {kind: HFBackend(_spec(kind), model_dir=tiny_model_dirs[kind]) for kind in KINDS}
 
 
-def _noise_image(seed, size):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _jpeg(seed, size=(90, 140)) -> bytes:
-    buf = io.BytesIO()
-    _noise_image(seed, size).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_random_model_gives_failed_results_with_reason_and_raw_text(backends, kind):
     backend = backends[kind]
-    items = [ReceiptInput.from_bytes(_jpeg(i, (80 + 40 * i, 150)), f"s3://b/r{i}.jpg") for i in range(3)]
+    items = [ReceiptInput.from_bytes(noise_jpeg(i, (80 + 40 * i, 150)), f"s3://b/r{i}.jpg") for i in range(3)]
     results = backend.extract(items)
     assert [r.receipt_id for r in results] == [i.receipt_id for i in items]
     assert [r.source for r in results] == [i.source for i in items]
@@ -88,7 +73,7 @@ def test_batched_output_equals_one_at_a_time_token_exact(backends, kind):
     batch really is left-padded; greedy decoding must give the same tokens either way."""
     backend = backends[kind]
     tok = backend.processor.tokenizer
-    images = [_noise_image(10 + i, size) for i, size in enumerate([(60, 150), (150, 60), (70, 70)])]
+    images = [noise_image(10 + i, size) for i, size in enumerate([(60, 150), (150, 60), (70, 70)])]
     questions = ["What is the total?", "Store name?", "What is the date printed on this receipt, please?"]
     from extractor import prompts
 
@@ -108,7 +93,7 @@ def test_batched_output_equals_one_at_a_time_token_exact(backends, kind):
 
 def test_inputs_are_left_padded(backends):
     backend = backends["mllama"]
-    inputs = backend.batch_inputs([_noise_image(1, (60, 60))] * 2, ["<|image|>a", "<|image|>a b c d e f"])
+    inputs = backend.batch_inputs([noise_image(1, (60, 60))] * 2, ["<|image|>a", "<|image|>a b c d e f"])
     mask = inputs["attention_mask"]
     assert mask[0, 0] == 0 and mask[0, -1] == 1 and mask[1].all()
     assert inputs["input_ids"][0, 0] == backend.processor.tokenizer.pad_token_id
@@ -122,7 +107,7 @@ def test_chat_template_output_gets_exactly_one_bos(backends, kind):
 
     text = backend.processor.apply_chat_template(prompts.build_messages(backend.spec, "total?"),
                                                  add_generation_prompt=True)
-    ids = backend.batch_inputs([_noise_image(1, (60, 60))], [text])["input_ids"][0].tolist()
+    ids = backend.batch_inputs([noise_image(1, (60, 60))], [text])["input_ids"][0].tolist()
     assert ids.count(backend.processor.tokenizer.bos_token_id) == 1
     assert ids[0] == backend.processor.tokenizer.bos_token_id
 
@@ -133,7 +118,7 @@ def test_static_engine_seam_gives_the_same_tokens_as_generate(tiny_mllama_dir, b
     pytest.importorskip("extractor.engine.mllama")
     static = HFBackend(_spec("mllama", engine="static"), model_dir=tiny_mllama_dir)
     assert static.engine_name == "static" and backends["mllama"].engine_name == "generate"
-    images = [_noise_image(5, (60, 150)), _noise_image(6, (90, 90))]
+    images = [noise_image(5, (60, 150)), noise_image(6, (90, 90))]
     texts = [static.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
         add_generation_prompt=True) for q in ("total?", "the store name?")]
@@ -154,7 +139,7 @@ def test_cuda_oom_splits_the_batch_and_loses_nothing(backends, monkeypatch):
     import torch
 
     backend = backends["mllama"]
-    items = [ReceiptInput.from_bytes(_jpeg(20 + i), f"r{i}") for i in range(5)]
+    items = [ReceiptInput.from_bytes(noise_jpeg(20 + i), f"r{i}") for i in range(5)]
     expected = [r.raw_text for r in backend.extract(items)]
     real_generate = backend._generate
     sizes = []
@@ -174,7 +159,7 @@ def test_cuda_oom_splits_the_batch_and_loses_nothing(backends, monkeypatch):
 def test_bad_images_fail_with_reasons_while_the_rest_of_the_batch_is_read(backends):
     from PIL import Image
 
-    good = _jpeg(1)
+    good = noise_jpeg(1)
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, "PNG")  # 81 MP in ~10 kB
     one_px = io.BytesIO()
@@ -182,7 +167,7 @@ def test_bad_images_fail_with_reasons_while_the_rest_of_the_batch_is_read(backen
     inputs = {
         "good-1": good, "empty": b"", "truncated": good[: len(good) // 2],
         "text": b"TOTAL 12.30\nthank you\n" * 10, "bomb": bomb.getvalue(), "tiny": one_px.getvalue(),
-        "good-2": _jpeg(2),
+        "good-2": noise_jpeg(2),
     }
     items = [ReceiptInput.from_bytes(data, name) for name, data in inputs.items()]
     results = {r.source: r for r in backends["mllama"].extract(items)}
@@ -199,12 +184,12 @@ def test_bad_images_fail_with_reasons_while_the_rest_of_the_batch_is_read(backen
 
 def test_large_images_are_shrunk_before_the_processor(backends):
     mllama, llava = backends["mllama"], backends["llava"]
-    big = _noise_image(0, (600, 2400))
+    big = noise_image(0, (600, 2400))
     assert mllama.useful_size == ("long", 56 * 2)  # tile size x max tiles
     assert shrink_for_processor(big, mllama.useful_size).size == (28, 112)
     assert llava.useful_size == ("short", 2 * 28)
     assert shrink_for_processor(big, llava.useful_size).size == (56, 224)
-    small = _noise_image(0, (40, 50))
+    small = noise_image(0, (40, 50))
     assert shrink_for_processor(small, mllama.useful_size) is small
 
 
@@ -240,7 +225,7 @@ def test_postprocess_failures_are_typed_for_the_base_class(backends):
 def test_fields_mode_asks_each_question_and_combines_the_answers(tiny_llava_dir):
     backend = HFBackend(_spec("llava", prompt_mode="fields", max_new_tokens=4), model_dir=tiny_llava_dir)
     assert set(backend.questions) == {"store_name", "date", "total"}
-    result = backend.extract([ReceiptInput.from_bytes(_jpeg(3), "r")])[0]
+    result = backend.extract([ReceiptInput.from_bytes(noise_jpeg(3), "r")])[0]
     import json
 
     assert set(json.loads(result.raw_text)) == {"store_name", "date", "total"}
@@ -340,7 +325,7 @@ def test_fp8_runs_in_the_static_engine_and_is_refused_where_it_would_not(tiny_ml
     backend = HFBackend(_spec("mllama", quantization="fp8", engine="static"), model_dir=tiny_mllama_dir)
     assert backend.engine_name == "static" and backend.engine.fp8
     assert backend.version.endswith("+fp8:v1")
-    [result] = backend.extract([ReceiptInput.from_bytes(_jpeg(3), "r.jpg")])
+    [result] = backend.extract([ReceiptInput.from_bytes(noise_jpeg(3), "r.jpg")])
     assert result.raw_text  # it decoded (gibberish: random weights, free decoding)
     with pytest.raises(ConfigError, match="static engine"):  # "auto" on a CPU means generate: no silent bf16
         HFBackend(_spec("mllama", quantization="fp8"), model_dir=tiny_mllama_dir)

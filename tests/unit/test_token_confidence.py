@@ -27,21 +27,13 @@ from extractor.backends.token_confidence import (
 from extractor.images import ReceiptInput
 from extractor.pipeline.quality.confidence import flag_low_confidence
 from extractor.schema import ExtractionResult
-from extractor.spec import resolve_spec
+from tests.unit.hf_inputs import noise_image, noise_jpeg, tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _spec(kind, **overrides):
-    return resolve_spec({"backend": "hf", "model_id": f"tiny/{kind}", "revision": "test",
-                         "max_new_tokens": 12, "batch_size": 4, "grammar": "none", **overrides})
-
-
-def _image(seed, size):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    return tiny_spec(kind, **{"grammar": "none", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def test_engine_and_generate_give_the_same_token_probabilities(mllama_pair):
     per-token log-probabilities, so the same spans and confidences downstream."""
     static, generate = mllama_pair
     assert (static.engine_name, generate.engine_name) == ("static", "generate")
-    images = [_image(5, (60, 150)), _image(6, (90, 90)), _image(7, (150, 60))]
+    images = [noise_image(5, (60, 150)), noise_image(6, (90, 90)), noise_image(7, (150, 60))]
     texts = [static.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
         add_generation_prompt=True) for q in ("total?", "the store name, please?", "date")]
@@ -83,22 +75,14 @@ def test_engine_and_generate_give_the_same_token_probabilities(mllama_pair):
 @pytest.mark.parametrize("kind", ["mllama", "llava"])
 def test_backend_outputs_carry_token_spans_that_cover_the_text(tiny_model_dirs, kind):
     backend = HFBackend(_spec(kind), model_dir=tiny_model_dirs[kind])
-    [text] = backend._forward([_image(3, (80, 120))])
+    [text] = backend._forward([noise_image(3, (80, 120))])
     assert isinstance(text, ScoredText) and text.token_spans
     assert text.token_spans[0][0] == 0 and text.token_spans[-1][1] == len(text)
     assert all(0 < p <= 1 for _, _, p in text.token_spans)
     assert all(a[1] <= b[0] or a[:2] == b[:2] for a, b in zip(text.token_spans, text.token_spans[1:], strict=False))
-    item = ReceiptInput.from_bytes(_jpeg(3), "r.jpg")
+    item = ReceiptInput.from_bytes(noise_jpeg(3, (80, 120)), "r.jpg")
     [result] = backend.extract([item])
     assert type(result.raw_text) is str  # audit text stays a plain string
-
-
-def _jpeg(seed) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    _image(seed, (80, 120)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 ANSWER = ('```json\n{"store_name": "KEDAI Café 株式会社", "date": "2018-03-05", "total": "12.30",\n'
