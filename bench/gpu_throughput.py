@@ -183,14 +183,7 @@ def section_check(rec, model, args):
     ref_logp = torch.stack([torch.log_softmax(s.float(), -1).gather(1, ref.sequences[:, 400 + i:401 + i])[:, 0]
                             for i, s in enumerate(ref.scores)], dim=1).cpu()
     eager = MllamaStaticEngine(model, use_cuda_graphs=False, fuse_weights=True)
-    recorded = []
-    original = eager._ensure_state
-
-    def ensure_and_record(key):
-        original(key)
-        eager._state.record_logits = recorded
-
-    eager._ensure_state = ensure_and_record
+    recorded = eager.record_step_logits()
     eager_tokens = eager.generate(**x, max_new_tokens=steps, min_new_tokens=steps)
     eager.release()
     graph = MllamaStaticEngine(model, max_batch=4)
@@ -569,14 +562,7 @@ def _first_step_logits(model, x, **kwargs):
     from extractor.engine import MllamaStaticEngine
 
     engine = MllamaStaticEngine(model, use_cuda_graphs=False, max_batch=x["input_ids"].shape[0], **kwargs)
-    recorded: list = []
-    original = engine._ensure_state
-
-    def ensure_and_record(key):
-        original(key)
-        engine._state.record_logits = recorded
-
-    engine._ensure_state = ensure_and_record
+    recorded = engine.record_step_logits()
     tokens = engine.generate(**x, max_new_tokens=16, min_new_tokens=16)
     engine.release()
     return tokens, recorded[0].float().cpu()

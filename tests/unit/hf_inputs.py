@@ -28,3 +28,12 @@ def noise_jpeg(seed: int, size: tuple[int, int] = (90, 140)) -> bytes:
     buf = io.BytesIO()
     noise_image(seed, size).save(buf, "JPEG")
     return buf.getvalue()
+
+
+def engine_and_generate(model_dir, **overrides):
+    """The tiny Mllama as two hf backends that differ only in the decoder: (static engine,
+    ``model.generate``), for checks that both give the same output."""
+    from extractor.backends.hf import HFBackend
+
+    return tuple(HFBackend(tiny_spec("mllama", **{**overrides, "engine": engine}), model_dir=model_dir)
+                 for engine in ("static", "generate"))

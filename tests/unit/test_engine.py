@@ -83,19 +83,6 @@ def _engine(model, batch, max_new, min_new=0, **kwargs):
                                                         min_new_tokens=min_new)
 
 
-def _record_step_logits(engine) -> list:
-    """Make every decode batch of ``engine`` append each step's float32 logits to the list returned."""
-    recorded: list = []
-    original = engine._ensure_state
-
-    def ensure_and_record(key):
-        original(key)
-        engine._state.record_logits = recorded
-
-    engine._ensure_state = ensure_and_record
-    return recorded
-
-
 def test_tokens_equal_generate_on_left_padded_batch(tiny_mllama):
     batch = _batch(lengths=[12, 9, 5], tiles=[2, 1, 2])
     ref = _reference(tiny_mllama, batch, max_new=14)
@@ -153,7 +140,7 @@ def test_engine_step_logits_match_generate_scores(tiny_mllama):
         ref = tiny_mllama.generate(**batch, max_new_tokens=6, do_sample=False, output_logits=True,
                                    return_dict_in_generate=True)
     engine = MllamaStaticEngine(tiny_mllama)
-    recorded = _record_step_logits(engine)
+    recorded = engine.record_step_logits()
     engine.generate(**batch, max_new_tokens=6)
     assert len(recorded) == 5  # decode steps after the prefill's token
     for step, logits in enumerate(recorded, start=1):
@@ -261,7 +248,7 @@ def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
 
     def first_step_logits(**kwargs):
         engine = MllamaStaticEngine(tiny_mllama, **kwargs)
-        recorded = _record_step_logits(engine)
+        recorded = engine.record_step_logits()
         tokens = engine.generate(**batch, max_new_tokens=4)
         return engine, tokens, recorded[0]
 

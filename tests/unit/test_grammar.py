@@ -23,7 +23,7 @@ from extractor.errors import ConfigError  # noqa: E402
 from extractor.images import ReceiptInput  # noqa: E402
 from extractor.schema import Receipt  # noqa: E402
 from extractor.spec import resolve_spec  # noqa: E402
-from tests.unit.hf_inputs import noise_image, noise_jpeg, tiny_spec  # noqa: E402
+from tests.unit.hf_inputs import engine_and_generate, noise_image, noise_jpeg, tiny_spec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -105,8 +105,7 @@ def test_schema_is_the_prompt_shape_with_typed_values():
 @pytest.fixture(scope="module")
 def pair(tiny_mllama_dir):
     pytest.importorskip("extractor.engine.mllama")
-    return (HFBackend(_spec("mllama", engine="static"), model_dir=tiny_mllama_dir),
-            HFBackend(_spec("mllama", engine="generate"), model_dir=tiny_mllama_dir))
+    return engine_and_generate(tiny_mllama_dir, max_new_tokens=40)
 
 
 def test_engine_and_generate_agree_under_the_grammar(pair):

@@ -27,7 +27,7 @@ from extractor.backends.token_confidence import (
 from extractor.images import ReceiptInput
 from extractor.pipeline.quality.confidence import flag_low_confidence
 from extractor.schema import ExtractionResult
-from tests.unit.hf_inputs import noise_image, noise_jpeg, tiny_spec
+from tests.unit.hf_inputs import engine_and_generate, noise_image, noise_jpeg, tiny_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -39,8 +39,7 @@ def _spec(kind, **overrides):
 @pytest.fixture(scope="module")
 def mllama_pair(tiny_mllama_dir):
     pytest.importorskip("extractor.engine.mllama")
-    return (HFBackend(_spec("mllama", engine="static"), model_dir=tiny_mllama_dir),
-            HFBackend(_spec("mllama", engine="generate"), model_dir=tiny_mllama_dir))
+    return engine_and_generate(tiny_mllama_dir, grammar="none")
 
 
 def test_engine_and_generate_give_the_same_token_probabilities(mllama_pair):

@@ -137,6 +137,7 @@ class MllamaStaticEngine(SlotScheduler):
         self._state: DecodeState | None = None
         self._graph: Any = None
         self._grammar: Any = None
+        self._recorded: list | None = None
         self.stats: dict[str, float] = {}
         self._torch = torch
 
@@ -209,6 +210,14 @@ class MllamaStaticEngine(SlotScheduler):
             else:
                 groups.append([row])
         return groups
+
+    def record_step_logits(self) -> list:
+        """Checks only (eager decoding): from now on every decode step appends its float32
+        logits [B, V] to the list returned (the first token's come from the prefill, not here)."""
+        self._recorded = []
+        if self._state is not None:
+            self._state.record_logits = self._recorded
+        return self._recorded
 
     def release(self) -> None:
         """Drop the cached decode buffers and graph (frees the KV cache memory)."""
@@ -403,6 +412,7 @@ class MllamaStaticEngine(SlotScheduler):
             st.logits = zeros(bsz, vocab, dtype=torch.float32)
             st.allow = torch.full((bsz, (vocab + 31) // 32), -1, device=dev, dtype=torch.int32)
             st.bit_shifts = torch.arange(32, device=dev, dtype=torch.int32)
+        st.record_logits = self._recorded
         self._state = st
         if self.use_cuda_graphs and max_new > 1:
             t0 = time.perf_counter()
