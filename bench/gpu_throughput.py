@@ -274,7 +274,6 @@ def time_graph_replay(engine, n=50):
     def rewind():  # every replay advances slot, position and step: keep them in range
         st.cur.fill_(400)
         st.pos.fill_(400)
-        st.step.fill_(1)
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     rewind()
@@ -375,7 +374,6 @@ def section_profile(rec, model, args):
     def rewind():
         st.cur.fill_(400)
         st.pos.fill_(400)
-        st.step.fill_(1)
 
     rewind()
     decode_step(engine.weights, st)

@@ -165,10 +165,6 @@ class GrammarBatch:
         g = self.grammar
         return g._xgr.GrammarMatcher(g.compiled, override_stop_tokens=g.stop_ids)
 
-    @property
-    def step(self) -> int:
-        return max(self.steps, default=0)
-
     def reset_rows(self, rows: list[int]) -> None:
         """Fresh state for rows that a new receipt takes over."""
         for i in rows:

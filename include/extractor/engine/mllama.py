@@ -392,7 +392,7 @@ class MllamaStaticEngine(SlotScheduler):
         cos, sin = rotary_tables(w, max_len, dt, dev)
         st = DecodeState(
             tok=zeros(bsz, dtype=torch.long), pos=zeros(bsz, dtype=torch.long),
-            cur=zeros(1, dtype=torch.long), step=zeros(1, dtype=torch.long),
+            cur=zeros(1, dtype=torch.long),
             self_valid=zeros(bsz, max_len, dtype=torch.bool),
             self_k=[zeros(*kv_shape) for _ in range(n_self)], self_v=[zeros(*kv_shape) for _ in range(n_self)],
             cross_k=[zeros(bsz, w.num_kv_heads, cross_len, w.head_dim) if cross_len else None
@@ -455,7 +455,6 @@ class MllamaStaticEngine(SlotScheduler):
                     part()
         torch.cuda.current_stream().wait_stream(side)
         st.cur.zero_()
-        st.step.zero_()
         st.pos.zero_()
         st.row_step.zero_()
         st.finished.zero_()

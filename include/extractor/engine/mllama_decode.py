@@ -281,14 +281,13 @@ class DecodeState:
     ``cur`` is the cache slot of the token being fed (the same for all rows of a
     left-padded batch; the cache is a ring, so ``cur`` wraps: a row's own positions,
     prompt and answer, never span more than the cache's length); ``pos`` its rotary
-    position per row (frozen once the row finished); ``step`` counts steps. All live on
-    the device so a captured graph can advance them.
+    position per row (frozen once the row finished). Both live on the device so a
+    captured graph can advance them.
     """
 
     tok: Any            # [B] long, token fed this step
     pos: Any            # [B] long
     cur: Any            # [1] long
-    step: Any           # [1] long
     self_valid: Any     # [B, L] bool, which cache slots a row may attend to
     self_k: list        # per self-attn layer [B, kv, L, D]
     self_v: list
@@ -317,7 +316,7 @@ class DecodeState:
 
 def decode_step(w: TextWeights, st: DecodeState) -> None:
     """Feed ``st.tok`` at ``st.pos`` / slot ``st.cur``, write the greedy next token to
-    ``st.out[:, st.step]`` and advance the state. Allocation-free in shape, host-sync free."""
+    ``st.out`` (each row's next column) and advance the state. Allocation-free in shape, host-sync free."""
     import torch
     import torch.nn.functional as F
 
@@ -407,4 +406,3 @@ def select_next(logits, st) -> None:
     st.finished.logical_or_((nxt[:, None] == st.eos[None, :]).any(-1))
     st.finished.logical_or_(st.row_step >= st.max_new_row)
     st.tok.copy_(nxt)
-    st.step.add_(1)

@@ -110,7 +110,6 @@ class SlotScheduler:
         st.tok.zero_()
         st.pos.copy_(pos_ids[:, -1] + 1)
         st.cur.fill_(plen)
-        st.step.zero_()
         st.row_step.zero_()
         st.min_new.copy_(min_new[idx])
         st.max_new_row.copy_(max_rows[idx])
@@ -292,8 +291,7 @@ class SlotScheduler:
             bit_shifts=st.bit_shifts, pad_id=st.pad_id,
             logp=torch.zeros(n, width, device=self.device) if st.logp is not None else None,
             out=torch.full((n, width), st.pad_id, dtype=torch.long, device=self.device),
-            tok=torch.zeros(n, dtype=torch.long, device=self.device),
-            step=torch.zeros(1, dtype=torch.long, device=self.device))
+            tok=torch.zeros(n, dtype=torch.long, device=self.device))
         select_next(logits, sub)
         st.out[idx] = sub.out
         if st.logp is not None:
