@@ -17,7 +17,10 @@ Configurations (see docs/ocr.md for what each knob does):
 - ``shipped``: the backend as shipped (two single-threaded workers);
 - ``no-arena-2w``: shipped without onnxruntime's CPU memory arena (RapidOCR's default);
 - ``det1024-2w``: shipped with the detector capped at 1024 px (faster; its accuracy was
-  not measured on the full set, so it is not the default).
+  not measured on the full set, so it is not the default);
+- ``full-head-2w``: shipped but RapidOCR's full 18,710-class recogniser head (the default
+  before ``rec_head="latin"``);
+- ``w160-2w``: shipped with the recogniser's minimum input width 160 instead of 320.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ from pathlib import Path
 
 CONFIGS = {
     "rapidocr-defaults": dict(settings=dict(limit_type="min", limit_side_len=736, use_cls=True,
-                                            intra_op_threads=-1, mem_arena=False), workers=1),
+                                            intra_op_threads=-1, mem_arena=False, rec_head="full"), workers=1),
     "det736-2w": dict(settings=dict(limit_type="min", limit_side_len=736), workers=2),
     "shipped-1w": dict(settings={}, workers=1),
     "shipped-1w-2threads": dict(settings=dict(intra_op_threads=2), workers=1),
     "shipped": dict(settings={}, workers=2),
     "no-arena-2w": dict(settings=dict(mem_arena=False), workers=2),
     "det1024-2w": dict(settings=dict(limit_side_len=1024), workers=2),
+    "full-head-2w": dict(settings=dict(rec_head="full"), workers=2),
+    "w160-2w": dict(settings=dict(rec_min_width=160), workers=2),
 }
 
 
@@ -74,6 +79,18 @@ def run_one(name: str, dataset: Path, n: int, batch: int) -> dict:
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def _cpu_model() -> str:
+    """The CPU as lscpu names it, with the vector extensions that onnxruntime's kernels use."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    vector = "+".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags)
+    return f"{fields.get('Model name', '?').strip()} ({vector})"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
@@ -90,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     import rapidocr
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[:3]
     rows = []
     for name in args.configs.split(","):
         out = subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--n", str(args.n),
@@ -99,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    info = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    info = {"machine": f"{_cpu_model()}, {os.cpu_count()} cores", "load_average_before": load_before,
             "python": platform.python_version(), "rapidocr": rapidocr.__version__ if hasattr(rapidocr, "__version__")
             else "3.10.0", "onnxruntime": onnxruntime.__version__, "load_average_after": load}
     print("| config | workers | receipts/s | s/receipt | CPU s/receipt | peak RSS MiB |")

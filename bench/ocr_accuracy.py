@@ -36,9 +36,9 @@ def build_cache(dataset: Path, cache: Path, *, limit: int | None, workers: int, 
     cache.mkdir(parents=True, exist_ok=True)
     meta = cache / "_settings.json"
     # threads and memory arena change the speed, not the text: only these must agree
-    output_keys = ("limit_side_len", "limit_type", "use_cls", "text_score", "rec_min_width")
+    output_keys = ("limit_side_len", "limit_type", "use_cls", "text_score", "rec_min_width", "rec_head")
     if meta.exists():
-        cached = json.loads(meta.read_text())
+        cached = {"rec_head": "full", **json.loads(meta.read_text())}  # caches before rec_head ran the full head
         if any(cached.get(k) != asdict(settings)[k] for k in output_keys):
             sys.exit(f"{cache} holds OCR made with other settings: {meta.read_text()}")
     else:
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ocr.add_argument("--workers", type=int, default=2)
     ocr.add_argument("--limit-side-len", type=int, help="override the detector size (experiments)")
     ocr.add_argument("--limit-type", choices=["min", "max"])
+    ocr.add_argument("--rec-head", choices=["full", "latin"], help="override the recogniser head (experiments)")
+    ocr.add_argument("--rec-min-width", type=int, help="override the recogniser's minimum input width (experiments)")
     table = sub.add_parser("table", help="print the accuracy table from the cache")
     table.add_argument("--folds", type=int, default=5)
     table.add_argument("--out", type=Path)
@@ -90,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "ocr":
         # text_score 0: keep every box in the cache; the backend's own filter is applied at parse time
         overrides = {k: v for k, v in {"limit_side_len": args.limit_side_len,
-                                       "limit_type": args.limit_type}.items() if v is not None}
+                                       "limit_type": args.limit_type,
+                                       "rec_head": args.rec_head,
+                                       "rec_min_width": args.rec_min_width}.items() if v is not None}
         settings = OcrSettings(**{**asdict(OcrSettings()), "text_score": 0.0, **overrides})
         build_cache(args.dataset, args.cache, limit=args.limit, workers=args.workers, settings=settings)
     else:
