@@ -1,9 +1,10 @@
 """Peak memory and CPU of ``evaluate()`` with the ``ocr`` backend, arena on or off.
 
 One process per run (peak RSS is the process's own). ``--no-arena`` turns onnxruntime's
-CPU memory arena off (``OcrSettings.mem_arena``), which RapidOCR does by default:
+CPU memory arena off (``OcrSettings.mem_arena``), which RapidOCR does by default;
+``--rec-head full`` runs RapidOCR's whole recogniser head instead of the shipped cut one:
 
-    nice python bench/ocr_eval_memory.py --dataset DIR [--no-arena]
+    nice python bench/ocr_eval_memory.py --dataset DIR [--no-arena] [--rec-head full]
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--no-arena", action="store_true")
+    ap.add_argument("--rec-head", choices=["full", "latin"], default=OcrSettings().rec_head)
     args = ap.parse_args(argv)
-    backend = OCRBackend(resolve_spec("ocr"), settings=OcrSettings(mem_arena=not args.no_arena))
+    settings = OcrSettings(mem_arena=not args.no_arena, rec_head=args.rec_head)
+    backend = OCRBackend(resolve_spec("ocr"), settings=settings)
     cpu0 = time.process_time()
     report = evaluate(backend, args.dataset)
     backend.close()
-    print(json.dumps({"mem_arena": not args.no_arena, "receipts": report.n,
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(json.dumps({"mem_arena": not args.no_arena, "rec_head": args.rec_head, "receipts": report.n,
+                      "load_average_after": load,
                       "cpu_s_per_receipt": round((time.process_time() - cpu0) / report.n, 3),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "exact": {k: round(v.rate("exact"), 3) for k, v in report.fields.items()}}))

@@ -135,3 +135,22 @@ def _run_meta(path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     shape = session.get_outputs()[0].shape
     return shape, session.get_modelmeta().custom_metadata_map["character"].splitlines()
+
+
+def test_the_ocr_preset_names_the_head_the_default_settings_run():
+    # rows carry the extractor version: the recogniser that read them must be in it
+    from extractor.ocr.engine import OcrSettings
+    from extractor.spec import resolve_spec
+
+    assert resolve_spec("ocr").revision == f"3.10.0+{OcrSettings().rec_head}-head"
+    assert resolve_spec("ocr").version.startswith("ocr:rapidocr@3.10.0+latin-head:")
+
+
+def test_the_engine_loads_the_cut_head_and_full_loads_the_wheels(tmp_path):
+    from extractor.ocr.engine import OcrSettings, build_engine
+
+    latin = build_engine(OcrSettings(), cache_dir=tmp_path)
+    assert len(latin.text_rec.postprocess_op.character) == 1750  # blank + 1,748 + space
+    assert [p.name.split(".")[1] for p in tmp_path.iterdir()] == ["latin-head-v1"]
+    full = build_engine(OcrSettings(rec_head="full"), cache_dir=tmp_path / "unused")
+    assert len(full.text_rec.postprocess_op.character) == 18710 and not (tmp_path / "unused").exists()
