@@ -134,6 +134,7 @@ class Recorder:
 
     def run(self, row):
         row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        row.setdefault("gpu", torch.cuda.get_device_name(0))  # every row names its card
         self.data["runs"].append(row)
         print(json.dumps(row), flush=True)
         self._flush()
