@@ -2,7 +2,7 @@
 
 RapidOCR 3.10's recogniser (PP-OCRv6 small) ends in a 120 x 18,710 classifier: CTC blank,
 18,708 characters and space, almost all of them CJK ideographs. On a receipt crop that head
-(MatMul, bias, softmax over 18,710 classes per time step) is ~13% of the recogniser's CPU
+(MatMul, bias, softmax over 18,710 classes per time step) is ~11-13% of the recogniser's CPU
 and its output tensors the largest in the memory arena. ``derive_rec_model`` keeps the
 columns of the characters below U+2E80 (where the CJK radicals begin: Latin, Greek,
 Cyrillic, the other alphabets, punctuation, currency and symbol blocks), 1,750 classes,
@@ -106,7 +106,7 @@ def derive_rec_model(head: str, cache_dir: Path | None = None, source: Path | No
         import onnx
     except ImportError:
         log.warning("OCR: the 'onnx' package is not installed, so the recogniser runs with its full "
-                    "18,710-class head (same text on Latin receipts, ~13%% slower); pip install onnx")
+                    "18,710-class head (same text on Latin receipts, ~10% more CPU, more memory); pip install onnx")
         return None
     model = onnx.load(str(source))
     classes = slice_head(model)
