@@ -29,9 +29,11 @@ class OcrSettings:
     here for ~200 MiB more peak memory.
     ``rec_head``: ``"latin"`` (default) runs the shipped recogniser with its classifier cut
     to the 1,750 characters below U+2E80 (``extractor.ocr.rec_model``: derived from the
-    wheel's model on first use, cached); ~12% less recogniser CPU and far smaller output
-    tensors, the same text except on CJK characters. ``"full"`` is RapidOCR's 18,710-class
-    head, unchanged (the setting every cache before it was built with).
+    wheel's model on first use, cached): ~10% less CPU per receipt and ~240-290 MiB less
+    peak memory (its output tensors were the arena's largest); the same text except on
+    CJK characters, and scores a little higher. ``"full"`` is RapidOCR's 18,710-class
+    head, unchanged (the setting every OCR cache before 2026-11-30 was built with).
+    Measured in docs/ocr.md "Speed and memory"; int8 and narrower widths were rejected.
     """
 
     limit_side_len: int = 1280
