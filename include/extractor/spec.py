@@ -108,9 +108,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         backend="legacy-remote-code", model_id="internal/llamavision-1b", revision="main",
         trust_remote_code=True, batch_size=1, max_new_tokens=256, prompt_mode="fields",
         dtype="float16"),
-    # revision: the rapidocr wheel + the recogniser head the engine runs (OcrSettings.rec_head:
-    # the wheel's model with its classifier cut to the non-CJK characters, extractor.ocr.rec_model)
-    "ocr": dict(backend="ocr", model_id="rapidocr", revision="3.10.0+latin-head", batch_size=16,
+    # revision: the rapidocr wheel; a default recogniser other than the wheel's own
+    # (OcrSettings.rec_head) must be named here, as "3.10.0+latin-head"
+    "ocr": dict(backend="ocr", model_id="rapidocr", revision="3.10.0", batch_size=16,
                 prompt_version=PARSER_VERSION, device_map=None),
 }
 DEFAULT_PRESET = "llama-3.2-11b-vision-instruct"

@@ -27,13 +27,15 @@ class OcrSettings:
     faster but misreads short boxes ("RM" -> "RH"), so it stays at the default.
     ``mem_arena``: onnxruntime's CPU memory arena (RapidOCR turns it off): ~8% faster
     here for ~200 MiB more peak memory.
-    ``rec_head``: ``"latin"`` (default) runs the shipped recogniser with its classifier cut
+    ``rec_head``: ``"full"`` (default) is RapidOCR's recogniser as shipped. ``"latin"``
+    (an option, not the default: see below) runs it with its classifier cut
     to the 1,750 characters below U+2E80 (``extractor.ocr.rec_model``: derived from the
     wheel's model on first use, cached): ~10% less CPU per receipt and ~240-290 MiB less
     peak memory (its output tensors were the arena's largest); the same text except on
-    CJK characters, and scores a little higher. ``"full"`` is RapidOCR's 18,710-class
-    head, unchanged (the setting every OCR cache before 2026-11-30 was built with).
-    Measured in docs/ocr.md "Speed and memory"; int8 and narrower widths were rejected.
+    CJK characters, and scores a little higher. Not the default because the stores-held-out
+    cross-validation moved address exact by -0.5 points (69.2 -> 68.7; company +0.2), more
+    than the 0.3 a default may cost. Measured in docs/ocr.md "Speed and memory"; int8 and
+    narrower widths were rejected.
     """
 
     limit_side_len: int = 1280
@@ -44,7 +46,7 @@ class OcrSettings:
     rec_batch_num: int = 6
     rec_min_width: int = 320
     mem_arena: bool = True
-    rec_head: str = "latin"
+    rec_head: str = "full"
 
     def params(self) -> dict[str, Any]:
         return {
