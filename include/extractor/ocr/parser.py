@@ -128,6 +128,10 @@ def total_candidates(lines: Sequence[Line]) -> list[Candidate]:
             out.append(Candidate(value=Decimal(amount), line=ln.index, text=label,
                                  ocr_score=ln.score, extra={"position_in_line": j,
                                                             "own_label": label == ln.text}))
+        loose = patterns.loose_amount_in(ln.text)
+        if loose is not None:  # "NET TOTAL 19-80": the point misread
+            out.append(Candidate(value=Decimal(loose), line=ln.index, text=ln.text, ocr_score=ln.score,
+                                 extra={"position_in_line": 0, "own_label": True, "loose": True}))
     return out
 
 
@@ -242,11 +246,13 @@ def _span(lines: Sequence[Line], idx: list[int]) -> Candidate | None:
 
 
 # --- assembly --------------------------------------------------------------------------
-def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
+def parse_receipt(lines: Sequence[Line], picker=None, reader=None, second_opinion=None) -> ParsedFields:
     """Fill the receipt fields from reconstructed lines.
 
     ``picker`` is a ``LinePicker`` (the shipped learned model); without one the naive
-    rules pick the store name, address, date and total."""
+    rules pick the store name, address, date and total. With a ``reader`` (boxes ->
+    new readings, ``extractor.ocr.second_opinion``) and its ``second_opinion`` settings,
+    a doubtful store name or address is read again and picked from the mended lines."""
     out = ParsedFields()
     if not lines:
         return out
@@ -254,6 +260,10 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
     totals = total_candidates(lines)
     if picker is not None:
         picks = picker.pick(lines, dates, totals)
+        if reader is not None and second_opinion is not None:
+            from extractor.ocr.second_opinion import second_opinion as reread
+
+            picks = reread(lines, picks, lambda mended: picker.pick(mended, [], []), reader, second_opinion)
     else:
         company = naive_company(lines)
         picks = {"store_name": (_span(lines, company), 0.5),
