@@ -1,8 +1,6 @@
 """The second opinion: doubtful store names and addresses read again (fake readers for the
 logic; the real RapidOCR recogniser and, where installed, Tesseract on a rendered line)."""
 
-import logging
-
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -127,13 +125,3 @@ def test_tesseract_reader_reads_a_line():
     image, box = _rendered_line("TAMAN JOHOR JAYA")
     [(text, score)] = tesseract_reader(image, margin=0.15)([box])
     assert text.replace(" ", "") == "TAMANJOHORJAYA" and 0.5 < score <= 1.0
-
-
-def test_backend_without_tesseract_says_so_once_and_rereads_with_rapidocr(monkeypatch, caplog):
-    from extractor.backends import ocr as backend_module
-
-    monkeypatch.setattr(backend_module, "tesseract_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger=backend_module.log.name):
-        assert backend_module._second_opinion_kind("tesseract") == "rapid"
-    assert len(caplog.records) == 1 and "tesseract" in caplog.records[0].getMessage()
-    assert backend_module._second_opinion_kind("off") == "off"

@@ -10,7 +10,6 @@ postprocess: boxes -> de-skewed lines -> the shipped line picker chooses store n
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from extractor.ocr import PARSER_VERSION
 from extractor.ocr.engine import OcrBox, OcrSettings, build_engine, run_ocr
 from extractor.ocr.layout import MIN_BOX_SCORE, Line, lines_text, rebuild_lines
 from extractor.ocr.parser import parse_receipt
-from extractor.ocr.second_opinion import SecondOpinionSettings, rapid_reader, tesseract_available, tesseract_reader
+from extractor.ocr.second_opinion import SecondOpinionSettings, rapid_reader
 from extractor.schema import Receipt
 from extractor.spec import ExtractorSpec
 
-log = logging.getLogger(__name__)
+DEFAULT_SECOND_OPINION = SecondOpinionSettings()  # frozen: safe as a default argument
 
 
 @dataclass
@@ -43,8 +42,7 @@ class OCRBackend(Backend):
 
     def __init__(self, spec: ExtractorSpec, model_dir: str | None = None, *,
                  settings: OcrSettings | None = None, workers: int | None = None,
-                 use_picker: bool = True, second_opinion: str = "rapid",
-                 second_opinion_settings: SecondOpinionSettings | None = None):
+                 use_picker: bool = True, second_opinion: SecondOpinionSettings | None = DEFAULT_SECOND_OPINION):
         super().__init__(spec)
         if spec.prompt_version != PARSER_VERSION:
             # the lineage on every row must name the parser that really ran
@@ -59,8 +57,8 @@ class OCRBackend(Backend):
             from extractor.ocr.picker import load_default_picker
 
             self.picker = load_default_picker()
-        self.second_opinion = _second_opinion_kind(second_opinion) if self.picker is not None else "off"
-        self.second_opinion_settings = second_opinion_settings or SecondOpinionSettings()
+        # re-read doubtful store names and addresses (None: never; docs/ocr.md has the costs)
+        self.second_opinion = second_opinion if self.picker is not None else None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ocr") if self.workers > 1 else None
 
     def _ocr_one(self, image: Any) -> OcrPage | BaseException:
@@ -69,7 +67,7 @@ class OCRBackend(Backend):
         except (RuntimeError, ValueError, MemoryError) as exc:  # onnxruntime / cv2 failures
             return exc
         return OcrPage(boxes=boxes, lines=rebuild_lines(boxes, min_score=MIN_BOX_SCORE),
-                       image=image if self.second_opinion != "off" else None)
+                       image=image if self.second_opinion is not None else None)
 
     def _forward(self, images: list[Any]) -> list[OcrPage | BaseException]:
         if self._pool is None or len(images) == 1:
@@ -79,20 +77,14 @@ class OCRBackend(Backend):
     def _postprocess(self, raw: OcrPage) -> Receipt:
         if not raw.lines:
             raise ParseError("no text found on the image", raw_text=None)
-        parsed = parse_receipt(raw.lines, picker=self.picker, reader=self._reader(raw),
-                               second_opinion=self.second_opinion_settings)
+        reader = None
+        if raw.image is not None and self.second_opinion is not None:
+            image, margin = raw.image, self.second_opinion.margin
+            reader = lambda boxes: rapid_reader(self.engine, image, margin)(boxes)  # noqa: E731 - built on use
+        parsed = parse_receipt(raw.lines, picker=self.picker, reader=reader, second_opinion=self.second_opinion)
         raw.image = None  # the re-reads are done: do not hold the image any longer
         return Receipt(**{k: v for k, v in parsed.values.items() if v is not None},
                        confidence=parsed.confidence)
-
-    def _reader(self, raw: OcrPage):
-        """The second opinion's reader of this page's boxes (built only when a box is read)."""
-        if raw.image is None:
-            return None
-        image, margin = raw.image, self.second_opinion_settings.margin
-        if self.second_opinion == "tesseract":
-            return lambda boxes: tesseract_reader(image, margin)(boxes)
-        return lambda boxes: rapid_reader(self.engine, image, margin)(boxes)
 
     def raw_text(self, raw: Any) -> str | None:
         if isinstance(raw, OcrPage):
@@ -103,15 +95,3 @@ class OCRBackend(Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-
-def _second_opinion_kind(kind: str) -> str:
-    """``kind`` as it will run: 'tesseract' falls back to 'rapid' (saying so once) where the
-    ``tesseract`` program is not installed."""
-    if kind not in ("rapid", "tesseract", "off"):
-        raise ConfigError(f"second_opinion must be 'rapid', 'tesseract' or 'off', not {kind!r}")
-    if kind == "tesseract" and not tesseract_available():
-        log.warning("OCR second opinion by Tesseract is off: the tesseract program is not installed "
-                    "(apt-get install tesseract-ocr tesseract-ocr-eng); re-reading with RapidOCR instead")
-        return "rapid"
-    return kind

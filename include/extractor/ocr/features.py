@@ -319,6 +319,7 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "no_letters": float(_letters(own) <= 2),
              "rounds_other": float(c.value in rounds_other),
              "has_rounded_twin": float(c.value in has_rounded_twin), "loose": float(bool(c.extra.get("loose"))),
+             "signed": float(bool(c.extra.get("signed"))),
              **arithmetic.get(id(c), {})}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
@@ -361,6 +362,7 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
              "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
              "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
              "compact": float(bool(c.extra.get("compact"))), "loose": float(bool(c.extra.get("loose"))),
+             "signed": float(bool(c.extra.get("signed"))),
              "latest": float(c.value == latest), "earliest": float(c.value == earliest),
              "n_in_line": min(per_line[c.line], 3) / 3, "score": c.ocr_score,
              "year_misread": float(bool(c.extra.get("year_misread"))),

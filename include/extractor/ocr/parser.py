@@ -128,6 +128,9 @@ def total_candidates(lines: Sequence[Line]) -> list[Candidate]:
             out.append(Candidate(value=Decimal(amount), line=ln.index, text=label,
                                  ocr_score=ln.score, extra={"position_in_line": j,
                                                             "own_label": label == ln.text}))
+        for amount in patterns.negative_totals_in(ln.text):  # a credit note's negative total
+            out.append(Candidate(value=Decimal(amount), line=ln.index, text=ln.text, ocr_score=ln.score,
+                                 extra={"position_in_line": 0, "own_label": True, "signed": True}))
         loose = patterns.loose_amount_in(ln.text)
         if loose is not None:  # "NET TOTAL 19-80": the point misread
             out.append(Candidate(value=Decimal(loose), line=ln.index, text=ln.text, ocr_score=ln.score,

@@ -86,6 +86,15 @@ def loose_amount_in(text: str) -> str | None:
     return f"{int(m.group(1))}.{m.group(2)}" if m else None
 
 
+def negative_totals_in(text: str) -> list[str]:
+    """Amounts printed with a minus on a total line ('Total Payable: -1.73', a credit note)
+    as '-1.73'; ``amounts_in`` reads every amount unsigned."""
+    if not TOTAL_WORDS_RE.search(text):
+        return []
+    return [f"-{int(m.group(1).replace(',', ''))}.{m.group(2)}" for m in AMOUNT_RE.finditer(text)
+            if m.group(0).startswith("-")]
+
+
 def amounts_in(text: str) -> list[str]:
     """Amount strings in a line, normalised to '1234.50' (commas as thousands marks)."""
     found = []

@@ -2,16 +2,18 @@
 
 RapidOCR recognises crops of the page it detected on, which the backend shrinks to
 1280 px on the longer side, and the detector's boxes sit tight on the glyphs. Where
-the picker is unsure of a field, or the chosen lines were read with a low score, the
-boxes of the chosen lines are read again: cropped from the full-resolution image with a
-margin around the box, by the same recogniser (no other model to load), or by Tesseract
-where it is installed and asked for. Each box keeps the reading with the higher
-recogniser score, so a re-read can only replace a box the recogniser itself now reads
-with more certainty.
+the picker is unsure of a field, or one of the chosen lines' boxes was read with a low
+score, those boxes are read again by the same recogniser (no other model to load),
+cropped from the full-resolution image with a margin around the box, and the picker
+chooses again from the mended lines. Each box keeps the reading with the higher
+recogniser score, so a re-read replaces a box only where the recogniser itself is surer
+of the new reading.
 
-The re-read costs one recognition call per doubtful box (a few per doubtful receipt,
-none on the others); ``bench/ocr_accuracy.py`` caches the re-reads per receipt and box
-so that the cross-validation stays fast.
+``tesseract_reader`` (Tesseract 5 on the same crops) is the alternative the bench
+compares against (``bench/ocr_accuracy.py table --second-opinion tesseract``); the
+backend does not use it (docs/ocr.md: no gain, far more CPU). The re-read costs one
+recognition call per doubtful box; the bench caches the re-reads per receipt and box so
+that the cross-validation stays fast.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ class SecondOpinionSettings:
     """When a field is doubtful, and how its boxes are cropped for the re-read.
 
     ``min_probability`` and ``min_box_score`` trade CPU against accuracy: below either,
-    the field's boxes are read again (docs/ocr.md gives the share of receipts and the
-    CPU this costs). ``margin`` is the crop's margin around the box, in box heights."""
+    the field's boxes are read again. The defaults were set by cost (about a third of
+    the receipts re-read, a few hundredths of a CPU-second each on average); docs/ocr.md
+    compares them with re-reading more. ``margin`` is the crop's margin around the box, in box heights."""
 
-    min_probability: float = 0.9
-    min_box_score: float = 0.97
+    min_probability: float = 0.8
+    min_box_score: float = 0.95
     margin: float = 0.15
     max_boxes: int = 12
 

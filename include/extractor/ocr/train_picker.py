@@ -16,7 +16,7 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class SecondOpinion:
     dataset_dir: Path
     kind: str = "rapid"
     _engine: Any = None
+    counts: dict[str, int] = field(default_factory=lambda: {"receipts": 0, "boxes": 0})
 
     def reader(self, ex: Example):
         def make():
@@ -60,7 +61,14 @@ class SecondOpinion:
             return so.rapid_reader(self._engine, image, self.settings.margin)
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        return cached_reader(make, self.cache_dir / f"{ex.receipt_id}.json")
+        cached = cached_reader(make, self.cache_dir / f"{ex.receipt_id}.json")
+
+        def counting(boxes):  # how many receipts and boxes the second opinion read (its CPU)
+            self.counts["receipts"] += 1
+            self.counts["boxes"] += len(boxes)
+            return cached(boxes)
+
+        return counting
 
 
 @dataclass
@@ -268,8 +276,20 @@ def _variants(args: argparse.Namespace) -> dict[str, SecondOpinion | None]:
     if args.second_opinion == "off":
         return {"": None}
     cache = args.reread_cache or args.cache.with_name(f"{args.cache.name}-reread-{args.second_opinion}")
+    more = SecondOpinionSettings(min_probability=0.9, min_box_score=0.97)
     return {"": SecondOpinion(SecondOpinionSettings(), cache, args.dataset, args.second_opinion),
-            "first read only": None}
+            "first read only": None,
+            f"re-read more (p < {more.min_probability}, box < {more.min_box_score})":
+                SecondOpinion(more, cache, args.dataset, args.second_opinion)}
+
+
+def _take_counts(protocol: str, variants: dict[str, SecondOpinion | None]) -> dict[str, dict[str, int]]:
+    out = {}
+    for name, second_opinion in variants.items():
+        if second_opinion is not None:
+            out[protocol + (f", {name}" if name else "")] = dict(second_opinion.counts)
+            second_opinion.counts.update(receipts=0, boxes=0)
+    return out
 
 
 def _print_table(examples: list[Example], reports: dict[str, EvalReport]) -> None:
@@ -295,26 +315,30 @@ def main(argv: list[str] | None = None) -> None:
     sets = [field_sets(ex) for ex in examples]
     print(f"features: {time.perf_counter() - t0:.1f} s", flush=True)
     protocols = {"cv": False, "cv, unseen stores": True} if args.folds > 1 else {}
+    reread: dict[str, dict[str, int]] = {}
     for protocol, by_store in protocols.items():
         if by_store and not args.store_cv:
             continue
         for name, rep in cross_validate(examples, args.folds, sets=sets, by_store=by_store,
                                         second_opinions=variants, **kw).items():
             reports[protocol + (f", {name}" if name else "")] = rep
+        reread.update(_take_counts(protocol, variants))
         print(f"{protocol} done: {time.perf_counter() - t0:.1f} s", flush=True)
     picker = train(examples, sets, **kw)
     for name, second_opinion in variants.items():
         reports["in-sample" + (f", {name}" if name else "")] = score(
             examples, predict(examples, picker, second_opinion), "picker, in-sample" + (f", {name}" if name else ""))
+    reread.update(_take_counts("in-sample", variants))
     _print_table(examples, reports)
+    print(f"re-read (receipts, boxes of {len(examples)} receipts): {json.dumps(reread)}")
     if args.out:
         picker.meta.update({"folds": args.folds, **kw})
         args.out.write_text(picker.to_json())
         print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB)")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()},
-                                          indent=1, default=str))
+        args.report.write_text(json.dumps({**{k: r.to_dict() for k, r in reports.items()},
+                                           "second opinion re-reads": reread}, indent=1, default=str))
 
 
 if __name__ == "__main__":
