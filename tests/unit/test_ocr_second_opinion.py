@@ -88,6 +88,21 @@ def test_a_doubtful_store_name_is_picked_again_from_the_reread_lines():
     assert calls == []
 
 
+def test_a_page_without_a_date_has_its_date_lines_read_again():
+    lines = lines_from_text(GARBLED.replace("DATE: 10/03/2018", "DATE: 10/03/201"))
+    reader_calls = []
+
+    def reader(boxes):
+        reader_calls.append([b.text for b in boxes])
+        return [(b.text.replace("10/03/201", "10/03/2018"), 0.999) for b in boxes]
+
+    picker, never = load_default_picker(), SecondOpinionSettings(min_probability=0.0, min_box_score=0.0)
+    assert parse_receipt(lines, picker=picker).values.get("date") is None
+    parsed = parse_receipt(lines, picker=picker, reader=reader, second_opinion=never)
+    assert parsed.values["date"].isoformat() == "2018-03-10"
+    assert reader_calls == [["DATE: 10/03/201"]]  # only the date line: the names were not doubtful
+
+
 def test_cached_reader_reads_a_box_only_once(tmp_path):
     made = []
 

@@ -266,7 +266,8 @@ def parse_receipt(lines: Sequence[Line], picker=None, reader=None, second_opinio
         if reader is not None and second_opinion is not None:
             from extractor.ocr.second_opinion import second_opinion as reread
 
-            picks = reread(lines, picks, lambda mended: picker.pick(mended, [], []), reader, second_opinion)
+            picks = reread(lines, picks, lambda mended: picker.pick(mended, date_candidates(mended), []),
+                           reader, second_opinion)
     else:
         company = naive_company(lines)
         picks = {"store_name": (_span(lines, company), 0.5),

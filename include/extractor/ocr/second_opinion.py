@@ -19,7 +19,7 @@ that the cross-validation stays fast.
 from __future__ import annotations
 
 import json
-import logging
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -29,11 +29,11 @@ from typing import Any
 
 from extractor.ocr.layout import Line, PlacedBox
 
-log = logging.getLogger(__name__)
-
 # boxes -> one (text, score) per box, in order
 Reader = Callable[[Sequence[PlacedBox]], list[tuple[str, float]]]
 FIELDS = ("store_name", "store_address")
+# a line that names a date or prints part of one: re-read when the page gave no date
+_DATE_LINE = re.compile(r"D\s?A\s?T\s?E|TARIKH|\d{1,2}\s?[-/.]\s?\w{1,3}\s?[-/.]\s?\d", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,24 @@ def merge_readings(first: PlacedBox, second: tuple[str, float]) -> PlacedBox:
 def second_opinion(lines: Sequence[Line], picks: dict[str, tuple[Any, float]], pick: Callable,
                    reader: Reader, settings: SecondOpinionSettings) -> dict[str, tuple[Any, float]]:
     """``picks`` with the store name and address picked again from re-read lines where
-    either was doubtful (``pick``: lines -> picks, the picker on the mended page)."""
+    either was doubtful, and the date from re-read date lines where the first read gave
+    no date at all (``pick``: lines -> picks, the picker on the mended page)."""
     chosen: set[int] = set()
     for name in FIELDS:
         cand, prob = picks.get(name, (None, 1.0))
         if cand is not None and doubtful(prob, [lines[i] for i in cand.extra["lines"]], settings):
             chosen.update(cand.extra["lines"])
+    fields = FIELDS
+    if "date" in picks and picks["date"][0] is None:  # no date read at all: "DATE: 20/03/201", "2S/12/2017"
+        fields += ("date",)
+        chosen.update(ln.index for ln in lines if _DATE_LINE.search(ln.text))
     if not chosen:
         return picks
     mended = list(lines)
     for ln in reread_lines([lines[i] for i in sorted(chosen)], reader, settings):
         mended[ln.index] = ln
     again = pick(mended)
-    return {**picks, **{name: again[name] for name in FIELDS}}
+    return {**picks, **{name: again[name] for name in fields}}
 
 
 def reread_lines(lines: Sequence[Line], reader: Reader, settings: SecondOpinionSettings) -> list[Line]:
