@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--second-opinion", choices=["off", "rapid", "tesseract"], default="rapid",
                        help="re-read doubtful names and addresses (needs the images; re-reads are cached)")
     table.add_argument("--reread-cache", type=Path, help="default: CACHE-reread-KIND beside --cache")
+    table.add_argument("--limit", type=int, help="only the first N receipts (name order)")
     for p in (ocr, table):
         p.add_argument("--dataset", type=Path, required=True)
         p.add_argument("--cache", type=Path, required=True)
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.store_cv:
             train_argv.append("--store-cv")
         train_argv += ["--second-opinion", args.second_opinion]
+        if args.limit:
+            train_argv += ["--limit", str(args.limit)]
         if args.reread_cache:
             train_argv += ["--reread-cache", str(args.reread_cache)]
         train_main(train_argv)

@@ -266,6 +266,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                          "the rows without it are reported too")
     ap.add_argument("--reread-cache", type=Path,
                     help="where the re-reads are cached (default: CACHE-reread-KIND beside the OCR cache)")
+    ap.add_argument("--limit", type=int, help="only the first N receipts of the cache (name order)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=200)
     return ap.parse_args(argv)
@@ -307,7 +308,7 @@ def _print_table(examples: list[Example], reports: dict[str, EvalReport]) -> Non
 
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
-    examples = load_examples(args.cache, args.dataset)
+    examples = load_examples(args.cache, args.dataset)[:args.limit]
     kw = {"hidden": args.hidden, "epochs": args.epochs}
     variants = _variants(args)
     reports = {"naive rules": score(examples, predict(examples, None), "naive rules")}
