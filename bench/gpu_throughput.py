@@ -13,6 +13,18 @@ Sections (``--sections``, comma separated, run in this order):
   variants  what each optimisation buys at batch 32: eager decode, no fused GEMMs, compiled ops
   profile   top GPU kernels of one eager engine decode step at batch 32
   tiles2    2-tile images: engine with/without dropping padding tiles, check, prefill split
+  prefill   where a prefill goes (batch 8, 4 and 2 tiles): the vision tower and the whole HF
+            forward with HF's masked attention and with the engine's mask-free prefill
+            attention (engine/prefill_attention.py), the towers' output difference, and a
+            kernel profile of the mask-free tower
+  overlap   a stream of ``--overlap-receipts`` receipts through 32 decode slots: the next rows'
+            prefill on a second stream while the batch decodes, against taking turns
+  attention the vision tower's attention shape (8 images x 16 heads x 6,432 tokens, head dim
+            80) through each SDPA kernel, unmasked, and head dim zero-padded to 96 / 128
+  fp32check correctness on the 11B shape in float32 with the cross-attention gates opened (the
+            image then changes the output): engine tokens against generate's for
+            ``--check-steps`` steps, 4- and 2-tile, left-padded rows, mask-free prefill on and
+            off, free and under the receipt grammar (same grammar both sides)
   generate  plain batched model.generate at ``--gen-batches``
   seed      the seed guide's loop: one receipt per generate call (``--seed-receipts``)
   grammar   schema-constrained decoding (the hf backend's default): engine at batch 32 with and
@@ -122,6 +134,7 @@ class Recorder:
 
     def run(self, row):
         row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        row.setdefault("gpu", torch.cuda.get_device_name(0))  # every row names its card
         self.data["runs"].append(row)
         print(json.dumps(row), flush=True)
         self._flush()
@@ -328,6 +341,7 @@ VARIANTS = {  # name: (label, engine kwargs, new tokens or None for --new)
               dict(prefill_sdpa_backends=("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")),
               None),
     "prefill16": ("engine, prefill 16 rows per call", dict(prefill_batch=16), None),
+    "hfvision": ("engine, HF's masked attention in prefill", dict(mask_free_prefill=False), None),
     # per-field confidence: each step also writes the chosen token's log-probability (the default)
     "score": ("engine, token scoring on (default)", {}, None),
     "noscore": ("engine, token scoring off", dict(score_tokens=False), None),
@@ -430,6 +444,192 @@ def section_tiles2(rec, model, args):
     rec.put("prefill_split", {"batch": 8, "vision_tower_ms_per_receipt": round(1000 * tv / 8, 1),
                               "whole_prefill_ms_per_receipt": round(1000 * tp / 8, 1)})
     print(json.dumps(rec.data["prefill_split"]), flush=True)
+
+
+def _tower_fn(model, x):
+    tower = model.model.vision_model
+    return lambda: tower(pixel_values=x["pixel_values"], aspect_ratio_ids=x["aspect_ratio_ids"],
+                         aspect_ratio_mask=x["aspect_ratio_mask"]).last_hidden_state
+
+
+def _ms_per_receipt(fn, batch, reps=3):
+    fn()
+    t, out = timed(lambda: [fn() for _ in range(reps)][-1])
+    return 1000 * t / reps / batch, out
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@torch.inference_mode()
+def _prefill_split(rec, model, x, b, tiles):
+    from extractor.engine.prefill_attention import prefill_attention
+
+    outs = {}
+    for name, split in (("hf", False), ("mask-free", True)):
+        with prefill_attention(model, split):
+            tower_ms, outs[name] = _ms_per_receipt(_tower_fn(model, x), b)
+            full_ms, _ = _ms_per_receipt(lambda: model(**x, use_cache=True, logits_to_keep=1).logits, b)
+        rec.run({"way": f"prefill, {name} attention", "batch": b, "tiles": tiles,
+                 "vision_tower_ms_per_receipt": tower_ms, "prefill_ms_per_receipt": full_ms,
+                 "text_and_rest_ms_per_receipt": full_ms - tower_ms})
+    rec.run({"way": "prefill, mask-free vs hf vision tower", "batch": b, "tiles": tiles,
+             "tower_rel_diff": _rel(outs["mask-free"], outs["hf"])})
+
+
+@torch.inference_mode()
+def _prefill_profile(rec, model, x):
+    from torch.profiler import ProfilerActivity, profile
+
+    from extractor.engine.prefill_attention import prefill_attention
+
+    with prefill_attention(model):
+        fn = _tower_fn(model, x)
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    print(table, flush=True)
+    (Path(rec.path).parent / "prefill_tower_profile.txt").write_text(table)
+
+
+def section_prefill(rec, model, args):
+    b = 8
+    for tiles in (4, 2):
+        try:
+            _prefill_split(rec, model, make_inputs(b, args.prompt, "cuda", tiles=tiles), b, tiles)
+        except Exception:
+            rec.error(f"prefill split, {tiles} tiles")
+        torch.cuda.empty_cache()
+    try:
+        _prefill_profile(rec, model, make_inputs(b, args.prompt, "cuda"))
+    except Exception:
+        rec.error("prefill profile")
+    torch.cuda.empty_cache()
+
+
+def section_overlap(rec, model, args):
+    n = args.overlap_receipts
+    for label, kw in (("engine, 32 slots, prefill overlapped, decode prioritised",
+                       dict(overlap_prefill=True, decode_priority=True)),
+                      ("engine, 32 slots, prefill overlapped", dict(overlap_prefill=True)),
+                      ("engine, 32 slots, prefill then decode (the default)", {})):
+        try:
+            engine, _ = _run_stream(rec, model, n, args, label, kw)
+            engine.release()
+        except Exception:
+            rec.error(label)
+        torch.cuda.empty_cache()
+
+
+def _run_stream(rec, model, n, args, label, kw):
+    from extractor.engine import MllamaStaticEngine
+
+    x = make_inputs(n, args.prompt, "cuda")
+    engine = MllamaStaticEngine(model, max_batch=32, **kw)
+    engine.generate(**x, max_new_tokens=args.new, min_new_tokens=args.new)  # graph, compile, warm
+    total_s, out = timed(lambda: engine.generate(**x, max_new_tokens=args.new, min_new_tokens=args.new))
+    st = engine.stats
+    rec.run({"way": label, "batch": 32, "receipts": n, "new": args.new, "receipts_per_s": n / total_s,
+             "total_s": total_s, "host_prefill_s": st["prefill_s"], "decode_s": st["decode_s"],
+             "decode_ms_per_step": 1000 * st["decode_s"] / max(st["decode_steps"], 1),
+             "prefetched_rows": st.get("prefetched_rows", 0), "refilled_rows": st.get("refilled_rows", 0),
+             "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+    return engine, x
+
+
+@torch.inference_mode()
+def section_attention(rec, model, args):
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    b, h, n, d = 8, 16, 6432, 80
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flop = 4 * b * h * n * n * d
+    for dim in (80, 96, 128):
+        qq, kk, vv = (F.pad(t, (0, dim - d)) if dim > d else t for t in (q, k, v))
+        for name in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"):
+            try:
+                with sdpa_kernel([getattr(SDPBackend, name)]):
+                    ms = _attention_ms(F, qq, kk, vv, d ** -0.5)
+                rec.run({"way": f"attention {name} head dim {dim}", "batch": b, "ms": ms,
+                         "tflops_at_80": flop / (ms / 1000) / 1e12})
+            except Exception:
+                rec.error(f"attention {name} {dim}")
+
+
+def _attention_ms(F, q, k, v, scale, reps=5):
+    F.scaled_dot_product_attention(q, k, v, scale=scale)
+    t, _ = timed(lambda: [F.scaled_dot_product_attention(q, k, v, scale=scale) for _ in range(reps)])
+    return 1000 * t / reps
+
+
+def build_fp32_open_gates():
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = MllamaForConditionalGeneration._from_config(MllamaConfig(**CFG), torch_dtype=torch.float32).eval()
+    with torch.no_grad():  # fresh gates are 0 (tanh 0 = 0): open them so the image matters
+        for name, param in model.named_parameters():
+            if name.endswith("cross_attn_attn_gate"):
+                param.fill_(0.9)
+            elif name.endswith("cross_attn_mlp_gate"):
+                param.fill_(-0.7)
+    return model
+
+
+def _matching(a, b):
+    return [int(v) for v in (a == b).long().cumprod(-1).sum(-1)]
+
+
+@torch.inference_mode()
+def _fp32_case(rec, model, x, steps, tiles, grammar=None, tokenizer=None):
+    from extractor.engine import MllamaStaticEngine
+
+    kw = dict(max_new_tokens=steps) if grammar is not None else dict(max_new_tokens=steps, min_new_tokens=steps)
+    procs = None
+    if grammar is not None:
+        from transformers import LogitsProcessorList
+
+        from extractor.backends.grammar import grammar_logits_processor
+
+        procs = LogitsProcessorList([grammar_logits_processor(grammar.new_batch(4, steps))])
+    ref = model.generate(**x, do_sample=False, logits_processor=procs, **kw)[:, x["input_ids"].shape[1]:].cpu()
+    row = {"way": "fp32 check" + (" + receipt grammar" if grammar is not None else ""), "tiles": tiles,
+           "steps": steps, "batch": 4}
+    for label, ekw in (("engine", {}), ("engine_eager", dict(use_cuda_graphs=False)),
+                       ("engine_hf_prefill_attention", dict(mask_free_prefill=False))):
+        engine = MllamaStaticEngine(model, max_batch=4, **ekw)
+        out = engine.generate(**x, grammar=grammar, **kw)
+        engine.release()
+        width = min(out.shape[1], ref.shape[1])
+        row[f"{label}_matching_steps"] = _matching(out[:, :width], ref[:, :width])
+        row[f"{label}_equal"] = bool(out.shape == ref.shape and torch.equal(out, ref))
+    if tokenizer is not None:
+        row["parsed"] = _parse_rate(tokenizer, ref)[0]
+    rec.run(row)
+
+
+def section_fp32check(rec, args):
+    from bench_tokenizer import llama_sized_tokenizer
+
+    from extractor.backends.grammar import ReceiptGrammar
+
+    model = build_fp32_open_gates()
+    tokenizer = llama_sized_tokenizer()
+    grammar = ReceiptGrammar(tokenizer, model.lm_head.weight.shape[0], [tokenizer.eos_token_id])
+    lengths = [300, 350, 380, 400]
+    for tiles in (4, 2):
+        x = make_inputs(4, 400, "cuda", lengths=lengths, seed=1, tiles=tiles)
+        for g in (None, grammar):
+            try:
+                _fp32_case(rec, model, x, args.check_steps, tiles, g, tokenizer if g is not None else None)
+            except Exception:
+                rec.error(f"fp32check tiles {tiles} grammar {g is not None}")
+    del model
+    torch.cuda.empty_cache()
 
 
 def run_generate(rec, model, batch, args, label="generate", new=None):
@@ -538,7 +738,12 @@ def section_refill(rec, model, args):
     variants = (("engine, static batches", dict(refill=False)),
                 ("engine, continuous refill (rows join 4+ at a time, the default)", {}),
                 ("engine, continuous refill (rows join 8+ at a time)", dict(refill_min_rows=8)),
-                ("engine, continuous refill (rows join one by one)", dict(refill_min_rows=1)))
+                ("engine, continuous refill (rows join one by one)", dict(refill_min_rows=1)),
+                ("engine, refill + prefill overlapped", dict(overlap_prefill=True)),
+                ("engine, refill + prefill overlapped, decode prioritised", dict(overlap_prefill=True,
+                                                                                 decode_priority=True)),
+                ("engine, refill one by one + prefill overlapped", dict(refill_min_rows=1, overlap_prefill=True)))
+    variants = [v for v in variants if not args.refill_variants or v[0] in args.refill_variants.split(";")]
     for label, kw in variants:
         engine = MllamaStaticEngine(model, max_batch=slots, **kw)
         first_s, _ = timed(lambda e=engine: e.generate(**x, max_new_tokens=longest, lengths=lengths))
@@ -657,6 +862,8 @@ def main():
     ap.add_argument("--quant-batches", default="8")
     ap.add_argument("--quant-new", type=int, default=64)
     ap.add_argument("--refill-receipts", type=int, default=96)
+    ap.add_argument("--overlap-receipts", type=int, default=128)
+    ap.add_argument("--refill-variants", default="", help="';'-separated labels of the refill section (all if empty)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     sections = args.sections.split(",")
@@ -665,12 +872,15 @@ def main():
     env = section_env(rec) if "env" in sections else {}
     model = None
     if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8",
-                        "refill"}:
+                        "refill", "prefill", "overlap"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
     steps = [("check", lambda: section_check(rec, model, args)),
+             ("prefill", lambda: section_prefill(rec, model, args)),
              ("engine", lambda: section_engine(rec, model, args, env)),
+             ("overlap", lambda: section_overlap(rec, model, args)),
+             ("attention", lambda: section_attention(rec, model, args)),
              ("variants", lambda: section_variants(rec, model, args)),
              ("profile", lambda: section_profile(rec, model, args)),
              ("tiles2", lambda: section_tiles2(rec, model, args)),
@@ -688,6 +898,16 @@ def main():
                 rec.error(name)
             print(f"-- section {name}: {time.perf_counter() - t0:.1f}s", flush=True)
             torch.cuda.empty_cache()
+    if "fp32check" in sections:
+        import gc
+
+        model = None  # the fp32 copy needs the room
+        gc.collect()
+        torch.cuda.empty_cache()
+        try:
+            section_fp32check(rec, args)
+        except Exception:
+            rec.error("fp32check")
     if "quant" in sections:
         if model is not None:
             import gc

@@ -304,3 +304,33 @@ def test_refill_with_exact_lengths_decodes_fewer_steps_than_static_batches(tiny_
     assert torch.equal(a, b)
     assert [int((row != PAD).sum()) for row in a] == lengths
     assert refill.stats["decode_steps"] < static.stats["decode_steps"]
+
+
+def test_rows_prefilled_ahead_join_with_the_same_tokens(tiny_mllama, monkeypatch):
+    """Overlapped prefill (engine/prefetch.py; inline on the CPU): waiting rows are prefilled
+    ahead in chunks of 3 and join one at a time (chunks taken in parts); a prefetch that fails
+    leaves its rows to be prefilled when they join. Tokens equal generate's every way."""
+    from extractor.engine import prefetch
+
+    batch = _batch(lengths=[9, 7, 12, 6, 10, 8, 11], tiles=[2] * 7, seed=11)
+    lengths = [3, 9, 2, 7, 5, 4, 8]
+    want = MllamaStaticEngine(tiny_mllama, max_batch=7, refill=False).generate(**batch, max_new_tokens=9,
+                                                                                lengths=lengths)
+    kw = dict(max_batch=2, prefill_batch=3, refill_check_every=1, refill_min_rows=1, overlap_prefill=True)
+    ahead = MllamaStaticEngine(tiny_mllama, **kw)
+    assert torch.equal(ahead.generate(**batch, max_new_tokens=9, lengths=lengths), want)
+    assert ahead.stats["prefetched_rows"] == 5  # every row after the first two
+    assert torch.equal(MllamaStaticEngine(tiny_mllama, **{**kw, "overlap_prefill": False}).generate(
+        **batch, max_new_tokens=9, lengths=lengths), want)
+
+    real_run = prefetch.Prefetcher._run
+    calls = []
+
+    def fail_first(self, rows):
+        calls.append(rows)
+        return None if len(calls) == 1 else real_run(self, rows)
+
+    monkeypatch.setattr(prefetch.Prefetcher, "_run", fail_first)
+    failing = MllamaStaticEngine(tiny_mllama, **kw)
+    assert torch.equal(failing.generate(**batch, max_new_tokens=9, lengths=lengths), want)
+    assert failing.stats.get("prefetched_rows", 0) == 0  # the failure turned prefetching off

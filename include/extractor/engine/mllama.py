@@ -16,6 +16,7 @@ longest row (see tests/unit/test_engine.py and docs/gpu.md for the checks).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -30,6 +31,8 @@ from extractor.engine.mllama_decode import (
     select_next,
     text_model_of,
 )
+from extractor.engine.prefetch import Prefilled
+from extractor.engine.prefill_attention import prefill_attention
 from extractor.engine.slots import SlotScheduler
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,16 @@ class MllamaStaticEngine(SlotScheduler):
     there are waiting ones); finished rows are looked for every ``refill_check_every`` steps, and
     rows join once ``refill_min_rows`` slots are free (or the queue is that short): a prefill
     of a few rows at once uses the GPU better than one row at a time.
+    ``overlap_prefill`` (default on; with refill): while a batch decodes, the rows next in
+    line are prefilled on a second stream by a worker thread (``engine/prefetch.py``), so
+    that joining costs only a copy; a compute-bound prefill and a memory-bound decode share
+    the card instead of taking turns. ``decode_priority`` (default on, CUDA): the engine's
+    work runs on a high-priority stream, so that the decode steps' kernels go first and the
+    prefill ahead fills the SMs they leave.
+    ``mask_free_prefill`` (default on): the prefill's vision tower attends without its
+    dense padding mask, and cross-attention layers drop an all-zero mask
+    (``engine/prefill_attention.py``): the same result up to summation order, flash kernels
+    instead of masked ones.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -97,8 +110,10 @@ class MllamaStaticEngine(SlotScheduler):
                  len_multiple: int = 64, compile_ops: bool | None = None,
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 trim_cross_tiles: bool = True, score_tokens: bool = True, fp8: bool | str = False,
-                 refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4):
+                 trim_cross_tiles: bool = True, mask_free_prefill: bool = True,
+                 score_tokens: bool = True, fp8: bool | str = False,
+                 refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4,
+                 overlap_prefill: bool = False, decode_priority: bool = False):
         import torch
 
         self.model = model.eval()
@@ -115,6 +130,7 @@ class MllamaStaticEngine(SlotScheduler):
             self.weights.ops = DecodeOps.compiled()
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
+        self.mask_free_prefill = mask_free_prefill
         self.score_tokens = score_tokens
         self._full_cross_len = 0
         self.text_config = text_model_of(model).config
@@ -132,6 +148,9 @@ class MllamaStaticEngine(SlotScheduler):
         self.refill = refill
         self.refill_check_every = max(1, refill_check_every)
         self.refill_min_rows = max(1, refill_min_rows)
+        self.overlap_prefill = overlap_prefill
+        self.decode_priority = decode_priority and on_cuda
+        self._decode_stream: Any = None
         self.len_multiple = len_multiple if self.use_cuda_graphs else 1
         self._key: tuple | None = None
         self._state: DecodeState | None = None
@@ -173,7 +192,7 @@ class MllamaStaticEngine(SlotScheduler):
         limits = self._row_limits(bsz, max_new_tokens, min_new_tokens, lengths)
         cap = self._batch_cap(inputs, max_new_tokens)
         rows_out: dict[int, Any] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._stream():
             for group in self._groups(inputs, cap):
                 rows_out.update(self._run_split_on_oom(group, inputs, cap, max_new_tokens, limits))
         width = max(toks.shape[0] for toks, _ in rows_out.values())
@@ -184,6 +203,24 @@ class MllamaStaticEngine(SlotScheduler):
             if lps is not None:
                 logp[row, :lps.shape[0]] = lps
         return (out, logp) if return_logprobs else out
+
+    @contextlib.contextmanager
+    def _stream(self):
+        """The engine's own high-priority stream (``decode_priority``), ordered after the
+        caller's stream on the way in and before it on the way out."""
+        if not self.decode_priority:
+            yield
+            return
+        torch = self._torch
+        if self._decode_stream is None:
+            self._decode_stream = torch.cuda.Stream(device=self.device, priority=-1)
+        caller = torch.cuda.current_stream(self.device)
+        self._decode_stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self._decode_stream):
+                yield
+        finally:
+            caller.wait_stream(self._decode_stream)
 
     def _row_limits(self, bsz: int, max_new: int, min_new: int, lengths):
         """(min new tokens, max new tokens) per row, as CPU long tensors."""
@@ -321,20 +358,37 @@ class MllamaStaticEngine(SlotScheduler):
     def _prefill(self, x, pos_ids, sl: slice, start, rows=None):
         """HF forward over rows ``sl`` of the prompt; keys/values copied into the static cache
         at positions ``start ..`` of decode slots ``rows`` (default: the same rows)."""
+        cache, logits = self._prefill_cache(x, pos_ids, sl)
+        self._copy_cache(cache, sl if rows is None else rows, start)
+        del cache
+        return logits
+
+    def _prefill_cache(self, x, pos_ids, sl: slice):
+        """HF forward over rows ``sl``: (its cache, float32 logits of the last prompt token)."""
         torch = self._torch
-        with self._prefill_attention():
+        with self._sdpa_priority(), prefill_attention(self.model, self.mask_free_prefill):
             out = self._prefill_forward(x, pos_ids, sl)
         cache = getattr(out, "cache", None)  # transformers >= 5.2x names it `cache`
         if cache is None:
             cache = out.past_key_values
-        self._copy_cache(cache, sl if rows is None else rows, start)
         logits = out.logits[:, -1].to(torch.float32)
-        del out, cache
-        return logits
+        del out
+        return cache, logits
 
-    def _prefill_attention(self):
-        import contextlib
+    def _prefill_rows(self, inputs, rows: list[int]) -> Prefilled:
+        """Rows of ``inputs`` (their shared left padding cut) through HF's prefill, kept as
+        they are for a later copy into decode slots (refill, ``engine/prefetch.py``)."""
+        x = self._subset(inputs, rows)
+        lead = int((x["attention_mask"].sum(0) > 0).nonzero()[0])
+        for name in ("input_ids", "attention_mask", "cross_attention_mask"):
+            if x[name] is not None:
+                x[name] = x[name][:, lead:]
+        am = x["attention_mask"]
+        pos_ids = (am.long().cumsum(-1) - 1).masked_fill(am == 0, 0)
+        cache, logits = self._prefill_cache(x, pos_ids, slice(0, len(rows)))
+        return Prefilled(list(rows), x, pos_ids, cache, logits)
 
+    def _sdpa_priority(self):
         if not self.prefill_sdpa_backends:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel

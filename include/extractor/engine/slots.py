@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from extractor.engine.mllama_decode import DecodeState, decode_step, select_next
+from extractor.engine.prefetch import Prefetcher
 
 
 class SlotScheduler:
@@ -35,6 +36,8 @@ class SlotScheduler:
     refill: bool
     refill_check_every: int
     refill_min_rows: int
+    overlap_prefill: bool
+    _prefetch: Prefetcher | None = None
 
     # ---------------------------------------------------------------- a group of rows
     def _run_group(self, group: list[int], inputs, cap: int, max_new: int, limits) -> dict[int, Any]:
@@ -60,7 +63,8 @@ class SlotScheduler:
         width = int(x["attention_mask"].sum(0).gt(0).sum())  # the batch's prompt width once trimmed
         plen, cross_bias, row_mask = self._prepare_chunk(x, max_new, max(longest, width) - width + max_new + slack)
         st, bsz = self._state, len(first)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        # This stream only: a prefill running ahead on another stream is not waited for.
+        sync = torch.cuda.current_stream(self.device).synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
         am = x["attention_mask"]
@@ -80,7 +84,26 @@ class SlotScheduler:
         slots: list[int | None] = list(first)
         left = [int(limits[1][row]) - 1 for row in first]  # steps each slot's row may still take
         steps = 0
+        self._prefetch = Prefetcher(self, inputs, depth=bsz) if queue and self.overlap_prefill else None
+        try:
+            steps = self._decode_loop(st, slots, left, queue, inputs, plen, max_new, limits, rules, host, results)
+        finally:
+            if self._prefetch is not None:
+                self._prefetch.close()
+                self._prefetch = None
+        self.stats["decode_steps"] += steps
+        self.stats["ring_laps"] = max(self.stats.get("ring_laps", 0), (plen + steps) // st.self_valid.shape[1])
+        self.stats["batches"] += 1
+        self.stats["cuda_graph"] = self._graph is not None
+
+    def _decode_loop(self, st, slots, left, queue, inputs, plen, max_new, limits, rules, host, results) -> int:
+        """Decode stretches, harvest finished rows, let waiting rows join; returns the steps run."""
+        torch = self._torch
+        sync = torch.cuda.current_stream(self.device).synchronize if self.device.type == "cuda" else (lambda: None)
+        steps = 0
         while True:
+            if self._prefetch is not None:
+                self._prefetch.fill(queue)
             t1 = time.perf_counter()
             every = self.refill_check_every if queue else self.eos_check_every
             stretch = min(every, max((n for n, row in zip(left, slots, strict=True) if row is not None), default=0))
@@ -96,11 +119,7 @@ class SlotScheduler:
                 for s in self._admit(queue, slots, inputs, cur, max_new, limits, rules, host):
                     left[s] = int(limits[1][slots[s]]) - 1
             if all(row is None for row in slots):
-                break
-        self.stats["decode_steps"] += steps
-        self.stats["ring_laps"] = max(self.stats.get("ring_laps", 0), (plen + steps) // st.self_valid.shape[1])
-        self.stats["batches"] += 1
-        self.stats["cuda_graph"] = self._graph is not None
+                return steps
 
     def _reset_state(self, st: DecodeState, am, pos_ids, plen: int, cross_bias, row_mask, limits, rows) -> None:
         """Every buffer a captured step reads set for this batch (none keeps the last batch's values)."""
@@ -197,48 +216,55 @@ class SlotScheduler:
 
     # ---------------------------------------------------------------- refill
     def _admit(self, queue: deque, slots: list, inputs, cur: int, max_new: int, limits, rules, host) -> list[int]:
-        """Prefill waiting rows into free slots so their prompts end at ``cur`` (wrapping
-        round the ring); returns the slots they took. A row joins when its prompt and its
-        answer fit in the ring."""
-        torch = self._torch
+        """Place waiting rows in free slots so their prompts end at ``cur`` (wrapping round
+        the ring); returns the slots they took. A row joins when its prompt and its answer
+        fit in the ring. Rows prefilled ahead (``self._prefetch``) are only copied in; the
+        others are prefilled now, ``prefill_batch`` at a time."""
         st = self._state
         free = [s for s, row in enumerate(slots) if row is None]
         lengths = inputs["attention_mask"].sum(-1)
         room = st.self_valid.shape[1] - max(self.eos_check_every, self.refill_check_every)
-        take = []
-        while queue and len(take) < len(free) and int(lengths[queue[0]]) + int(limits[1][queue[0]]) <= room:
-            take.append(queue.popleft())
-        if not take:
+        n = 0
+        while n < min(len(free), len(queue)) and int(lengths[queue[n]]) + int(limits[1][queue[n]]) <= room:
+            n += 1
+        if not n:
             return []
-        x = self._subset(inputs, take)
-        lead = int((x["attention_mask"].sum(0) > 0).nonzero()[0])
-        for name in ("input_ids", "attention_mask", "cross_attention_mask"):
-            if x[name] is not None:
-                x[name] = x[name][:, lead:]
-        if not self._cross_compatible(x):
-            queue.extendleft(reversed(take))
-            return []
-        targets = free[:len(take)]
         t0 = time.perf_counter()
-        am = x["attention_mask"]
-        plen = am.shape[1]
-        pos_ids = (am.long().cumsum(-1) - 1).masked_fill(am == 0, 0)
-        idx = torch.tensor(targets, device=self.device)
-        logits = torch.empty(len(take), self.weights.lm_head.shape[0], device=self.device, dtype=torch.float32)
-        ring = st.self_valid.shape[1]
-        where = torch.arange(cur - plen, cur, device=self.device).remainder(ring)  # the prompt ends at cur
-        for r0 in range(0, len(take), self.prefill_batch):
-            r1 = min(len(take), r0 + self.prefill_batch)
-            logits[r0:r1] = self._prefill(x, pos_ids, slice(r0, r1), where, rows=idx[r0:r1])
-        self._join_state(st, idx, x, am, pos_ids, where, limits, take)
-        self._choose_first(st, logits, idx, rules, targets)
-        if host is not None:
+        chunks = self._prefetch.take(n) if self._prefetch is not None else []
+        done = sum(len(c.rows) for c in chunks)
+        waiting = list(queue)[done:n]
+        chunks += [self._prefill_rows(inputs, waiting[i:i + self.prefill_batch])
+                   for i in range(0, len(waiting), self.prefill_batch)]
+        targets: list[int] = []
+        for chunk in chunks:
+            if not self._cross_compatible(chunk.x):
+                break  # rows from here on stay queued (with the prefetched ones dropped)
+            self._join_chunk(chunk, free[len(targets):len(targets) + len(chunk.rows)], cur, limits, rules)
+            for s, row in zip(free[len(targets):], chunk.rows, strict=False):
+                slots[s] = row
+                targets.append(s)
+        for _ in targets:
+            queue.popleft()
+        if len(targets) < n and self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
+        if host is not None and targets:
             host.tok.copy_(st.tok)
-        for s, row in zip(targets, take, strict=True):
-            slots[s] = row
         self.stats["prefill_s"] += time.perf_counter() - t0
-        self.stats["refilled_rows"] = self.stats.get("refilled_rows", 0) + len(take)
+        self.stats["refilled_rows"] = self.stats.get("refilled_rows", 0) + len(targets)
         return targets
+
+    def _join_chunk(self, chunk, targets: list[int], cur: int, limits, rules) -> None:
+        """Copy a prefilled chunk into slots ``targets``: its prompt ends at ring position ``cur``."""
+        torch = self._torch
+        st = self._state
+        am = chunk.x["attention_mask"]
+        ring = st.self_valid.shape[1]
+        where = torch.arange(cur - am.shape[1], cur, device=self.device).remainder(ring)
+        idx = torch.tensor(targets, device=self.device)
+        self._copy_cache(chunk.cache, idx, where)
+        self._join_state(st, idx, chunk.x, am, chunk.pos_ids, where, limits, chunk.rows)
+        self._choose_first(st, chunk.logits, idx, rules, targets)
 
     def _cross_compatible(self, x) -> bool:
         """Whether rows can share this batch's cross-attention layout (same kept tiles)."""
