@@ -139,11 +139,12 @@ def test_a_total_with_a_misread_point_or_a_minus_is_a_flagged_candidate():
     from extractor.ocr import features
 
     lines = lines_from_text("SHOP ENTERPRISE\nQuantity Out :2\nNET TOTAL   19-80\nCASH   15 50\n"
-                            "Total Payable:   -1.73\nTime 12:30\n")
+                            "Total Payable:   -1.73\nTotal Savings   -1.10\nTime 12:30\n")
     totals = total_candidates(lines)
     features.total_features(features.Page.of(lines), totals)
     by_value = {str(c.value): c for c in totals}
     assert by_value["19.80"].extra["loose"] and by_value["19.80"].extra["features"]["loose"] == 1.0
     assert by_value["-1.73"].extra["signed"] and by_value["-1.73"].extra["features"]["signed"] == 1.0
     assert "1.73" in by_value  # the unsigned reading stays a candidate too
+    assert "-1.10" not in by_value  # savings, discounts and roundings are not negative totals
     assert "12.30" not in by_value and "15.50" not in by_value  # not total lines

@@ -89,8 +89,8 @@ def loose_amount_in(text: str) -> str | None:
 def negative_totals_in(text: str) -> list[str]:
     """Amounts printed with a minus on a total line ('Total Payable: -1.73', a credit note)
     as '-1.73'; ``amounts_in`` reads every amount unsigned."""
-    if not TOTAL_WORDS_RE.search(text):
-        return []
+    if not TOTAL_WORDS_RE.search(text) or NOT_TOTAL_RE.search(text) or ADJUSTMENT_RE.search(text):
+        return []  # "Total Savings -1.10", "TOTAL DISCOUNT -5.00", "Rounding Adj -0.02" are not totals
     return [f"-{int(m.group(1).replace(',', ''))}.{m.group(2)}" for m in AMOUNT_RE.finditer(text)
             if m.group(0).startswith("-")]
 
