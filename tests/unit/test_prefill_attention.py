@@ -80,3 +80,14 @@ def test_prefill_forward_equals_hf_and_drops_all_zero_cross_masks(tiny_mllama, t
     assert text._attn_implementation == "sdpa"
     assert dropped == [len(set(tiles)) == 1]  # planned once per forward, for every cross layer
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_laid_out_otherwise_keeps_hf_attention(caplog, monkeypatch):
+    # e.g. a transformers release that moves the vision tower: one warning, no switch, no error.
+    class Other(torch.nn.Module):
+        pass
+
+    monkeypatch.setattr(pa, "_warned", False)
+    with caplog.at_level("WARNING"), prefill_attention(Other()):
+        pass
+    assert "prefill keeps HF's attention" in caplog.text

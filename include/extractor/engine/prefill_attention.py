@@ -31,6 +31,7 @@ attention. The CPU tests compare both ways in float32 (tests/unit/test_prefill_a
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ from typing import Any
 
 NAME = "receipt_split_padding"
 TEXT_NAME = "receipt_cross_mask_free"
+log = logging.getLogger(__name__)
 _registered = False
+_warned = False
 _switch = threading.Lock()
 _users: dict[int, list] = {}  # id(config) -> [threads inside, HF's implementation to restore]
 
@@ -170,13 +173,7 @@ def prefill_attention(model, enabled: bool = True):
     """Inside the block, ``model``'s vision tower attends with ``split_padding_attention``
     and, where it runs HF's ``sdpa``, its text model with ``cross_attention`` (counted, so
     that overlapping blocks in two threads restore HF's settings once, last)."""
-    if not enabled:
-        yield
-        return
-    _register()
-    vision = model.model.vision_model.config
-    text = model.model.language_model.config
-    switches = [(vision, NAME)] + ([(text, TEXT_NAME)] if text._attn_implementation_internal == "sdpa" else [])
+    switches = _switches(model) if enabled else []
     for config, name in switches:
         _switch_on(config, name)
     try:
@@ -185,6 +182,25 @@ def prefill_attention(model, enabled: bool = True):
         _PlanCache.clear()
         for config, _ in switches:
             _switch_off(config)
+
+
+def _switches(model) -> list:
+    """(config, attention name) pairs to switch; none, with one warning, where this
+    transformers lays the model out otherwise (the prefill then keeps HF's attention)."""
+    global _warned
+    try:
+        _register()
+        vision = model.model.vision_model.config
+        text = model.model.language_model.config
+        use_text = text._attn_implementation_internal == "sdpa"
+        vision._attn_implementation_internal  # noqa: B018 - the attribute the switch sets
+    except (AttributeError, ImportError) as exc:
+        if not _warned:
+            log.warning("mask-free prefill attention unavailable (%s: %s); the prefill keeps HF's attention",
+                        type(exc).__name__, exc)
+            _warned = True
+        return []
+    return [(vision, NAME)] + ([(text, TEXT_NAME)] if use_text else [])
 
 
 def _switch_on(config, name: str) -> None:
