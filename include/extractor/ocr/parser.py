@@ -111,7 +111,9 @@ def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
                 continue
             seen.add(value)
             out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score, extra=extra))
-            if value.year % 10 == 3:  # faded thermal print: the year's 8 read as 3 ("2013", "-13")
+            # faded thermal print: the year's 8 read as 3 ("2013", "-13" on 2018 receipts); not
+            # for 2023 on: a receipt printed then is far likelier than one from 2028
+            if value.year % 10 == 3 and value.year < 2020:
                 out.append(Candidate(value=value.replace(year=value.year + 5), line=ln.index, text=raw,
                                      ocr_score=ln.score, extra={**extra, "year_misread": True}))
     return out
