@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
                        default=Path(__file__).resolve().parent / "results" / "ocr_accuracy.json",
                        help="where the accuracy report goes (default: bench/results/ocr_accuracy.json)")
     table.add_argument("--store-cv", action="store_true", help="add the unseen-stores cross-validation row")
+    table.add_argument("--second-opinion", choices=["off", "rapid", "tesseract"], default="rapid",
+                       help="re-read doubtful names and addresses (needs the images; re-reads are cached)")
+    table.add_argument("--reread-cache", type=Path, help="default: CACHE-reread-KIND beside --cache")
+    table.add_argument("--limit", type=int, help="only the first N receipts (name order)")
     for p in (ocr, table):
         p.add_argument("--dataset", type=Path, required=True)
         p.add_argument("--cache", type=Path, required=True)
@@ -107,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
             train_argv += ["--report", str(args.report)]
         if args.store_cv:
             train_argv.append("--store-cv")
+        train_argv += ["--second-opinion", args.second_opinion]
+        if args.limit:
+            train_argv += ["--limit", str(args.limit)]
+        if args.reread_cache:
+            train_argv += ["--reread-cache", str(args.reread_cache)]
         train_main(train_argv)
 
 

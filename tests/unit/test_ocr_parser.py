@@ -94,6 +94,8 @@ def test_a_year_ending_in_3_also_offers_the_8_it_may_be():
     dates = date_candidates(lines_from_text("04-05-2013 16:07"))
     assert [(c.value, bool(c.extra.get("year_misread"))) for c in dates] == [
         (date(2013, 5, 4), False), (date(2018, 5, 4), True)]
+    # a receipt of 2023 is not offered as 2028 (the new weights picked it on a synthetic receipt)
+    assert [c.value for c in date_candidates(lines_from_text("26-05-2023 16:07"))] == [date(2023, 5, 26)]
 
 
 def test_loose_dates_are_flagged_and_need_a_full_year_when_glued():
@@ -133,3 +135,18 @@ def test_total_features_see_the_receipts_arithmetic():
     assert f["57.00"]["operand_of_below"] == f["17.40"]["operand_of_below"] == 1.0
     assert f["39.60"]["cash_minus_change"] == 1.0  # paid read from the line above CHANGE
     assert f["57.00"]["cash_minus_change"] == 0.0
+
+
+def test_a_total_with_a_misread_point_or_a_minus_is_a_flagged_candidate():
+    from extractor.ocr import features
+
+    lines = lines_from_text("SHOP ENTERPRISE\nQuantity Out :2\nNET TOTAL   19-80\nCASH   15 50\n"
+                            "Total Payable:   -1.73\nTotal Savings   -1.10\nTime 12:30\n")
+    totals = total_candidates(lines)
+    features.total_features(features.Page.of(lines), totals)
+    by_value = {str(c.value): c for c in totals}
+    assert by_value["19.80"].extra["loose"] and by_value["19.80"].extra["features"]["loose"] == 1.0
+    assert by_value["-1.73"].extra["signed"] and by_value["-1.73"].extra["features"]["signed"] == 1.0
+    assert "1.73" in by_value  # the unsigned reading stays a candidate too
+    assert "-1.10" not in by_value  # savings, discounts and roundings are not negative totals
+    assert "12.30" not in by_value and "15.50" not in by_value  # not total lines

@@ -21,16 +21,20 @@ from extractor.ocr import PARSER_VERSION
 from extractor.ocr.engine import OcrBox, OcrSettings, build_engine, run_ocr
 from extractor.ocr.layout import MIN_BOX_SCORE, Line, lines_text, rebuild_lines
 from extractor.ocr.parser import parse_receipt
+from extractor.ocr.second_opinion import SecondOpinionSettings, rapid_reader
 from extractor.schema import Receipt
 from extractor.spec import ExtractorSpec
+
+DEFAULT_SECOND_OPINION = SecondOpinionSettings()  # frozen: safe as a default argument
 
 
 @dataclass
 class OcrPage:
-    """What the forward step produced for one image."""
+    """What the forward step produced for one image (and the image, for a re-read)."""
 
     boxes: list[OcrBox]
     lines: list[Line]
+    image: Any = None
 
 
 class OCRBackend(Backend):
@@ -38,7 +42,7 @@ class OCRBackend(Backend):
 
     def __init__(self, spec: ExtractorSpec, model_dir: str | None = None, *,
                  settings: OcrSettings | None = None, workers: int | None = None,
-                 use_picker: bool = True):
+                 use_picker: bool = True, second_opinion: SecondOpinionSettings | None = DEFAULT_SECOND_OPINION):
         super().__init__(spec)
         if spec.prompt_version != PARSER_VERSION:
             # the lineage on every row must name the parser that really ran
@@ -53,6 +57,8 @@ class OCRBackend(Backend):
             from extractor.ocr.picker import load_default_picker
 
             self.picker = load_default_picker()
+        # re-read doubtful store names and addresses (None: never; docs/ocr.md has the costs)
+        self.second_opinion = second_opinion if self.picker is not None else None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ocr") if self.workers > 1 else None
 
     def _ocr_one(self, image: Any) -> OcrPage | BaseException:
@@ -60,7 +66,8 @@ class OCRBackend(Backend):
             boxes = run_ocr(self.engine, image)
         except (RuntimeError, ValueError, MemoryError) as exc:  # onnxruntime / cv2 failures
             return exc
-        return OcrPage(boxes=boxes, lines=rebuild_lines(boxes, min_score=MIN_BOX_SCORE))
+        return OcrPage(boxes=boxes, lines=rebuild_lines(boxes, min_score=MIN_BOX_SCORE),
+                       image=image if self.second_opinion is not None else None)
 
     def _forward(self, images: list[Any]) -> list[OcrPage | BaseException]:
         if self._pool is None or len(images) == 1:
@@ -70,7 +77,12 @@ class OCRBackend(Backend):
     def _postprocess(self, raw: OcrPage) -> Receipt:
         if not raw.lines:
             raise ParseError("no text found on the image", raw_text=None)
-        parsed = parse_receipt(raw.lines, picker=self.picker)
+        reader = None
+        if raw.image is not None and self.second_opinion is not None:
+            image, margin = raw.image, self.second_opinion.margin
+            reader = lambda boxes: rapid_reader(self.engine, image, margin)(boxes)  # noqa: E731 - built on use
+        parsed = parse_receipt(raw.lines, picker=self.picker, reader=reader, second_opinion=self.second_opinion)
+        raw.image = None  # the re-reads are done: do not hold the image any longer
         return Receipt(**{k: v for k, v in parsed.values.items() if v is not None},
                        confidence=parsed.confidence)
 

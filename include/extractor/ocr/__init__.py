@@ -9,5 +9,7 @@ lines are the store name and address and which date/amount is the receipt's.
 # row as the spec's ``prompt_version``. Bump it whenever the output for the same OCR can
 # change (v2: bracket spacing, legal-suffix misreads, glued-word splitting, new weights;
 # v3: contact lines (MOBILE / WHATSAPP / HOTLINE) end an address, new weights;
-# v4: garbled dates as candidates, date and total features, line items, new weights).
-PARSER_VERSION = "parser-v4"
+# v4: garbled dates as candidates, date and total features, line items, new weights;
+# v5: the second opinion (doubtful store names and addresses re-read), totals with a
+# misread point or a minus as candidates, new weights).
+PARSER_VERSION = "parser-v5"

@@ -300,7 +300,7 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
         ln = page.lines[c.line]
         own = ln.text
         prev = page.lines[c.line - 1].text if c.line > 0 else ""
-        amounts_here = patterns.amounts_in(own)
+        amounts_here = patterns.amounts_in(own) or [str(c.value)]
         rank = values.index(c.value)
         f = {"bias": 1.0, "y": (ln.y0 - page.y0) / page.height,
              "from_bottom": min(n_lines - 1 - c.line, 30) / 30,
@@ -318,7 +318,9 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
              "total_line_below": float(any(t > c.line for t in total_lines)),
              "no_letters": float(_letters(own) <= 2),
              "rounds_other": float(c.value in rounds_other),
-             "has_rounded_twin": float(c.value in has_rounded_twin), **arithmetic.get(id(c), {})}
+             "has_rounded_twin": float(c.value in has_rounded_twin), "loose": float(bool(c.extra.get("loose"))),
+             "signed": float(bool(c.extra.get("signed"))),
+             **arithmetic.get(id(c), {})}
         f.update(_keyword_flags(own, "own_"))
         f.update(_keyword_flags(prev, "prev_"))
         c.extra["features"] = f
@@ -360,6 +362,7 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
              "month_name": float(bool(re.search(r"[A-Z]{3}", c.text.upper()))),
              "two_digit_year": float(bool(re.search(r"[-/.]\d{2}$", c.text))),
              "compact": float(bool(c.extra.get("compact"))), "loose": float(bool(c.extra.get("loose"))),
+             "signed": float(bool(c.extra.get("signed"))),
              "latest": float(c.value == latest), "earliest": float(c.value == earliest),
              "n_in_line": min(per_line[c.line], 3) / 3, "score": c.ocr_score,
              "year_misread": float(bool(c.extra.get("year_misread"))),

@@ -28,6 +28,7 @@ class PlacedBox:
     y0: float
     x1: float
     y1: float
+    points: tuple[tuple[float, float], ...] = ()  # the box in image coordinates (for a re-read)
 
     @property
     def height(self) -> float:
@@ -108,7 +109,7 @@ def place_boxes(boxes: Sequence[OcrBox], skew_degrees: float | None = None) -> l
         pts = [(x * c - y * s, x * s + y * c) for x, y in box.points]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         placed.append(PlacedBox(text=box.text, score=box.score,
-                                x0=min(xs), y0=min(ys), x1=max(xs), y1=max(ys)))
+                                x0=min(xs), y0=min(ys), x1=max(xs), y1=max(ys), points=box.points))
     return placed
 
 

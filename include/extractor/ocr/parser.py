@@ -111,7 +111,9 @@ def date_candidates(lines: Sequence[Line]) -> list[Candidate]:
                 continue
             seen.add(value)
             out.append(Candidate(value=value, line=ln.index, text=raw, ocr_score=ln.score, extra=extra))
-            if value.year % 10 == 3:  # faded thermal print: the year's 8 read as 3 ("2013", "-13")
+            # faded thermal print: the year's 8 read as 3 ("2013", "-13" on 2018 receipts); not
+            # for 2023 on: a receipt printed then is far likelier than one from 2028
+            if value.year % 10 == 3 and value.year < 2020:
                 out.append(Candidate(value=value.replace(year=value.year + 5), line=ln.index, text=raw,
                                      ocr_score=ln.score, extra={**extra, "year_misread": True}))
     return out
@@ -128,6 +130,13 @@ def total_candidates(lines: Sequence[Line]) -> list[Candidate]:
             out.append(Candidate(value=Decimal(amount), line=ln.index, text=label,
                                  ocr_score=ln.score, extra={"position_in_line": j,
                                                             "own_label": label == ln.text}))
+        for amount in patterns.negative_totals_in(ln.text):  # a credit note's negative total
+            out.append(Candidate(value=Decimal(amount), line=ln.index, text=ln.text, ocr_score=ln.score,
+                                 extra={"position_in_line": 0, "own_label": True, "signed": True}))
+        loose = patterns.loose_amount_in(ln.text)
+        if loose is not None:  # "NET TOTAL 19-80": the point misread
+            out.append(Candidate(value=Decimal(loose), line=ln.index, text=ln.text, ocr_score=ln.score,
+                                 extra={"position_in_line": 0, "own_label": True, "loose": True}))
     return out
 
 
@@ -242,11 +251,13 @@ def _span(lines: Sequence[Line], idx: list[int]) -> Candidate | None:
 
 
 # --- assembly --------------------------------------------------------------------------
-def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
+def parse_receipt(lines: Sequence[Line], picker=None, reader=None, second_opinion=None) -> ParsedFields:
     """Fill the receipt fields from reconstructed lines.
 
     ``picker`` is a ``LinePicker`` (the shipped learned model); without one the naive
-    rules pick the store name, address, date and total."""
+    rules pick the store name, address, date and total. With a ``reader`` (boxes ->
+    new readings, ``extractor.ocr.second_opinion``) and its ``second_opinion`` settings,
+    a doubtful store name or address is read again and picked from the mended lines."""
     out = ParsedFields()
     if not lines:
         return out
@@ -254,6 +265,11 @@ def parse_receipt(lines: Sequence[Line], picker=None) -> ParsedFields:
     totals = total_candidates(lines)
     if picker is not None:
         picks = picker.pick(lines, dates, totals)
+        if reader is not None and second_opinion is not None:
+            from extractor.ocr.second_opinion import second_opinion as reread
+
+            picks = reread(lines, picks, lambda mended: picker.pick(mended, date_candidates(mended), []),
+                           reader, second_opinion)
     else:
         company = naive_company(lines)
         picks = {"store_name": (_span(lines, company), 0.5),

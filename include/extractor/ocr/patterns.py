@@ -33,6 +33,9 @@ TIME_RE = re.compile(r"(?<![\d.,])([01]?\d|2[0-3])(?::([0-5]\d)(?::[0-5]\d)?\s*(
                      r"|\.([0-5]\d)\s*(?:AM|PM))(?![\d])", re.IGNORECASE)
 # An amount as printed on these receipts: digits, a decimal point (or comma), two digits.
 AMOUNT_RE = re.compile(r"(?<![\d.,])-?(?:RM|\$)?\s?(\d{1,3}(?:,\d{3})+|\d+)\s?[.,]\s?(\d{2})(?![\d])")
+# The decimal point misread as a dash or colon at the end of a total line ("NET TOTAL 19-80",
+# "TOTAL 7-00"): read only on lines that print no regular amount, flagged for the picker.
+LOOSE_AMOUNT_RE = re.compile(r"(?<![\d.,:/-])(?:RM|\$)?\s?(\d{1,4})\s?[-:~]\s?(\d{2})\W*$", re.IGNORECASE)
 PHONE_RE = re.compile(r"(?:TEL|PHONE|PH|HP|H/P|T)\s*[.:/]?\s*(?:NO)?\s*[.:]?\s*"
                       r"(\+?6?0\d[\d\s-]{6,12}\d)", re.IGNORECASE)
 RECEIPT_NO_RE = re.compile(
@@ -73,6 +76,23 @@ PAYMENT_RE = re.compile(r"\b(CASH|VISA|MASTER|MASTERCARD|CREDIT|DEBIT|CARD|TNG|B
                         r"E-?WALLET|CHANGE|TENDER(?:ED)?|PAID|PAYMENT)\b", re.IGNORECASE)
 SUBTOTAL_RE = re.compile(r"SUB\s?-?\s?TOTAL|TOTAL\s*EXCL|EXCLUD", re.IGNORECASE)
 TAX_RE = re.compile(r"\b(GST|SST|TAX|VAT)\b", re.IGNORECASE)
+
+
+def loose_amount_in(text: str) -> str | None:
+    """'19.80' from a total line that ends in '19-80' and has no regular amount, else None."""
+    if not TOTAL_WORDS_RE.search(text) or amounts_in(text):
+        return None
+    m = LOOSE_AMOUNT_RE.search(text)
+    return f"{int(m.group(1))}.{m.group(2)}" if m else None
+
+
+def negative_totals_in(text: str) -> list[str]:
+    """Amounts printed with a minus on a total line ('Total Payable: -1.73', a credit note)
+    as '-1.73'; ``amounts_in`` reads every amount unsigned."""
+    if not TOTAL_WORDS_RE.search(text) or NOT_TOTAL_RE.search(text) or ADJUSTMENT_RE.search(text):
+        return []  # "Total Savings -1.10", "TOTAL DISCOUNT -5.00", "Rounding Adj -0.02" are not totals
+    return [f"-{int(m.group(1).replace(',', ''))}.{m.group(2)}" for m in AMOUNT_RE.finditer(text)
+            if m.group(0).startswith("-")]
 
 
 def amounts_in(text: str) -> list[str]:

@@ -16,7 +16,7 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,45 @@ from extractor.ocr.layout import MIN_BOX_SCORE, Line, rebuild_lines
 from extractor.ocr.lexicon import correct_text
 from extractor.ocr.parser import date_candidates, parse_receipt, total_candidates
 from extractor.ocr.picker import FIELDS, LinePicker, Scorer
+from extractor.ocr.second_opinion import SecondOpinionSettings, cached_reader
+
+
+@dataclass
+class SecondOpinion:
+    """Re-reads for the bench: the recogniser's readings of doubtful boxes, cached per
+    receipt in ``cache_dir`` (the image is opened only for boxes not read before)."""
+
+    settings: SecondOpinionSettings
+    cache_dir: Path
+    dataset_dir: Path
+    kind: str = "rapid"
+    _engine: Any = None
+    counts: dict[str, int] = field(default_factory=lambda: {"receipts": 0, "boxes": 0})
+
+    def reader(self, ex: Example):
+        def make():
+            from PIL import Image
+
+            from extractor.ocr import second_opinion as so
+
+            image = Image.open(self.dataset_dir / "images" / f"{ex.receipt_id}.jpg").convert("RGB")
+            if self.kind == "tesseract":
+                return so.tesseract_reader(image, self.settings.margin)
+            if self._engine is None:
+                from extractor.ocr.engine import build_engine
+
+                self._engine = build_engine()
+            return so.rapid_reader(self._engine, image, self.settings.margin)
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        cached = cached_reader(make, self.cache_dir / f"{ex.receipt_id}.json")
+
+        def counting(boxes):  # how many receipts and boxes the second opinion read (its CPU)
+            self.counts["receipts"] += 1
+            self.counts["boxes"] += len(boxes)
+            return cached(boxes)
+
+        return counting
 
 
 @dataclass
@@ -156,10 +195,13 @@ def train(examples: list[Example], sets: list[dict] | None = None, **kw) -> Line
 
 
 # --- evaluation ---------------------------------------------------------------------------
-def predict(examples: list[Example], picker: LinePicker | None) -> dict[str, dict[str, Any]]:
+def predict(examples: list[Example], picker: LinePicker | None,
+            second_opinion: SecondOpinion | None = None) -> dict[str, dict[str, Any]]:
     out = {}
     for ex in examples:
-        values = parse_receipt(ex.lines, picker=picker).values
+        reader = second_opinion.reader(ex) if second_opinion is not None and picker is not None else None
+        values = parse_receipt(ex.lines, picker=picker, reader=reader,
+                               second_opinion=second_opinion.settings if reader is not None else None).values
         out[ex.receipt_id] = {key: values.get(attr) for key, attr in LABEL_KEYS.items()}
     return out
 
@@ -172,11 +214,15 @@ def score(examples: list[Example], predictions: dict[str, dict[str, Any]], model
 
 
 def cross_validate(examples: list[Example], folds: int = 5, seed: int = 0,
-                   sets: list[dict] | None = None, *, by_store: bool = False, **kw) -> EvalReport:
+                   sets: list[dict] | None = None, *, by_store: bool = False,
+                   second_opinions: dict[str, SecondOpinion | None] | None = None, **kw) -> dict[str, EvalReport]:
     """k-fold CV. Receipts with identical images share a fold; with ``by_store`` all
     receipts of one store (same normalised company label) do, so every receipt is read
-    by a picker that never saw its store: the number for merchants new to the model."""
+    by a picker that never saw its store: the number for merchants new to the model.
+    One report per entry of ``second_opinions`` (name -> re-reads or None), all from the
+    same fold pickers; by default one report, without re-reads, under the name ""."""
     sets = sets if sets is not None else [field_sets(ex) for ex in examples]
+    variants = second_opinions if second_opinions is not None else {"": None}
     key = {ex.receipt_id: ((normalize_text(ex.label.get("company") or "") or ex.group) if by_store
                            else ex.group)
            for ex in examples}
@@ -184,13 +230,15 @@ def cross_validate(examples: list[Example], folds: int = 5, seed: int = 0,
     rng = np.random.default_rng(seed)
     fold_of = {g: int(f)
                for g, f in zip(rng.permutation(groups), np.arange(len(groups)) % folds, strict=True)}
-    predictions: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in variants}
     for k in range(folds):
         train_idx = [i for i, ex in enumerate(examples) if fold_of[key[ex.receipt_id]] != k]
         held_out = [ex for ex in examples if fold_of[key[ex.receipt_id]] == k]
         picker = train([examples[i] for i in train_idx], [sets[i] for i in train_idx], **kw)
-        predictions.update(predict(held_out, picker))
-    return score(examples, predictions, f"picker, {folds}-fold CV" + (", unseen stores" if by_store else ""))
+        for name, second_opinion in variants.items():
+            predictions[name].update(predict(held_out, picker, second_opinion))
+    model = f"picker, {folds}-fold CV" + (", unseen stores" if by_store else "")
+    return {name: score(examples, predictions[name], model + (f", {name}" if name else "")) for name in variants}
 
 
 def ceiling(examples: list[Example], punctuation: str = "") -> dict[str, float]:
@@ -204,7 +252,7 @@ def ceiling(examples: list[Example], punctuation: str = "") -> dict[str, float]:
     return {k: round(v / len(examples), 4) for k, v in hits.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--dataset", type=Path, required=True)
@@ -213,24 +261,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, help="write the JSON report (all tables) here")
     ap.add_argument("--store-cv", action="store_true",
                     help="also cross-validate with every store's receipts in one fold (unseen stores)")
+    ap.add_argument("--second-opinion", choices=["off", "rapid", "tesseract"], default="rapid",
+                    help="re-read doubtful store names and addresses (the backend's default: rapid); "
+                         "the rows without it are reported too")
+    ap.add_argument("--reread-cache", type=Path,
+                    help="where the re-reads are cached (default: CACHE-reread-KIND beside the OCR cache)")
+    ap.add_argument("--limit", type=int, help="only the first N receipts of the cache (name order)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=200)
-    args = ap.parse_args(argv)
-    examples = load_examples(args.cache, args.dataset)
-    kw = {"hidden": args.hidden, "epochs": args.epochs}
-    reports = {"naive rules": score(examples, predict(examples, None), "naive rules")}
-    t0 = time.perf_counter()
-    sets = [field_sets(ex) for ex in examples]
-    print(f"features: {time.perf_counter() - t0:.1f} s", flush=True)
-    if args.folds > 1:
-        reports["cv"] = cross_validate(examples, args.folds, sets=sets, **kw)
-        print(f"cv done: {time.perf_counter() - t0:.1f} s", flush=True)
-        if args.store_cv:
-            reports["cv, unseen stores"] = cross_validate(examples, args.folds, sets=sets,
-                                                          by_store=True, **kw)
-            print(f"store cv done: {time.perf_counter() - t0:.1f} s", flush=True)
-    picker = train(examples, sets, **kw)
-    reports["in-sample"] = score(examples, predict(examples, picker), "picker, in-sample")
+    return ap.parse_args(argv)
+
+
+def _variants(args: argparse.Namespace) -> dict[str, SecondOpinion | None]:
+    """The report's names for the shipped reading and, with a second opinion, the first read alone."""
+    if args.second_opinion == "off":
+        return {"": None}
+    cache = args.reread_cache or args.cache.with_name(f"{args.cache.name}-reread-{args.second_opinion}")
+    more = SecondOpinionSettings(min_probability=0.9, min_box_score=0.97)
+    return {"": SecondOpinion(SecondOpinionSettings(), cache, args.dataset, args.second_opinion),
+            "first read only": None,
+            f"re-read more (p < {more.min_probability}, box < {more.min_box_score})":
+                SecondOpinion(more, cache, args.dataset, args.second_opinion)}
+
+
+def _take_counts(protocol: str, variants: dict[str, SecondOpinion | None]) -> dict[str, dict[str, int]]:
+    out = {}
+    for name, second_opinion in variants.items():
+        if second_opinion is not None:
+            out[protocol + (f", {name}" if name else "")] = dict(second_opinion.counts)
+            second_opinion.counts.update(receipts=0, boxes=0)
+    return out
+
+
+def _print_table(examples: list[Example], reports: dict[str, EvalReport]) -> None:
     print(f"{len(examples)} receipts; label present in OCR text: {ceiling(examples)}; "
           f"with punctuation as space: {ceiling(examples, ' ')}")
     print("| method | " + " | ".join(f"{k} exact | {k} near" for k in LABEL_KEYS)
@@ -241,14 +304,42 @@ def main(argv: list[str] | None = None) -> None:
                            for s in rep.fields.values())
         loose = " | ".join(f"{100 * rep.fields[k].rate('loose'):.1f}" for k in ("company", "address"))
         print(f"| {name} | {cells} | {loose} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    examples = load_examples(args.cache, args.dataset)[:args.limit]
+    kw = {"hidden": args.hidden, "epochs": args.epochs}
+    variants = _variants(args)
+    reports = {"naive rules": score(examples, predict(examples, None), "naive rules")}
+    t0 = time.perf_counter()
+    sets = [field_sets(ex) for ex in examples]
+    print(f"features: {time.perf_counter() - t0:.1f} s", flush=True)
+    protocols = {"cv": False, "cv, unseen stores": True} if args.folds > 1 else {}
+    reread: dict[str, dict[str, int]] = {}
+    for protocol, by_store in protocols.items():
+        if by_store and not args.store_cv:
+            continue
+        for name, rep in cross_validate(examples, args.folds, sets=sets, by_store=by_store,
+                                        second_opinions=variants, **kw).items():
+            reports[protocol + (f", {name}" if name else "")] = rep
+        reread.update(_take_counts(protocol, variants))
+        print(f"{protocol} done: {time.perf_counter() - t0:.1f} s", flush=True)
+    picker = train(examples, sets, **kw)
+    for name, second_opinion in variants.items():
+        reports["in-sample" + (f", {name}" if name else "")] = score(
+            examples, predict(examples, picker, second_opinion), "picker, in-sample" + (f", {name}" if name else ""))
+    reread.update(_take_counts("in-sample", variants))
+    _print_table(examples, reports)
+    print(f"re-read (receipts, boxes of {len(examples)} receipts): {json.dumps(reread)}")
     if args.out:
         picker.meta.update({"folds": args.folds, **kw})
         args.out.write_text(picker.to_json())
         print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB)")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()},
-                                          indent=1, default=str))
+        args.report.write_text(json.dumps({**{k: r.to_dict() for k, r in reports.items()},
+                                           "second opinion re-reads": reread}, indent=1, default=str))
 
 
 if __name__ == "__main__":
