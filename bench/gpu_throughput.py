@@ -571,12 +571,9 @@ def build_fp32_open_gates():
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = MllamaForConditionalGeneration._from_config(MllamaConfig(**CFG), torch_dtype=torch.float32).eval()
-    with torch.no_grad():  # fresh gates are 0 (tanh 0 = 0): open them so the image matters
-        for name, param in model.named_parameters():
-            if name.endswith("cross_attn_attn_gate"):
-                param.fill_(0.9)
-            elif name.endswith("cross_attn_mlp_gate"):
-                param.fill_(-0.7)
+    from extractor.testing.tiny_models import open_cross_attention_gates
+
+    open_cross_attention_gates(model, attn=0.9, mlp=-0.7)  # fresh gates are 0: the image would not matter
     return model
 
 

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from extractor.engine import MllamaStaticEngine, pick_batch_size, row_bytes, supports  # noqa: E402
 from extractor.engine.memory import GIB  # noqa: E402
+from extractor.testing.tiny_models import open_cross_attention_gates  # noqa: E402
 
 IMAGE_TOKEN = 250
 PAD = 3
@@ -38,12 +39,7 @@ def tiny_mllama():
                               "original_max_position_embeddings": 64, "rope_type": "llama3"})
     config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN)
     model = MllamaForConditionalGeneration(config).eval()
-    with torch.no_grad():  # fresh gates are 0 (tanh 0 = 0): open them so the image matters
-        for name, param in model.named_parameters():
-            if name.endswith("cross_attn_attn_gate"):
-                param.fill_(0.9)
-            elif name.endswith("cross_attn_mlp_gate"):
-                param.fill_(-0.7)
+    open_cross_attention_gates(model, attn=0.9, mlp=-0.7)  # fresh gates are 0: the image would not matter
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = PAD
     return model

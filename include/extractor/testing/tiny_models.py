@@ -74,6 +74,19 @@ _CORPUS = [
 ]
 
 
+def open_cross_attention_gates(model, attn: float = 1.0, mlp: float = 1.0) -> None:
+    """A fresh Mllama has its cross-attention gates at zero (tanh(0) = 0), so the text model
+    would ignore the image entirely; set them so outputs depend on the pixels."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("cross_attn_attn_gate"):
+                param.fill_(attn)
+            elif name.endswith("cross_attn_mlp_gate"):
+                param.fill_(mlp)
+
+
 def build_tiny_model(kind: str, out_dir, *, seed: int = 0) -> Path:
     """Build, save and return the folder of a tiny random ``kind`` model with its processor.
 
@@ -117,7 +130,6 @@ def _train_tokenizer(specials: list[str], *, bos: str, eos: str, pad: str, unk: 
 
 
 def _build_mllama():
-    import torch
     from transformers import (
         MllamaConfig,
         MllamaForConditionalGeneration,
@@ -139,12 +151,7 @@ def _build_mllama():
                 pad_token_id=ids["<|finetune_right_pad_id|>"])
     config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids["<|image|>"])
     model = MllamaForConditionalGeneration(config).eval()
-    # A fresh Mllama has its cross-attention gates at zero (tanh(0) = 0), so the text
-    # model would ignore the image entirely; open them so outputs depend on the pixels.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
-                param.fill_(1.0)
+    open_cross_attention_gates(model)
     model.generation_config.pad_token_id = text["pad_token_id"]
     model.generation_config.eos_token_id = text["eos_token_id"]
     model.generation_config.bos_token_id = text["bos_token_id"]
