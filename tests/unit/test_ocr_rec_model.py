@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from extractor.ocr import rec_model
-from extractor.ocr.rec_model import derive_rec_model, keep_character, slice_head
+from extractor.ocr.rec_model import BEST_PATH, add_best_path_output, derive_rec_model, keep_character, slice_head
 
 onnx = pytest.importorskip("onnx")  # a runtime requirement (requirements.txt); the fallback is tested below
 
@@ -17,14 +17,20 @@ CHARACTERS = ["A", "b", "7", "本", "é", "京", "€", "ア"]  # the CJK ones (
 KEPT = ["A", "b", "7", "é", "€"]
 
 
-def _tiny_model(path, seed=0):
-    """x [1, 5, 4] -> MatMul W [4, 10] -> Add b -> Identity -> Softmax: blank, 8 characters, space."""
+def _tiny_model(path, seed=0, tie=False):
+    """x [1, 5, 4] -> MatMul W [4, 10] -> Add b -> Identity -> Softmax: blank, 8 characters, space.
+    ``tie``: classes 3 and 6 get the same weights and a large bias: equal best probabilities."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.RandomState(seed)
     n = len(CHARACTERS) + 2
-    w = numpy_helper.from_array(rng.randn(4, n).astype(np.float32), "head.w")
-    b = numpy_helper.from_array(rng.randn(n).astype(np.float32), "head.b")
+    weights = rng.randn(4, n).astype(np.float32)
+    bias = rng.randn(n).astype(np.float32)
+    if tie:
+        weights[:, 6] = weights[:, 3]
+        bias[3] = bias[6] = 20.0
+    w = numpy_helper.from_array(weights, "head.w")
+    b = numpy_helper.from_array(bias, "head.b")
     nodes = [helper.make_node("MatMul", ["x", "head.w"], ["mm"]),
              helper.make_node("Add", ["mm", "head.b"], ["logits"]),
              helper.make_node("Identity", ["logits"], ["logits2"]),
@@ -74,6 +80,30 @@ def test_slice_head_refuses_a_graph_it_does_not_know(tmp_path):
     model.graph.node[1].op_type = "Sub"
     with pytest.raises(ValueError, match="MatMul"):
         slice_head(model)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_best_path_output_is_numpys_argmax_and_max_of_the_softmax(tmp_path, tie):
+    source = _tiny_model(tmp_path / "tiny.onnx", tie=tie)
+    model = onnx.load(str(source))
+    add_best_path_output(model)
+    target = tmp_path / "best.onnx"
+    onnx.save(model, str(target))
+    x = np.random.RandomState(3).randn(1, 5, 4).astype(np.float32) * 4
+    probs, _ = _run(source, x)
+    best, characters = _run(target, x)
+    assert characters == CHARACTERS and best.shape == (1, 5, 2) and best.dtype == np.float32
+    np.testing.assert_array_equal(best[..., 0].astype(np.int64), probs.argmax(axis=2))  # first index on ties
+    np.testing.assert_array_equal(best[..., 1], probs.max(axis=2))  # bit for bit
+    if tie:
+        assert (probs[..., 3] == probs[..., 6]).all() and (best[..., 0] == 3).all()
+
+
+def test_best_path_refuses_a_graph_that_does_not_end_in_a_softmax(tmp_path):
+    model = onnx.load(str(_tiny_model(tmp_path / "tiny.onnx")))
+    model.graph.node[-1].op_type = "Relu"
+    with pytest.raises(ValueError, match="Softmax"):
+        add_best_path_output(model)
 
 
 def test_derived_model_is_deterministic_cached_and_named_by_its_source(tmp_path, monkeypatch):
@@ -147,6 +177,7 @@ def test_the_ocr_preset_names_the_head_the_default_settings_run():
 
 
 def test_the_engine_loads_the_cut_head_and_full_loads_the_wheels(tmp_path):
+    from extractor.ocr.ctc_decode import BestPathDecode
     from extractor.ocr.engine import OcrSettings, build_engine
 
     latin = build_engine(OcrSettings(rec_head="latin"), cache_dir=tmp_path)
@@ -154,3 +185,42 @@ def test_the_engine_loads_the_cut_head_and_full_loads_the_wheels(tmp_path):
     assert [p.name.split(".")[1] for p in tmp_path.iterdir()] == ["latin-head-v1"]
     full = build_engine(OcrSettings(rec_head="full"), cache_dir=tmp_path / "unused")
     assert len(full.text_rec.postprocess_op.character) == 18710 and not (tmp_path / "unused").exists()
+    for engine in (latin, full):  # both return their best path only (in memory, nothing written)
+        assert engine.text_rec.session.get_output_names() == [BEST_PATH]
+        assert isinstance(engine.text_rec.postprocess_op, BestPathDecode)
+        assert not engine.text_det.session.session.get_session_options().enable_mem_pattern
+
+
+def _crops():
+    """Printed lines as the detector crops them: short and long (the widest pads the batch
+    to ~1,500 px, ~190 time steps), digits, punctuation, a faint one."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=26)
+    lines = ["RM", "TOTAL (RM) 39.60", "25/12/2018 14:51", "GST REG NO: 001234567890",
+             "NO.53 55,57 & 59, JALAN SAGU 18, TAMAN DAYA, 81100 JOHOR BAHRU, JOHOR.",
+             "BOOK TA .K (TAMAN DAYA) SDN BHD", "Qty 2 X 3.50", "CHANGE 0.40"]
+    crops = []
+    for i, text in enumerate(lines):
+        width = int(font.getlength(text)) + 16
+        image = Image.new("RGB", (width, 36), "white")
+        ImageDraw.Draw(image).text((8, 4), text, fill=(150, 150, 150) if i == 7 else "black", font=font)
+        crops.append(np.asarray(image)[:, :, ::-1].copy())  # BGR, as RapidOCR crops
+    return crops
+
+
+def test_best_path_engine_reads_rendered_crops_exactly_as_rapidocr_does(tmp_path):
+    # the reference: RapidOCR with its own sessions and its numpy decoding of the full output
+    from rapidocr import RapidOCR
+    from rapidocr.ch_ppocr_rec.typings import TextRecInput
+
+    from extractor.ocr.engine import OcrSettings, build_engine
+
+    settings = OcrSettings(rec_head="full")
+    reference = RapidOCR(params=settings.params())._load_rec_model()
+    ours = build_engine(settings, cache_dir=tmp_path)._load_rec_model()
+    crops = _crops()
+    want, got = reference(TextRecInput(img=crops)), ours(TextRecInput(img=crops))
+    assert reference.session.get_output_names() != [BEST_PATH]
+    assert got.txts == want.txts and got.scores == want.scores  # scores bit for bit
+    assert "TOTAL" in got.txts[1] and sum(len(t) for t in got.txts) > 100

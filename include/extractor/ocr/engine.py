@@ -27,6 +27,10 @@ class OcrSettings:
     faster but misreads short boxes ("RM" -> "RH"), so it stays at the default.
     ``mem_arena``: onnxruntime's CPU memory arena (RapidOCR turns it off): ~8% faster
     here for ~200 MiB more peak memory.
+    ``mem_pattern``: onnxruntime's memory patterns (on in onnxruntime and RapidOCR) plan one
+    block per input shape; nearly every receipt gives the detector a new shape and the
+    recogniser's batches new widths, so they only grew the arena. Off: the same reads and
+    CPU, a lower peak (docs/ocr.md "Speed and memory").
     ``rec_head``: ``"full"`` (default) is RapidOCR's recogniser as shipped. ``"latin"``
     (an option, not the default: see below) runs it with its classifier cut
     to the 1,750 characters below U+2E80 (``extractor.ocr.rec_model``: derived from the
@@ -46,6 +50,7 @@ class OcrSettings:
     rec_batch_num: int = 6
     rec_min_width: int = 320
     mem_arena: bool = True
+    mem_pattern: bool = False
     rec_head: str = "full"
 
     def params(self) -> dict[str, Any]:
@@ -83,22 +88,50 @@ class OcrBox:
                    text=str(d["text"]), score=float(d["score"]))
 
 
+def session_options(settings: OcrSettings):
+    """onnxruntime options for the detector and the recogniser: RapidOCR's own (all graph
+    optimisations, quiet log, the thread counts and arena of ``settings``) plus
+    ``settings.mem_pattern``, which RapidOCR does not expose."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if settings.intra_op_threads >= 1:  # -1: onnxruntime's default, as in RapidOCR
+        options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = settings.mem_arena
+    options.enable_mem_pattern = settings.mem_pattern
+    return options
+
+
 def build_engine(settings: OcrSettings | None = None, cache_dir: Path | None = None):
     """Load RapidOCR with ``settings`` (imports rapidocr here: nothing heavy at import);
-    ``cache_dir``: where a derived recogniser is kept (``rec_model.default_cache_dir()``)."""
+    ``cache_dir``: where a derived recogniser is kept (``rec_model.default_cache_dir()``).
+
+    The detector and recogniser sessions are made here (``session_options``) and handed to
+    RapidOCR through its hook for a caller's session; the recogniser returns its best path
+    only (``rec_model.add_best_path_output``: the same text and scores, less memory)."""
+    import onnxruntime as ort
+    from omegaconf import flag_override
     from rapidocr import RapidOCR
 
-    from extractor.ocr.rec_model import derive_rec_model
+    from extractor.ocr.ctc_decode import BestPathDecode
+    from extractor.ocr.rec_model import BEST_PATH, best_path_model, derive_rec_model, shipped_model
 
     settings = settings or OcrSettings()
-    params = settings.params()
-    rec_path = derive_rec_model(settings.rec_head, cache_dir)
-    if rec_path is not None:
-        params["Rec.model_path"] = str(rec_path)
-    engine = RapidOCR(params=params)
+    rec_path = derive_rec_model(settings.rec_head, cache_dir) or shipped_model("rec")
+    rec_source = best_path_model(rec_path) or str(rec_path)
+    options, providers = session_options(settings), ["CPUExecutionProvider"]
+    engine = RapidOCR(params=settings.params())
+    with flag_override(engine.cfg, "allow_objects", True):  # the config holds plain values otherwise
+        engine.cfg.Det.session = ort.InferenceSession(str(shipped_model("det")), options, providers=providers)
+        engine.cfg.Rec.session = ort.InferenceSession(rec_source, options, providers=providers)
     # Load the models now, not on the first receipt (and not concurrently in two threads).
     engine._load_det_model()
-    engine._load_rec_model()
+    recogniser = engine._load_rec_model()
+    if recogniser.session.get_output_names() == [BEST_PATH]:
+        recogniser.postprocess_op = BestPathDecode(character=recogniser.session.get_character_list())
     if settings.use_cls:
         engine._load_cls_model()
     return engine

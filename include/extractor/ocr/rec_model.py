@@ -10,6 +10,13 @@ and writes that model into a cache directory once; the backbone and the kept wei
 the shipped ones, bit for bit. Text that the full head reads in those scripts reads the
 same; a CJK character comes out as the nearest kept one (measurements in docs/ocr.md).
 
+Whichever head runs, ``add_best_path_output`` (applied in memory when the engine loads)
+makes the recogniser return, per time step, only the index and the probability of its
+most likely class, computed by ArgMax and ReduceMax on the model's own Softmax output:
+RapidOCR's CTC decoding uses nothing else (``preds.argmax(2)``, ``preds.max(2)``), so the
+text and scores are the same, bit for bit, without a [batch, steps, 18,710] float tensor
+per call in onnxruntime's arena and again in numpy (``extractor.ocr.ctc_decode`` reads it).
+
 Nothing is downloaded: the source is the ONNX file inside the rapidocr wheel, and the
 derived file is named by the source's sha256 and this recipe's version, so an upgraded
 wheel derives a new file and a stale one is never loaded. Editing the graph needs the
@@ -26,7 +33,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-HEADS = ("full", "latin")  # "full": RapidOCR's own model, unchanged
+HEADS = ("full", "latin")  # "full": RapidOCR's own classifier, unchanged
 RECIPE = "v1"  # bump when the derivation changes: the file name changes with it
 CJK_START = 0x2E80
 
@@ -36,14 +43,19 @@ def keep_character(character: str) -> bool:
     return all(ord(c) < CJK_START for c in character)
 
 
-def shipped_rec_model() -> Path:
-    """The recogniser ONNX file inside the installed rapidocr wheel."""
+def shipped_model(task: str) -> Path:
+    """The ``task`` ("det" or "rec") ONNX file inside the installed rapidocr wheel."""
     import rapidocr
 
-    found = sorted((Path(rapidocr.__file__).parent / "models").glob("*_rec_*.onnx"))
+    found = sorted((Path(rapidocr.__file__).parent / "models").glob(f"*_{task}_*.onnx"))
     if len(found) != 1:
-        raise FileNotFoundError(f"expected one recogniser in the rapidocr wheel, found {[p.name for p in found]}")
+        raise FileNotFoundError(f"expected one {task} model in the rapidocr wheel, found {[p.name for p in found]}")
     return found[0]
+
+
+def shipped_rec_model() -> Path:
+    """The recogniser ONNX file inside the installed rapidocr wheel."""
+    return shipped_model("rec")
 
 
 def default_cache_dir() -> Path:
@@ -87,6 +99,57 @@ def slice_head(model, keep=keep_character) -> int:
     del graph.value_info[:]  # shapes inferred from the old head
     graph.output[0].type.tensor_type.shape.dim[-1].dim_value = len(columns)
     return len(columns)
+
+
+BEST_PATH = "best_path"  # [batch, steps, 2] float32: the best class's index, then its probability
+
+
+def add_best_path_output(model) -> None:
+    """Replace the recogniser's output (the last Softmax, [batch, steps, classes]) by
+    ``BEST_PATH``: the argmax over classes (first index on ties, as numpy's) cast to float
+    (exact below 2**24 classes) beside the max probability. The Softmax itself is kept, so
+    both are taken from the very values RapidOCR would have decoded. Raises ValueError when
+    the graph's only output is not a Softmax over the last axis of a 3-d tensor."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    if len(graph.output) != 1:
+        raise ValueError(f"the recogniser has {len(graph.output)} outputs, expected one")
+    output = graph.output[0]
+    softmax = next((n for n in graph.node if output.name in n.output), None)
+    axis = next((helper.get_attribute_value(a) for a in softmax.attribute if a.name == "axis"), -1) if softmax else None
+    if softmax is None or softmax.op_type != "Softmax" or axis not in (2, -1):
+        raise ValueError("the recogniser does not end in a Softmax over its classes")
+    dims = output.type.tensor_type.shape.dim
+    if len(dims) != 3:
+        raise ValueError(f"the recogniser's output has {len(dims)} dimensions, expected 3")
+    probs = f"{output.name}.probs"
+    softmax.output[0] = probs
+    graph.node.extend([
+        helper.make_node("ArgMax", [probs], [f"{BEST_PATH}.index"], axis=2, keepdims=1),
+        helper.make_node("Cast", [f"{BEST_PATH}.index"], [f"{BEST_PATH}.index_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", [probs], [f"{BEST_PATH}.prob"], axes=[2], keepdims=1),
+        helper.make_node("Concat", [f"{BEST_PATH}.index_f", f"{BEST_PATH}.prob"], [BEST_PATH], axis=2),
+    ])
+    best = helper.make_tensor_value_info(BEST_PATH, TensorProto.FLOAT, [None, None, 2])
+    for src, dst in zip(dims[:2], best.type.tensor_type.shape.dim[:2], strict=True):
+        dst.CopyFrom(src)
+    del graph.output[:]
+    graph.output.append(best)
+
+
+def best_path_model(path: Path) -> bytes | None:
+    """``path``'s recogniser with the ``BEST_PATH`` output, serialised for onnxruntime; None
+    with a warning without the ``onnx`` package (RapidOCR then decodes the full output)."""
+    try:
+        import onnx
+    except ImportError:
+        log.warning("OCR: the 'onnx' package is not installed, so the recogniser returns its full "
+                    "[batch, steps, classes] output (the same text, ~70 MiB more peak memory); pip install onnx")
+        return None
+    model = onnx.load(str(path))
+    add_best_path_output(model)
+    return model.SerializeToString()
 
 
 def derive_rec_model(head: str, cache_dir: Path | None = None, source: Path | None = None) -> Path | None:
