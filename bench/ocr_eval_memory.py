@@ -2,9 +2,11 @@
 
 One process per run (peak RSS is the process's own). ``--no-arena`` turns onnxruntime's
 CPU memory arena off (``OcrSettings.mem_arena``), which RapidOCR does by default;
-``--rec-head full`` runs RapidOCR's whole recogniser head instead of the shipped cut one:
+``--mem-pattern`` turns onnxruntime's memory patterns back on (``OcrSettings.mem_pattern``,
+off since issue 12's memory work); ``--rec-head latin`` runs the cut recogniser head
+instead of the default full one:
 
-    nice python bench/ocr_eval_memory.py --dataset DIR [--no-arena] [--rec-head full]
+    nice python bench/ocr_eval_memory.py --dataset DIR [--no-arena] [--mem-pattern] [--rec-head latin]
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--no-arena", action="store_true")
+    ap.add_argument("--mem-pattern", action="store_true")
     ap.add_argument("--rec-head", choices=["full", "latin"], default=OcrSettings().rec_head)
     args = ap.parse_args(argv)
-    settings = OcrSettings(mem_arena=not args.no_arena, rec_head=args.rec_head)
+    settings = OcrSettings(mem_arena=not args.no_arena, mem_pattern=args.mem_pattern, rec_head=args.rec_head)
     backend = OCRBackend(resolve_spec("ocr"), settings=settings)
     cpu0 = time.process_time()
     report = evaluate(backend, args.dataset)
     backend.close()
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    print(json.dumps({"mem_arena": not args.no_arena, "rec_head": args.rec_head, "receipts": report.n,
+    print(json.dumps({"mem_arena": not args.no_arena, "mem_pattern": args.mem_pattern, "rec_head": args.rec_head,
+                      "receipts": report.n,
                       "load_average_after": load,
                       "cpu_s_per_receipt": round((time.process_time() - cpu0) / report.n, 3),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
