@@ -34,8 +34,9 @@ class OcrSettings:
     ``rec_head``: ``"full"`` (default) is RapidOCR's recogniser as shipped. ``"latin"``
     (an option, not the default: see below) runs it with its classifier cut
     to the 1,750 characters below U+2E80 (``extractor.ocr.rec_model``: derived from the
-    wheel's model on first use, cached): ~10% less CPU per receipt and ~240-290 MiB less
-    peak memory (its output tensors were the arena's largest); the same text except on
+    wheel's model on first use, cached): ~10% less CPU per receipt and ~110 MiB less peak
+    memory on the 100-receipt eval (884.5 vs 996.8 MiB since both heads return their best
+    path only; ~240-290 MiB before that); the same text except on
     CJK characters, and scores a little higher. Not the default because the stores-held-out
     cross-validation moved address exact by -0.5 points (69.2 -> 68.7; company +0.2), more
     than the 0.3 a default may cost. Measured in docs/ocr.md "Speed and memory"; int8 and
