@@ -345,6 +345,9 @@ VARIANTS = {  # name: (label, engine kwargs, new tokens or None for --new)
     # per-field confidence: each step also writes the chosen token's log-probability (the default)
     "score": ("engine, token scoring on (default)", {}, None),
     "noscore": ("engine, token scoring off", dict(score_tokens=False), None),
+    # each residual add and the RMSNorm after it as one compiled kernel (the default) or two
+    "fused": ("engine, add+norm fused (default)", {}, None),
+    "nofusion": ("engine, add and norm separate", dict(fuse_add_norm=False), None),
 }
 
 
@@ -397,13 +400,22 @@ def section_profile(rec, model, args):
             rewind()
             decode_step(engine.weights, st)
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=70)
     print(table, flush=True)
     (Path(args.out) / "decode_step_profile.txt").write_text(table)
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     n_kernels = sum(e.count for e in events) / 3
     gpu_ms = sum(e.self_device_time_total for e in events) / 3 / 1000
-    rec.put("profile", {"batch": 32, "kernels_per_step": n_kernels, "gpu_kernel_ms_per_step": round(gpu_ms, 2)})
+    kinds = {"gemm": ("nvjet", "gemm", "splitk", "cutlass"), "attention": ("sdpa", "fmha", "flash", "attention")}
+    split = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    counts = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    for e in events:
+        kind = next((k for k, pats in kinds.items() if any(p in e.key.lower() for p in pats)), "other")
+        split[kind] += e.self_device_time_total / 3 / 1000
+        counts[kind] += e.count / 3
+    rec.put("profile", {"batch": 32, "kernels_per_step": n_kernels, "gpu_kernel_ms_per_step": round(gpu_ms, 2),
+                        "kernel_ms_by_kind": {k: round(v, 3) for k, v in split.items()},
+                        "kernels_by_kind": counts, "gpu": torch.cuda.get_device_name(0)})
     engine.release()
     torch.cuda.empty_cache()
 
@@ -771,7 +783,7 @@ def _first_step_logits(model, x, **kwargs):
 def section_fp8(rec, model, args):
     x = make_inputs(8, args.prompt, "cuda", seed=7)
     bf16_tokens, bf16 = _first_step_logits(model, x)
-    for mode in ("rowwise", "tensorwise"):
+    for mode in ("rowwise", "weight-only"):
         fp8_tokens, fp8 = _first_step_logits(model, x, fp8=mode)
         same = (bf16_tokens == fp8_tokens).long().cumprod(-1).sum(-1)
         rec.put(f"fp8_{mode}_vs_bf16_first_decode_step", {
@@ -785,7 +797,7 @@ def section_fp8(rec, model, args):
     rec.put("bf16_b4_vs_b8_first_decode_step_rel_diff", float((other - bf16[:4]).norm() / bf16[:4].norm()))
     for batch in [int(b) for b in args.engine_batches.split(",")]:
         for label, kw in (("engine bf16", {}), ("engine fp8 rowwise", {"fp8": "rowwise"}),
-                          ("engine fp8 tensorwise", {"fp8": "tensorwise"})):
+                          ("engine fp8 weight-only", {"fp8": "weight-only"})):
             try:
                 engine, _ = run_engine(rec, model, batch, args, label=label, **kw)
                 if engine._graph is not None:

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from extractor.engine import MllamaStaticEngine, pick_batch_size, row_bytes, supports  # noqa: E402
 from extractor.engine.memory import GIB  # noqa: E402
+from extractor.engine.mllama_decode import add_rms_norm  # noqa: E402
 from extractor.testing.tiny_models import open_cross_attention_gates  # noqa: E402
 
 IMAGE_TOKEN = 250
@@ -256,6 +257,13 @@ def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
     rel = float((fp8 - full).norm() / full.norm())
     assert 0 < rel < 0.1, rel  # not exact, and close
     assert fp8_tokens.shape == full_tokens.shape
+    # "weight-only" marks every decode weight for the Triton kernel (engine/fp8_gemm.py, CUDA
+    # only, checked against a dequantized reference by bench/gpu_decode_kernels.py); on the
+    # CPU those GEMMs take the _scaled_mm path, so the step is the per-row one.
+    wo_engine, _, wo = first_step_logits(fp8="weight-only")
+    assert {lw.wo.kernel for lw in wo_engine.weights.layers} == {"w8a16"}
+    assert wo_engine.weights.lm_head.kernel == "w8a16"
+    assert torch.equal(wo, fp8)
     # HF's own modules keep their full-precision weights (the prefill runs on them)
     assert tiny_mllama.lm_head.weight.dtype == torch.float32
 
@@ -330,3 +338,13 @@ def test_rows_prefilled_ahead_join_with_the_same_tokens(tiny_mllama, monkeypatch
     failing = MllamaStaticEngine(tiny_mllama, **kw)
     assert torch.equal(failing.generate(**batch, max_new_tokens=9, lengths=lengths), want)
     assert failing.stats.get("prefetched_rows", 0) == 0  # the failure turned prefetching off
+
+
+def test_compiled_decode_ops_with_fused_add_norm_match_generate(tiny_mllama):
+    """The compiled step CUDA runs (Inductor on the CPU here): each residual add and the norm
+    after it in one kernel, the gates and row mask inside it; the tokens stay generate's."""
+    batch = _batch(lengths=[12, 9, 5], tiles=[2, 1, 2])
+    ref = _reference(tiny_mllama, batch, max_new=14)
+    engine = MllamaStaticEngine(tiny_mllama, compile_ops=True)
+    assert engine.weights.ops.add_rms is not add_rms_norm  # compiled, not the eager function
+    assert torch.equal(engine.generate(**batch, max_new_tokens=14), ref)

@@ -100,6 +100,8 @@ class MllamaStaticEngine(SlotScheduler):
     dense padding mask, and cross-attention layers drop an all-zero mask
     (``engine/prefill_attention.py``): the same result up to summation order, flash kernels
     instead of masked ones.
+    ``fuse_add_norm`` (default on, with ``compile_ops``): each residual add and the RMSNorm
+    after it are one compiled kernel (off only to measure it).
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -113,7 +115,7 @@ class MllamaStaticEngine(SlotScheduler):
                  trim_cross_tiles: bool = True, mask_free_prefill: bool = True,
                  score_tokens: bool = True, fp8: bool | str = False,
                  refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4,
-                 overlap_prefill: bool = False, decode_priority: bool = False):
+                 overlap_prefill: bool = False, decode_priority: bool = False, fuse_add_norm: bool = True):
         import torch
 
         self.model = model.eval()
@@ -127,7 +129,7 @@ class MllamaStaticEngine(SlotScheduler):
         self.fp8 = fp8
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights, fp8=fp8)
         if on_cuda if compile_ops is None else compile_ops:
-            self.weights.ops = DecodeOps.compiled()
+            self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
         self.mask_free_prefill = mask_free_prefill

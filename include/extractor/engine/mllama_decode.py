@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from extractor.engine import fp8_gemm
+
 
 @dataclass
 class LayerWeights:
@@ -66,18 +68,23 @@ class DecodeOps:
     rope: Any
     act: Any
     quant: Any = None  # activation quantization for FP8 GEMMs (quantize_rows)
+    add_rms: Any = None  # residual add (gated, row-masked) and the next RMSNorm: add_rms_norm
 
     @classmethod
     def eager(cls) -> DecodeOps:
-        return cls(rms=rms_norm, rope=apply_rope, act=silu_mul, quant=quantize_rows)
+        return cls(rms=rms_norm, rope=apply_rope, act=silu_mul, quant=quantize_rows, add_rms=add_rms_norm)
 
     @classmethod
-    def compiled(cls) -> DecodeOps:
+    def compiled(cls, fuse_add_norm: bool = True) -> DecodeOps:
+        """``fuse_add_norm``: each residual add (with a cross layer's gate and row mask) and
+        the RMSNorm after it become one kernel instead of two to four."""
         import torch
 
         opts = dict(fullgraph=True)  # static for the first shape, dynamic after a change
-        return cls(rms=torch.compile(rms_norm, **opts), rope=torch.compile(apply_rope, **opts),
-                   act=torch.compile(silu_mul, **opts), quant=torch.compile(quantize_rows, **opts))
+        rms = torch.compile(rms_norm, **opts)
+        return cls(rms=rms, rope=torch.compile(apply_rope, **opts),
+                   act=torch.compile(silu_mul, **opts), quant=torch.compile(quantize_rows, **opts),
+                   add_rms=torch.compile(add_rms_norm, **opts) if fuse_add_norm else _add_then(rms))
 
 
 @dataclass
@@ -88,6 +95,7 @@ class Fp8Weight:
 
     q: Any      # [N, K] float8_e4m3fn, row-major (its .t() is the column-major mat2 _scaled_mm wants)
     scale: Any  # [1, N] float32
+    kernel: str = "scaled_mm"  # or "w8a16": weight-only, bf16 activations (engine/fp8_gemm.py)
 
     @property
     def shape(self):
@@ -100,7 +108,7 @@ class Fp8Weight:
         return 1
 
     @classmethod
-    def of(cls, weight, per_row: bool = True) -> Fp8Weight:
+    def of(cls, weight, per_row: bool = True, kernel: str = "scaled_mm") -> Fp8Weight:
         """``per_row``: one scale per output row (and per activation row at run time);
         otherwise one scale for the tensor (cuBLASLt's native FP8 GEMM)."""
         import torch
@@ -109,7 +117,8 @@ class Fp8Weight:
         amax = w.abs().amax(dim=1) if per_row else w.abs().amax().reshape(1)
         scale = amax.clamp(min=1e-12) / _FP8_MAX
         q = (w / (scale[:, None] if per_row else scale)).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
-        return cls(q=q.contiguous(), scale=scale[None, :].contiguous() if per_row else scale.reshape(()))
+        return cls(q=q.contiguous(), scale=scale[None, :].contiguous() if per_row else scale.reshape(()),
+                   kernel=kernel if per_row else "scaled_mm")
 
 
 _FP8_MAX = 448.0  # largest finite float8 e4m3fn
@@ -141,6 +150,9 @@ def linear(x, weight, quant=quantize_rows):
     if not isinstance(weight, Fp8Weight):
         return F.linear(x, weight)
     x2d = x.reshape(-1, x.shape[-1])
+    if weight.kernel == "w8a16" and x.is_cuda and fp8_gemm.supported(x2d.shape[0], *weight.q.shape):
+        out = fp8_gemm.w8a16(x2d, weight.q, weight.scale[0])
+        return out.reshape(*x.shape[:-1], out.shape[-1])
     xq, xs = quant(x2d) if weight.scale.dim() else quantize_tensor(x2d)
     out = torch._scaled_mm(xq, weight.q.t(), scale_a=xs, scale_b=weight.scale, out_dtype=x.dtype)
     return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -182,7 +194,8 @@ def _fuse_rows(linears) -> Any:
 def collect_weights(model, *, fuse: bool, fp8: bool | str = False) -> TextWeights:
     """Gather the text model's weights; with ``fuse`` re-lay q|k|v and gate|up contiguously;
     with ``fp8`` every GEMM a decode step runs (and the LM head) gets an ``Fp8Weight`` copy
-    (``True`` / ``"rowwise"``: per-row scales; ``"tensorwise"``: one scale per tensor)."""
+    (``True`` / ``"rowwise"``: per-row scales; ``"tensorwise"``: one scale per tensor;
+    ``"weight-only"``: per-row scales, bf16 activations, ``fp8_gemm.w8a16`` on CUDA)."""
     import torch
 
     text = text_model_of(model)
@@ -214,10 +227,11 @@ def collect_weights(model, *, fuse: bool, fp8: bool | str = False) -> TextWeight
         layers.append(lw)
     rotary = text.rotary_emb
     per_row = fp8 != "tensorwise"
+    kernel = "w8a16" if fp8 == "weight-only" else "scaled_mm"
     if fp8:
         for lw in layers:
-            to_fp8(lw, per_row=per_row)
-    lm_head = Fp8Weight.of(model.lm_head.weight, per_row=per_row) if fp8 else model.lm_head.weight
+            to_fp8(lw, per_row=per_row, kernel=kernel)
+    lm_head = Fp8Weight.of(model.lm_head.weight, per_row=per_row, kernel=kernel) if fp8 else model.lm_head.weight
     return TextWeights(embed=text.embed_tokens.weight, norm=text.norm.weight, lm_head=lm_head,
                        layers=layers, eps=cfg.rms_norm_eps, num_heads=cfg.num_attention_heads,
                        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
@@ -226,7 +240,7 @@ def collect_weights(model, *, fuse: bool, fp8: bool | str = False) -> TextWeight
                        ops=DecodeOps.eager())
 
 
-def to_fp8(lw: LayerWeights, per_row: bool = True) -> None:
+def to_fp8(lw: LayerWeights, per_row: bool = True, kernel: str = "scaled_mm") -> None:
     """Swap the weights one decode step multiplies by for FP8 copies (fused ones when fused)."""
     names = ["wo", "wd"] + (["wgu"] if lw.wgu is not None else ["wg", "wu"])
     if lw.cross:
@@ -234,7 +248,7 @@ def to_fp8(lw: LayerWeights, per_row: bool = True) -> None:
     else:
         names += ["wqkv"] if lw.wqkv is not None else ["wq", "wk", "wv"]
     for name in names:
-        setattr(lw, name, Fp8Weight.of(getattr(lw, name), per_row=per_row))
+        setattr(lw, name, Fp8Weight.of(getattr(lw, name), per_row=per_row, kernel=kernel))
 
 
 def rotary_tables(w: TextWeights, length: int, dtype, device):
@@ -254,6 +268,26 @@ def rms_norm(x, weight, eps: float):
     xf = x.to(torch.float32)
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def add_rms_norm(h, d, weight, eps: float, gate=None, row_mask=None):
+    """``h + gate * (row_mask * d)`` (the factors where given, in HF's order) and its RMSNorm:
+    the residual stream after a sublayer and the normed input of the next one."""
+    if row_mask is not None:
+        d = row_mask * d
+    h = h + (d if gate is None else gate * d)
+    return h, rms_norm(h, weight, eps)
+
+
+def _add_then(rms):
+    """``add_rms_norm`` with the add eager and only the norm through ``rms`` (the step
+    before the fusion, kept to measure it)."""
+    def add_rms(h, d, weight, eps: float, gate=None, row_mask=None):
+        if row_mask is not None:
+            d = row_mask * d
+        h = h + (d if gate is None else gate * d)
+        return h, rms(h, weight, eps)
+    return add_rms
 
 
 def _rotate_half(x):
@@ -329,23 +363,36 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
     cos = st.cos.index_select(0, st.pos)[:, None, None, :]      # [B, 1, 1, D]
     sin = st.sin.index_select(0, st.pos)[:, None, None, :]
     st.self_valid.index_fill_(1, st.cur, True)                  # the new token sees itself
-    self_mask = st.self_valid[:, None, None, :]
+    # One additive mask for every self-attention layer of the step (SDPA would turn a boolean
+    # mask into this same 0 / -inf tensor in every call: two kernels per layer).
+    self_mask = torch.zeros(st.self_valid.shape, dtype=h.dtype, device=h.device)
+    self_mask = self_mask.masked_fill_(~st.self_valid, float("-inf"))[:, None, None, :]
     ops = w.ops
     si = ci = 0
+    # The residual stream ``h`` and the normed input ``x`` of the next sublayer come out of
+    # one add-and-norm (``ops.add_rms``); ``pending`` is the last MLP's output and factors,
+    # added when the next layer (or the final norm) knows which norm follows.
+    pending: tuple | None = None
+
+    def enter(h, pending, norm):
+        if pending is None:
+            return h, ops.rms(h, norm, w.eps)
+        return ops.add_rms(h, pending[0], norm, w.eps, pending[1], pending[2])
+
     for lw in w.layers:
-        x = ops.rms(h, lw.ln1, w.eps)
         if lw.cross:
             ck, cv = st.cross_k[ci], st.cross_v[ci]
             ci += 1
             if ck is None:  # HF skips cross layers when the batch carries no image
                 continue
+            h, x = enter(h, pending, lw.ln1)
             q = linear(x, lw.wq, ops.quant).view(bsz, nkv, nrep, hd)
             q = ops.rms(q, lw.q_norm, w.eps)
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=st.cross_bias, scale=scale)
-            h = h + lw.gate_attn * linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant)
-            m = _mlp(ops.rms(h, lw.ln2, w.eps), lw, w)
-            h = h + lw.gate_mlp * (st.row_mask * m)
+            h, x = ops.add_rms(h, linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant), lw.ln2, w.eps, lw.gate_attn)
+            pending = (_mlp(x, lw, w), lw.gate_mlp, st.row_mask)
         else:
+            h, x = enter(h, pending, lw.ln1)
             if lw.wqkv is not None:
                 q, k, v = linear(x, lw.wqkv, ops.quant).split([q_size, kv_size, kv_size], dim=-1)
             else:
@@ -358,9 +405,10 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
             kc.index_copy_(2, st.cur, k)
             vc.index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
             a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self_mask, scale=scale)
-            h = h + linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant)
-            h = h + _mlp(ops.rms(h, lw.ln2, w.eps), lw, w)
-    logits = linear(ops.rms(h, w.norm, w.eps), w.lm_head, ops.quant)[:, 0].to(torch.float32)
+            h, x = ops.add_rms(h, linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant), lw.ln2, w.eps)
+            pending = (_mlp(x, lw, w), None, None)
+    h, x = enter(h, pending, w.norm)
+    logits = linear(x, w.lm_head, ops.quant)[:, 0].to(torch.float32)
     if st.record_logits is not None:
         st.record_logits.append(logits.clone())
     if st.logits is None:

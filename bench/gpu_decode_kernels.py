@@ -1,0 +1,166 @@
+"""Where a decode step's time goes, kernel by kernel, and what other kernels would give.
+
+Times, on one GPU, each GEMM shape a batch-32 decode step of the 11B Mllama runs (M rows
+of activations against the layer's weight), three ways: cuBLAS bf16 (``F.linear``, what the
+engine runs), ``torch._scaled_mm`` FP8 with per-row scales (the FP8 preset today, activation
+quantization included) and a weight-only FP8 GEMM written here in Triton (bf16 activations,
+float8 e4m3 weights with one scale per output row, dequantized in registers, autotuned per
+shape); and the step's attention calls (self-attention over the static cache with a boolean
+mask, with the additive mask the engine now builds once per step, and over a shorter
+cache; cross-attention over 4 tiles). Every timing is a CUDA graph of 20 calls replayed,
+so launch gaps count as they do inside the engine's graph.
+
+    python3 bench/gpu_decode_kernels.py --out DIR [--batch 32]
+
+Writes DIR/gpu_decode_kernels.json (rows with ``us``, bytes read and effective TB/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from extractor.engine import fp8_gemm  # noqa: E402
+from extractor.engine.mllama_decode import quantize_rows  # noqa: E402
+
+# The 11B text model's decode GEMMs (out_features N, in_features K) and how often a step runs each.
+SHAPES = [("self q|k|v", 6144, 4096, 32), ("self o", 4096, 4096, 32), ("gate|up", 28672, 4096, 40),
+          ("down", 4096, 14336, 40), ("cross q", 4096, 4096, 8), ("cross o", 4096, 4096, 8),
+          ("lm_head", 128256, 4096, 1)]
+
+
+def graph_us(fn, calls=20, reps=20):
+    """Microseconds per call of ``fn`` replayed from a CUDA graph of ``calls`` calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        g.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (reps * calls)
+
+
+def fp8_rows(w):
+    amax = w.float().abs().amax(dim=1).clamp(min=1e-12)
+    scale = amax / 448.0
+    return (w.float() / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn).contiguous(), scale.contiguous()
+
+
+def gemm_rows(batch):
+    quant = torch.compile(quantize_rows, fullgraph=True)
+    rows, step = [], {"cublas_bf16": 0.0, "scaled_mm_fp8": 0.0, "triton_w8a16": 0.0}
+    for name, n, k, per_step in SHAPES:
+        torch.manual_seed(0)
+        w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+        x = torch.randn(batch, k, device="cuda").to(torch.bfloat16)
+        q, s = fp8_rows(w)
+        row = {"gemm": name, "M": batch, "N": n, "K": k, "per_step": per_step}
+        us = graph_us(lambda: F.linear(x, w))  # noqa: B023
+        row["cublas_bf16_us"] = round(us, 2)
+        row["cublas_bf16_tb_s"] = round(n * k * 2 / us / 1e6, 3)
+        step["cublas_bf16"] += us * per_step
+
+        def scaled():
+            xq, xs = quant(x)  # noqa: B023
+            return torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=s[None, :], out_dtype=torch.bfloat16)  # noqa: B023
+        try:
+            us = graph_us(scaled)
+            row["scaled_mm_fp8_us"] = round(us, 2)
+            step["scaled_mm_fp8"] += us * per_step
+        except Exception as exc:  # noqa: BLE001 (record and go on)
+            row["scaled_mm_fp8_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if fp8_gemm.available():
+            try:
+                ref = (x.float() @ (q.float() * s[:, None]).t())
+                got = fp8_gemm.w8a16(x, q, s)  # autotunes here, outside the graph
+                row["triton_w8a16_rel_err"] = float((got.float() - ref).norm() / ref.norm())
+                row["triton_w8a16_config"] = str(fp8_gemm._kernel().best_config)
+                us = graph_us(lambda: fp8_gemm.w8a16(x, q, s))  # noqa: B023
+                row["triton_w8a16_us"] = round(us, 2)
+                row["triton_w8a16_tb_s"] = round(n * k / us / 1e6, 3)
+                step["triton_w8a16"] += us * per_step
+            except Exception as exc:  # noqa: BLE001
+                row["triton_w8a16_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows, {key: round(v / 1000, 3) for key, v in step.items()}
+
+
+def attention_rows(batch):
+    rows = []
+    kv, rep, d = 8, 4, 128
+    q = torch.randn(batch, kv, rep, d, device="cuda", dtype=torch.bfloat16)
+    for length in (704, 576, 448):
+        k = torch.randn(batch, kv, length, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        valid = torch.rand(batch, length, device="cuda") < 0.9
+        valid[:, 0] = True
+        boolean = valid[:, None, None, :]
+        additive = torch.zeros(batch, length, device="cuda", dtype=torch.bfloat16)
+        additive = additive.masked_fill_(~valid, float("-inf"))[:, None, None, :]
+        same = torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=boolean),
+                           F.scaled_dot_product_attention(q, k, v, attn_mask=additive))
+        for label, mask in (("boolean mask", boolean), ("additive mask", additive), ("no mask", None)):
+            us = graph_us(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # noqa: B023
+            rows.append({"attention": f"self, {length} slots, {label}", "us": round(us, 2),
+                         "tb_s": round(2 * k.numel() * 2 / us / 1e6, 3), "per_step": 32,
+                         "boolean_equals_additive": same})
+            print(json.dumps(rows[-1]), flush=True)
+    for tiles in (4, 2):
+        s = tiles * 1601
+        k = torch.randn(batch, kv, s, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        us = graph_us(lambda: F.scaled_dot_product_attention(q, k, v))  # noqa: B023
+        rows.append({"attention": f"cross, {tiles} tiles ({s} keys)", "us": round(us, 2),
+                     "tb_s": round(2 * k.numel() * 2 / us / 1e6, 3), "per_step": 8})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _triton_version():
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args(argv)
+    props = torch.cuda.get_device_properties(0)
+    report = {"env": {"date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "gpu": props.name,
+                      "torch": torch.__version__, "cuda": torch.version.cuda,
+                      "triton": _triton_version()}, "batch": args.batch}
+    report["gemms"], report["gemm_ms_per_step"] = gemm_rows(args.batch)
+    report["attention"] = attention_rows(args.batch)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_decode_kernels.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["gemm_ms_per_step"]))
+
+
+if __name__ == "__main__":
+    main()
