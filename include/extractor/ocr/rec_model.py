@@ -145,7 +145,7 @@ def best_path_model(path: Path) -> bytes | None:
         import onnx
     except ImportError:
         log.warning("OCR: the 'onnx' package is not installed, so the recogniser returns its full "
-                    "[batch, steps, classes] output (the same text, ~70 MiB more peak memory); pip install onnx")
+                    "[batch, steps, classes] output (the same text, ~90 MiB more peak memory); pip install onnx")
         return None
     model = onnx.load(str(path))
     add_best_path_output(model)
