@@ -354,11 +354,6 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
     import torch
     import torch.nn.functional as F
 
-    bsz = st.tok.shape[0]
-    nkv, nrep, hd = w.num_kv_heads, w.num_heads // w.num_kv_heads, w.head_dim
-    q_size, kv_size = w.num_heads * hd, nkv * hd
-    scale = hd ** -0.5
-
     h = F.embedding(st.tok, w.embed)[:, None, :]               # [B, 1, H]
     cos = st.cos.index_select(0, st.pos)[:, None, None, :]      # [B, 1, 1, D]
     sin = st.sin.index_select(0, st.pos)[:, None, None, :]
@@ -367,48 +362,22 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
     # mask into this same 0 / -inf tensor in every call: two kernels per layer).
     self_mask = torch.zeros(st.self_valid.shape, dtype=h.dtype, device=h.device)
     self_mask = self_mask.masked_fill_(~st.self_valid, float("-inf"))[:, None, None, :]
-    ops = w.ops
-    si = ci = 0
-    # The residual stream ``h`` and the normed input ``x`` of the next sublayer come out of
-    # one add-and-norm (``ops.add_rms``); ``pending`` is the last MLP's output and factors,
-    # added when the next layer (or the final norm) knows which norm follows.
+    # The residual stream ``h`` and the normed input of the next sublayer come out of one
+    # add-and-norm (``ops.add_rms``); ``pending`` is the last MLP's output and factors, added
+    # once the next layer (or the final norm) says which norm follows.
     pending: tuple | None = None
-
-    def enter(h, pending, norm):
-        if pending is None:
-            return h, ops.rms(h, norm, w.eps)
-        return ops.add_rms(h, pending[0], norm, w.eps, pending[1], pending[2])
-
+    si = ci = 0
     for lw in w.layers:
         if lw.cross:
-            ck, cv = st.cross_k[ci], st.cross_v[ci]
             ci += 1
-            if ck is None:  # HF skips cross layers when the batch carries no image
+            if st.cross_k[ci - 1] is None:  # HF skips cross layers when the batch carries no image
                 continue
-            h, x = enter(h, pending, lw.ln1)
-            q = linear(x, lw.wq, ops.quant).view(bsz, nkv, nrep, hd)
-            q = ops.rms(q, lw.q_norm, w.eps)
-            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=st.cross_bias, scale=scale)
-            h, x = ops.add_rms(h, linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant), lw.ln2, w.eps, lw.gate_attn)
-            pending = (_mlp(x, lw, w), lw.gate_mlp, st.row_mask)
+            h, pending = _cross_layer(w, lw, st, h, pending, ci - 1)
         else:
-            h, x = enter(h, pending, lw.ln1)
-            if lw.wqkv is not None:
-                q, k, v = linear(x, lw.wqkv, ops.quant).split([q_size, kv_size, kv_size], dim=-1)
-            else:
-                q, k, v = linear(x, lw.wq, ops.quant), linear(x, lw.wk, ops.quant), linear(x, lw.wv, ops.quant)
-            q = q.view(bsz, nkv, nrep, hd)
-            k = k.view(bsz, nkv, 1, hd)
-            q, k = ops.rope(q, k, cos, sin)
-            kc, vc = st.self_k[si], st.self_v[si]
+            h, pending = _self_layer(w, lw, st, h, pending, si, (cos, sin, self_mask))
             si += 1
-            kc.index_copy_(2, st.cur, k)
-            vc.index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
-            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self_mask, scale=scale)
-            h, x = ops.add_rms(h, linear(a.reshape(bsz, 1, q_size), lw.wo, ops.quant), lw.ln2, w.eps)
-            pending = (_mlp(x, lw, w), None, None)
-    h, x = enter(h, pending, w.norm)
-    logits = linear(x, w.lm_head, ops.quant)[:, 0].to(torch.float32)
+    h, x = _enter(w, h, pending, w.norm)
+    logits = linear(x, w.lm_head, w.ops.quant)[:, 0].to(torch.float32)
     if st.record_logits is not None:
         st.record_logits.append(logits.clone())
     if st.logits is None:
@@ -417,6 +386,50 @@ def decode_step(w: TextWeights, st: DecodeState) -> None:
         st.logits.copy_(logits)
     st.pos.add_((~st.finished).long())  # a finished row waits for its slot to be refilled
     st.cur.add_(1).remainder_(st.self_valid.shape[1])  # a ring: refilled batches run past the end
+
+
+def _enter(w: TextWeights, h, pending, norm):
+    """The residual stream with the last MLP's output added, and its RMSNorm by ``norm``."""
+    if pending is None:
+        return h, w.ops.rms(h, norm, w.eps)
+    return w.ops.add_rms(h, pending[0], norm, w.eps, pending[1], pending[2])
+
+
+def _self_layer(w: TextWeights, lw: LayerWeights, st: DecodeState, h, pending, si: int, rope_mask):
+    """One self-attention decoder layer: writes the token's key/value to cache slot ``st.cur``;
+    returns the residual stream after attention and the MLP's output, still to be added."""
+    import torch.nn.functional as F
+
+    cos, sin, self_mask = rope_mask
+    ops, bsz = w.ops, h.shape[0]
+    nkv, nrep, hd = w.num_kv_heads, w.num_heads // w.num_kv_heads, w.head_dim
+    h, x = _enter(w, h, pending, lw.ln1)
+    if lw.wqkv is not None:
+        q, k, v = linear(x, lw.wqkv, ops.quant).split([w.num_heads * hd, nkv * hd, nkv * hd], dim=-1)
+    else:
+        q, k, v = linear(x, lw.wq, ops.quant), linear(x, lw.wk, ops.quant), linear(x, lw.wv, ops.quant)
+    q, k = ops.rope(q.view(bsz, nkv, nrep, hd), k.view(bsz, nkv, 1, hd), cos, sin)
+    st.self_k[si].index_copy_(2, st.cur, k)
+    st.self_v[si].index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
+    a = F.scaled_dot_product_attention(q, st.self_k[si], st.self_v[si], attn_mask=self_mask, scale=hd ** -0.5)
+    h, x = ops.add_rms(h, linear(a.reshape(bsz, 1, w.num_heads * hd), lw.wo, ops.quant), lw.ln2, w.eps)
+    return h, (_mlp(x, lw, w), None, None)
+
+
+def _cross_layer(w: TextWeights, lw: LayerWeights, st: DecodeState, h, pending, ci: int):
+    """One cross-attention layer over the image's cached keys/values (tanh gates, HF's row
+    mask on the MLP); returns the residual stream and the gated MLP output, still to be added."""
+    import torch.nn.functional as F
+
+    ops, bsz = w.ops, h.shape[0]
+    nkv, nrep, hd = w.num_kv_heads, w.num_heads // w.num_kv_heads, w.head_dim
+    h, x = _enter(w, h, pending, lw.ln1)
+    q = ops.rms(linear(x, lw.wq, ops.quant).view(bsz, nkv, nrep, hd), lw.q_norm, w.eps)
+    a = F.scaled_dot_product_attention(q, st.cross_k[ci], st.cross_v[ci], attn_mask=st.cross_bias,
+                                       scale=hd ** -0.5)
+    out = linear(a.reshape(bsz, 1, w.num_heads * hd), lw.wo, ops.quant)
+    h, x = ops.add_rms(h, out, lw.ln2, w.eps, lw.gate_attn)
+    return h, (_mlp(x, lw, w), lw.gate_mlp, st.row_mask)
 
 
 def _mlp(x, lw: LayerWeights, w: TextWeights):
