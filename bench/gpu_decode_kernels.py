@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
 from extractor.engine import fp8_gemm  # noqa: E402
-from extractor.engine.mllama_decode import quantize_rows  # noqa: E402
+from extractor.engine.mllama_decode import Fp8Weight, quantize_rows  # noqa: E402
 
 # The 11B text model's decode GEMMs (out_features N, in_features K) and how often a step runs each.
 SHAPES = [("self q|k|v", 6144, 4096, 32), ("self o", 4096, 4096, 32), ("gate|up", 28672, 4096, 40),
@@ -61,9 +61,9 @@ def graph_us(fn, calls=20, reps=20):
 
 
 def fp8_rows(w):
-    amax = w.float().abs().amax(dim=1).clamp(min=1e-12)
-    scale = amax / 448.0
-    return (w.float() / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn).contiguous(), scale.contiguous()
+    """The engine's own FP8 copy of a weight (``Fp8Weight.of``): float8 [N, K], float32 scales [N]."""
+    f8 = Fp8Weight.of(w)
+    return f8.q, f8.scale[0]
 
 
 def gemm_rows(batch):

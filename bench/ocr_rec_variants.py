@@ -116,7 +116,7 @@ def _look(seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from extractor.images import decode_image
     from extractor.ocr.engine import OcrSettings, build_engine
-    from extractor.ocr.rec_model import derive_rec_model, shipped_rec_model
+    from extractor.ocr.rec_model import derive_rec_model, shipped_model
     from extractor.testing.synthetic import render_receipt
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         latin = derive_rec_model("latin", Path(tmp))
         int8 = quantise(latin, synthetic, Path(tmp) / "int8.onnx")
-        variants = {"full": (shipped_rec_model(), 320), "latin": (latin, 320), "latin-w256": (latin, 256),
+        variants = {"full": (shipped_model("rec"), 320), "latin": (latin, 320), "latin-w256": (latin, 256),
                     "latin-w160": (latin, 160), "latin-int8": (int8, 320)}
         reference, rows = None, []
         for name, (model, width) in variants.items():

@@ -1,7 +1,8 @@
 """CPU per receipt of the OCR backend with and without the second opinion (re-reads).
 
 One process per setting, the backend as ``batch`` builds it, the receipts of a folder in
-batches of 8:
+batches of 8. Unlike ``bench/ocr_second_opinion.py`` (the re-reads alone, on an OCR cache
+of the dataset), this runs detection and recognition too and needs no cache:
 
     OMP_NUM_THREADS=1 PYTHONPATH=include python bench/ocr_second_opinion_cost.py IN40 on
     OMP_NUM_THREADS=1 PYTHONPATH=include python bench/ocr_second_opinion_cost.py IN40 off

@@ -155,7 +155,7 @@ def test_the_shipped_recogniser_is_cut_to_its_non_cjk_characters(tmp_path):
     _, characters = _run_meta(path)
     assert len(characters) == 1748 and all(keep_character(c) for c in characters)
     assert {"R", "M", "0", ".", ":", "%", "$"} <= set(characters)
-    _, full = _run_meta(rec_model.shipped_rec_model())
+    _, full = _run_meta(rec_model.shipped_model("rec"))
     assert characters == [c for c in full if keep_character(c)]
 
 

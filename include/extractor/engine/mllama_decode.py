@@ -14,6 +14,7 @@ never copies the cache with ``repeat_kv``. Query head ``j`` uses key/value head
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,24 +271,20 @@ def rms_norm(x, weight, eps: float):
     return weight * xf.to(x.dtype)
 
 
-def add_rms_norm(h, d, weight, eps: float, gate=None, row_mask=None):
-    """``h + gate * (row_mask * d)`` (the factors where given, in HF's order) and its RMSNorm:
-    the residual stream after a sublayer and the normed input of the next one."""
+def add_rms_norm(h, d, weight, eps: float, gate=None, row_mask=None, rms=None):
+    """``h + gate * (row_mask * d)`` (the factors where given, in HF's order) and its RMSNorm
+    (``rms``, default ``rms_norm``): the residual stream after a sublayer and the normed
+    input of the next one."""
     if row_mask is not None:
         d = row_mask * d
     h = h + (d if gate is None else gate * d)
-    return h, rms_norm(h, weight, eps)
+    return h, (rms or rms_norm)(h, weight, eps)
 
 
 def _add_then(rms):
     """``add_rms_norm`` with the add eager and only the norm through ``rms`` (the step
     before the fusion, kept to measure it)."""
-    def add_rms(h, d, weight, eps: float, gate=None, row_mask=None):
-        if row_mask is not None:
-            d = row_mask * d
-        h = h + (d if gate is None else gate * d)
-        return h, rms(h, weight, eps)
-    return add_rms
+    return functools.partial(add_rms_norm, rms=rms)
 
 
 def _rotate_half(x):

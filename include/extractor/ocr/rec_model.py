@@ -53,11 +53,6 @@ def shipped_model(task: str) -> Path:
     return found[0]
 
 
-def shipped_rec_model() -> Path:
-    """The recogniser ONNX file inside the installed rapidocr wheel."""
-    return shipped_model("rec")
-
-
 def default_cache_dir() -> Path:
     """``$RECEIPT_OCR_CACHE``, else ``$XDG_CACHE_HOME/receipts/ocr`` (``~/.cache`` by default)."""
     if os.environ.get("RECEIPT_OCR_CACHE"):
@@ -138,14 +133,21 @@ def add_best_path_output(model) -> None:
     graph.output.append(best)
 
 
-def best_path_model(path: Path) -> bytes | None:
-    """``path``'s recogniser with the ``BEST_PATH`` output, serialised for onnxruntime; None
-    with a warning without the ``onnx`` package (RapidOCR then decodes the full output)."""
+def _onnx_or_warn(consequence: str):
+    """The ``onnx`` module, or None with a warning saying what the recogniser does without it."""
     try:
         import onnx
     except ImportError:
-        log.warning("OCR: the 'onnx' package is not installed, so the recogniser returns its full "
-                    "[batch, steps, classes] output (the same text, ~90 MiB more peak memory); pip install onnx")
+        log.warning("OCR: the 'onnx' package is not installed, so the recogniser %s; pip install onnx", consequence)
+        return None
+    return onnx
+
+
+def best_path_model(path: Path) -> bytes | None:
+    """``path``'s recogniser with the ``BEST_PATH`` output, serialised for onnxruntime; None
+    with a warning without the ``onnx`` package (RapidOCR then decodes the full output)."""
+    onnx = _onnx_or_warn("returns its full [batch, steps, classes] output (the same text, ~90 MiB more peak memory)")
+    if onnx is None:
         return None
     model = onnx.load(str(path))
     add_best_path_output(model)
@@ -160,16 +162,14 @@ def derive_rec_model(head: str, cache_dir: Path | None = None, source: Path | No
         raise ValueError(f"rec_head {head!r}: expected one of {HEADS}")
     if head == "full":
         return None
-    source = source or shipped_rec_model()
+    source = source or shipped_model("rec")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     target = (cache_dir or default_cache_dir()) / f"{source.stem}.{head}-head-{RECIPE}.{digest}.onnx"
     if target.is_file():
         return target
-    try:
-        import onnx
-    except ImportError:
-        log.warning("OCR: the 'onnx' package is not installed, so the recogniser runs with its full "
-                    "18,710-class head (same text on Latin receipts, ~10% more CPU, more memory); pip install onnx")
+    onnx = _onnx_or_warn("runs with its full 18,710-class head (same text on Latin receipts, ~10% more CPU, "
+                         "more memory)")
+    if onnx is None:
         return None
     model = onnx.load(str(source))
     classes = slice_head(model)
