@@ -3,9 +3,10 @@
 Times, on one GPU, each GEMM shape a batch-32 decode step of the 11B Mllama runs (M rows
 of activations against the layer's weight), three ways: cuBLAS bf16 (``F.linear``, what the
 engine runs), ``torch._scaled_mm`` FP8 with per-row scales (the FP8 preset today, activation
-quantization included) and a weight-only FP8 GEMM written here in Triton (bf16 activations,
-float8 e4m3 weights with one scale per output row, dequantized in registers, autotuned per
-shape); and the step's attention calls (self-attention over the static cache with a boolean
+quantization included) and the engine's weight-only FP8 GEMM in Triton (``engine/fp8_gemm.py``: bf16
+activations, float8 e4m3 weights with one scale per output row, dequantized in registers,
+autotuned per shape; checked again after the graph replays, since its split-K leaves
+scratch that must be back at zero); and the step's attention calls (self-attention over the static cache with a boolean
 mask, with the additive mask the engine now builds once per step, and over a shorter
 cache; cross-attention over 4 tiles). Every timing is a CUDA graph of 20 calls replayed,
 so launch gaps count as they do inside the engine's graph.
@@ -96,6 +97,11 @@ def gemm_rows(batch):
                 row["triton_w8a16_rel_err"] = float((got.float() - ref).norm() / ref.norm())
                 row["triton_w8a16_config"] = str(fp8_gemm._kernel().best_config)
                 us = graph_us(lambda: fp8_gemm.w8a16(x, q, s))  # noqa: B023
+                # after 400+ replays the split-K scratch must still be zero and the product the same
+                acc, counters = fp8_gemm.scratch(x.device, batch, n)
+                row["triton_w8a16_scratch_clean_after_replays"] = bool(acc.eq(0).all() and counters.eq(0).all())
+                again = fp8_gemm.w8a16(x, q, s).float()  # split-K sums in any order: equal up to rounding
+                row["triton_w8a16_rel_err_after_replays"] = float((again - ref).norm() / ref.norm())
                 row["triton_w8a16_us"] = round(us, 2)
                 row["triton_w8a16_tb_s"] = round(n * k / us / 1e6, 3)
                 step["triton_w8a16"] += us * per_step
