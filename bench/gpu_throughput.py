@@ -874,7 +874,12 @@ def main():
     ap.add_argument("--overlap-receipts", type=int, default=128)
     ap.add_argument("--refill-variants", default="", help="';'-separated labels of the refill section (all if empty)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--fp8-tuned", help="a bench/fp8_gemm_sweep.py result: its best tilings for fp8_gemm")
     args = ap.parse_args()
+    if args.fp8_tuned:
+        from extractor.engine import fp8_gemm
+
+        fp8_gemm.load_tuned(args.fp8_tuned)
     sections = args.sections.split(",")
     rec = Recorder(args.out)
     rec.put("args", vars(args))

@@ -23,11 +23,41 @@ at zero for the next call. The activation tile is loaded along K, as stored, and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 _KERNEL: Any = None
 _SCRATCH: dict = {}
-_SMEM_BUDGET = 200 * 1024  # bytes of shared memory a program's pipeline may take (H100/H200: 227 KB)
+_X_SHIFT = 256.0  # float16 path: activations go into the MMA as x / 256, the sums come out times 256
+
+
+class Tiling(NamedTuple):
+    """One launch's shape: weight rows and K columns per program, K splits, warps, pipeline
+    stages, the MMA's input type (``f16``: float16, else the activations' bf16) and whether the
+    weight loads are marked evict-first (streamed through L2 once)."""
+    bn: int
+    bk: int
+    split: int
+    warps: int = 8
+    stages: int = 4
+    f16: bool = True
+    evict: bool = False
+
+
+# Measured per (BLOCK_M, N, K) on an H100 with weights rotated through more than the L2
+# (bench/fp8_gemm_sweep.py; the shapes of the 11B text model's decode step).
+_TUNED: dict[tuple[int, int, int], Tiling] = {}
+
+
+def load_tuned(path) -> int:
+    """Take the best tilings of a ``bench/fp8_gemm_sweep.py`` result over the built-in ones
+    (benches: to run a fresh sweep's choice before it is written into ``_TUNED``)."""
+    import json
+    from pathlib import Path
+
+    best = json.loads(Path(path).read_text())["best"]
+    for row in best:
+        _TUNED[(block_m(row["M"]), row["N"], row["K"])] = Tiling(**row["tiling"])
+    return len(best)
 
 
 def available() -> bool:
@@ -38,58 +68,73 @@ def available() -> bool:
     return True
 
 
-def _prune(configs, named_args, **_):
-    """Keep the tilings that divide this shape, fit in shared memory and give the card one to
-    ~eight waves of programs (a split only where the column blocks alone are too few)."""
-    m, n, k = named_args["M"], named_args["N"], named_args["K"]
-    block_m = max(16, 1 << (m - 1).bit_length())
-    kept = []
-    for c in configs:
-        bn, bk, sk = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"]
-        if n % bn or k % (bk * sk):
-            continue
-        if c.num_stages * (bn * bk + bk * block_m * 2) > _SMEM_BUDGET:
-            continue
-        programs = n // bn * sk
-        if sk > 1 and n // bn >= 264:  # enough column blocks: no split
-            continue
-        if programs < 96 or programs > 2048:
-            continue
-        kept.append(c)
-    return kept or [c for c in configs if n % c.kwargs["BLOCK_N"] == 0
-                    and k % (c.kwargs["BLOCK_K"] * c.kwargs["SPLIT_K"]) == 0][:1]
+def block_m(m: int) -> int:
+    return max(16, 1 << (m - 1).bit_length())
+
+
+def fits(t: Tiling, m: int, n: int, k: int) -> bool:
+    """The tiling divides the shape and its pipeline fits the shared memory (H100/H200: 227 KB)."""
+    smem = t.stages * (t.bn * t.bk + t.bk * block_m(m) * 2) + (t.bk * block_m(m) * 2 if t.f16 else 0)
+    return n % t.bn == 0 and k % (t.bk * t.split) == 0 and smem <= 220 * 1024
+
+
+def pick(m: int, n: int, k: int) -> Tiling:
+    """The measured tiling of this shape, else: 128 weight rows a program, K split in two,
+    four or eight while the column blocks alone give the card's 132 multiprocessors less than
+    one program each."""
+    tuned = _TUNED.get((block_m(m), n, k))
+    if tuned is not None and fits(tuned, m, n, k):
+        return tuned
+    bn = 128 if n % 128 == 0 else 64
+    split = 1
+    while n // bn * split < 120 and split < 8 and k % (128 * split * 2) == 0:
+        split *= 2
+    t = Tiling(bn, 128, split, 8 if bn > 64 else 4, 4)
+    return t if fits(t, m, n, k) else t._replace(stages=2)
 
 
 def _jit():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def w8a16_kernel(x_ptr, w_ptr, s_ptr, o_ptr, acc_ptr, cnt_ptr, M, N, K, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    @triton.jit(do_not_specialize=["split_k"])
+    def w8a16_kernel(x_ptr, w_ptr, s_ptr, o_ptr, acc_ptr, cnt_ptr, M, N, K, split_k, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F16: tl.constexpr, EVICT: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
         rk = tl.arange(0, BLOCK_K)
         rows = rm < M
-        chunk = K // SPLIT_K
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for i in range(0, chunk, BLOCK_K):
-            k = pid_k * chunk + i
-            w = tl.load(w_ptr + rn[:, None] * K + (k + rk)[None, :])
+        tiles = K // BLOCK_K // split_k  # K tiles a split; k below is provably a multiple of BLOCK_K, so the
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # loads vectorize and pipeline (not at k = i * chunk)
+        for t in range(pid_k * tiles, pid_k * tiles + tiles):
+            k = t * BLOCK_K
+            if EVICT:
+                w = tl.load(w_ptr + rn[:, None] * K + (k + rk)[None, :], eviction_policy="evict_first")
+            else:
+                w = tl.load(w_ptr + rn[:, None] * K + (k + rk)[None, :])
             x = tl.load(x_ptr + rm[:, None] * K + (k + rk)[None, :], mask=rows[:, None], other=0.0)
-            acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
-        acc = acc * tl.load(s_ptr + rn)[:, None]
+            if F16:  # e4m3 -> f16 is one cvt per two weights on Hopper (-> bf16 is three)
+                xh = (x.to(tl.float32) * (1.0 / 256.0)).to(tl.float16)
+                acc = tl.dot(w.to(tl.float16), tl.trans(xh), acc)
+            else:
+                acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+        scale = tl.load(s_ptr + rn)
+        if F16:
+            scale = scale * 256.0
+            if tl.sum(tl.where(acc * 0.0 == 0.0, 0, 1)) > 0:  # inf or nan: an activation beyond 256 x f16's range?
+                tl.atomic_max(cnt_ptr + N // 64, 1)  # the flag nonfinite() reads (past the column blocks' counters)
+        acc = acc * scale[:, None]
         out = o_ptr + rm[None, :] * N + rn[:, None]
-        if SPLIT_K == 1:
+        if split_k == 1:
             tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=rows[None, :])
         else:
             part = acc_ptr + rm[None, :] * N + rn[:, None]
             tl.atomic_add(part, acc, mask=rows[None, :], sem="relaxed")
             tl.debug_barrier()  # every thread's partial sums are in before the counter moves
             arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
-            if arrived == SPLIT_K - 1:  # the last split: take the sums out (an atomic read, in L2), leave zeros
+            if arrived == split_k - 1:  # the last split: take the sums out (an atomic read, in L2), leave zeros
                 total = tl.atomic_add(part, tl.zeros_like(acc), mask=rows[None, :], sem="acquire")
                 tl.store(out, total.to(o_ptr.dtype.element_ty), mask=rows[None, :])
                 tl.store(part, tl.zeros_like(acc), mask=rows[None, :])
@@ -100,15 +145,8 @@ def _jit():
 
 def _kernel():
     global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
-    import triton
-
-    configs = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=4 if bn <= 64 else 8,
-                             num_stages=s)
-               for bn in (64, 128, 256) for bk in (128, 256) for sk in (1, 2, 4, 8) for s in (3, 4)]
-    _KERNEL = triton.autotune(configs=configs, key=["M", "N", "K"], prune_configs_by={"early_config_prune": _prune},
-                              )(_jit())
+    if _KERNEL is None:
+        _KERNEL = _jit()
     return _KERNEL
 
 
@@ -129,24 +167,31 @@ def scratch(device, m: int, n: int):
     return _SCRATCH[key]
 
 
-def w8a16(x2d, q, scale, kernel=None):
+def nonfinite(device) -> bool:
+    """Whether any float16-path call on ``device`` since the last ``clear_nonfinite`` summed to
+    inf or nan (what an activation beyond 2^24 in magnitude would cause; a bf16 input that is
+    already inf or nan too). Reads the flags back: a device sync, for after a batch."""
+    return any(bool(cnt[-1]) for (dev, _, _), (_, cnt) in _SCRATCH.items() if dev == str(device))
+
+
+def clear_nonfinite(device) -> None:
+    for (dev, _, _), (_, cnt) in _SCRATCH.items():
+        if dev == str(device):
+            cnt[-1] = 0
+
+
+def w8a16(x2d, q, scale, tiling: Tiling | None = None):
     """bf16 ``x2d`` [M, K] times float8 ``q`` [N, K] with float32 per-row ``scale`` [N] -> [M, N]
-    in ``x2d``'s dtype (float32 accumulation). ``kernel`` (tests): a ``_jit()`` kernel and its
-    tiling ``(BLOCK_N, BLOCK_K, SPLIT_K)`` instead of the autotuned one."""
+    in ``x2d``'s dtype (float32 accumulation). ``tiling`` (tests, benches): instead of ``pick``'s."""
     import torch
-    import triton
 
     m, k = x2d.shape
     n = q.shape[0]
+    t = tiling or pick(m, n, k)
     x2d = x2d.contiguous()
     o = torch.empty(m, n, device=x2d.device, dtype=x2d.dtype)
     acc, counters = scratch(x2d.device, m, n)
-    block_m = max(16, triton.next_power_of_2(m))
-    if kernel is not None:
-        fn, (bn, bk, sk) = kernel
-        fn[(n // bn, sk)](x2d, q, scale, o, acc, counters, m, n, k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk,
-                          SPLIT_K=sk)
-        return o
-    _kernel()[lambda meta: (n // meta["BLOCK_N"], meta["SPLIT_K"])](
-        x2d, q, scale, o, acc, counters, m, n, k, BLOCK_M=block_m)
+    _kernel()[(n // t.bn, t.split)](x2d, q, scale, o, acc, counters, m, n, k, t.split, BLOCK_M=block_m(m),
+                                    BLOCK_N=t.bn, BLOCK_K=t.bk, F16=t.f16, EVICT=t.evict, num_warps=t.warps,
+                                    num_stages=t.stages)
     return o

@@ -83,8 +83,8 @@ class MllamaStaticEngine(SlotScheduler):
     ``fp8`` (opt-in; Hopper GPUs): each decode GEMM reads float8 e4m3 weights with per-row
     scales (an extra copy of the text weights, ~half their bf16 size) and per-row quantized
     activations (``torch._scaled_mm``); ``fp8="weight-only"`` keeps the activations in bf16
-    and runs the Triton kernel of ``engine/fp8_gemm.py`` instead (closer to bf16, no faster
-    yet); the prefill keeps HF's bf16 forward. Not exact: docs/gpu.md records the first-step
+    and runs the Triton kernel of ``engine/fp8_gemm.py`` instead (closer to bf16; docs/gpu.md
+    has its speed); the prefill keeps HF's bf16 forward. Not exact: docs/gpu.md records the first-step
     logits difference against bf16 and the (so far absent) speed-up.
     ``refill`` (default on): when a call has more rows than a decode batch holds, a row that
     finishes is replaced by a waiting one (same tile count) without waiting for the batch's
@@ -199,6 +199,7 @@ class MllamaStaticEngine(SlotScheduler):
         with torch.inference_mode(), self._stream():
             for group in self._groups(inputs, cap):
                 rows_out.update(self._run_split_on_oom(group, inputs, cap, max_new_tokens, limits))
+        self._check_fp8_sums()
         width = max(toks.shape[0] for toks, _ in rows_out.values())
         out = torch.full((bsz, width), self.pad_id, dtype=torch.long)
         logp = torch.zeros((bsz, width), dtype=torch.float32)
@@ -207,6 +208,19 @@ class MllamaStaticEngine(SlotScheduler):
             if lps is not None:
                 logp[row, :lps.shape[0]] = lps
         return (out, logp) if return_logprobs else out
+
+    def _check_fp8_sums(self):
+        """The weight-only FP8 kernel feeds activations / 256 to float16 MMAs: one beyond 2^24
+        in magnitude would overflow. The kernel flags any inf or nan sum; say so, once a call."""
+        if self.fp8 != "weight-only" or self.device.type != "cuda":
+            return
+        from extractor.engine import fp8_gemm
+
+        if fp8_gemm.nonfinite(self.device):
+            self.stats["fp8_nonfinite"] = True
+            log.warning("fp8 weight-only: a decode GEMM summed to inf or nan (activations beyond float16's "
+                        "range after the kernel's 1/256 shift, or non-finite input); these tokens are suspect")
+            fp8_gemm.clear_nonfinite(self.device)
 
     @contextlib.contextmanager
     def _stream(self):
