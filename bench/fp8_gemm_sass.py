@@ -40,7 +40,7 @@ def mix(t, m=32, n=4096, k=4096):
     out["ptx_cvt"] = dict(collections.Counter(re.findall(r"\bcvt\.[\w.]+", ptx)).most_common(12))
     try:
         sass = ck.asm["sass"]
-        ops = re.findall(r"^\s*(?:/\*[0-9a-f]+\*/\s*)?(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)[ .;]", sass, re.M)
+        ops = re.findall(r"^[-\w:]*:\w+\t(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)[ .;]", sass, re.M)  # "--:-:1:-:8\tLDC ..."
         out["sass_ops"] = dict(collections.Counter(ops).most_common(30))
         out["sass_lines"], out["sass_head"] = sass.count("\n"), sass[:1200]
     except Exception as exc:  # noqa: BLE001

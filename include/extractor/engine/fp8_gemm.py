@@ -5,20 +5,28 @@ it is bound by reading the weights, so half the bytes (FP8) should make it faste
 ``torch._scaled_mm`` path (``Fp8Weight`` with ``kernel="scaled_mm"``) also quantizes the
 activations, which costs a kernel per GEMM and, at 32 rows, as much as the saved reads
 (docs/gpu.md, "FP8 decode weights"). Here the weights are the only FP8 operand: each
-program loads a block of weight rows as float8, widens it to bf16 in registers and runs it
-through the tensor cores against the (few, bf16) activation rows, accumulating in float32,
-then applies the rows' scales. Computed as ``(W @ x^T)^T`` so the weight rows fill the MMA's
-wide side. Triton kernel, autotuned per (M, N, K) on first use (outside a CUDA graph: the
-engine's warm-up steps run before it captures). Not exact: the weights are rounded to FP8.
+program loads a block of weight rows as float8, widens them in registers and runs them
+through the tensor cores against the (few) activation rows, accumulating in float32, then
+applies the rows' scales. Computed as ``(W @ x^T)^T`` so the weight rows fill the MMA's
+wide side. Not exact: the weights are rounded to FP8.
 
-One launch per GEMM, whatever the split. The first version (2026-12-06) split K with float32
-atomics into a zeroed buffer and converted it to bf16 afterwards: three kernels a GEMM
-(zero, multiply, convert), which at a 4096 x 4096 weight (16.8 MB of FP8, ~4 us at the copy
-rate) cost more than the reads saved. Now each split adds its partial sums into a float32
-buffer kept per output shape (zero between calls), then bumps a counter per column block;
-the split that arrives last reads the sums (an atomic read, so from L2, where the other
-splits' atomic adds landed), writes the bf16 output and leaves the buffer and its counter
-at zero for the next call. The activation tile is loaded along K, as stored, and transposed in registers.
+Version 3 (2026-12-07): the MMA's inputs are float16, not bf16. Hopper widens e4m3 to f16
+in one ``cvt`` per two weights, to bf16 only through f16 (two more ``cvt`` per two weights);
+at 32 rows the same tilings ran 5-25 % faster with f16 inputs on an H100. The activations enter
+as ``x / 256`` in float16, exact for every bf16 value of magnitude 2^-9 or more (smaller
+ones lose at most 2^-17 absolute), finite up to 2^24; the sums come out times 256. An
+activation beyond 2^24 would overflow: the kernel raises a flag when a program's sums are
+not finite, and the engine reports it (``nonfinite``). The K loop runs over tile indices,
+so every load's offset is a provable multiple of the tile and the loads vectorize and
+pipeline (a ``k = split * chunk + i`` with a run-time split made them byte loads, 0.7-0.96
+TB/s). The tiling of each shape is measured (``_TUNED``, bench/fp8_gemm_sweep.py) and chosen
+by ``pick``, not autotuned in the engine's warm-up.
+
+One launch per GEMM, whatever the split (version 2): each split adds its partial sums into
+a float32 buffer kept per output shape (zero between calls), then bumps a counter per column
+block; the split that arrives last reads the sums (an atomic read, so from L2, where the
+other splits' atomic adds landed), writes the output and leaves the buffer and its counter
+at zero for the next call.
 """
 
 from __future__ import annotations
@@ -43,9 +51,21 @@ class Tiling(NamedTuple):
     evict: bool = False
 
 
-# Measured per (BLOCK_M, N, K) on an H100 with weights rotated through more than the L2
-# (bench/fp8_gemm_sweep.py; the shapes of the 11B text model's decode step).
-_TUNED: dict[tuple[int, int, int], Tiling] = {}
+# The fastest of 50 tilings per (BLOCK_M, N, K), the 11B text model's decode shapes, measured on
+# an H100 with the weights rotated through 4x its L2 (bench/fp8_gemm_sweep.py,
+# bench/results/fp8_gemm_sweep_2026-12-07_h100_v3.json; FP8 bytes read per second).
+_TUNED: dict[tuple[int, int, int], Tiling] = {
+    (32, 4096, 4096): Tiling(64, 128, 4, 4, 3),  # 11.96 us, 1.403 TB/s
+    (32, 4096, 14336): Tiling(64, 256, 2, 4, 4),  # 29.18 us, 2.012 TB/s
+    (32, 6144, 4096): Tiling(64, 128, 4, 4, 3),  # 14.91 us, 1.688 TB/s
+    (32, 28672, 4096): Tiling(128, 128, 1, 8, 3),  # 51.69 us, 2.272 TB/s
+    (32, 128256, 4096): Tiling(128, 128, 1, 8, 3),  # 204.57 us, 2.568 TB/s
+    (64, 4096, 4096): Tiling(128, 128, 4, 8, 3),  # 15.66 us, 1.071 TB/s
+    (64, 4096, 14336): Tiling(128, 128, 4, 8, 4, evict=True),  # 34.12 us, 1.721 TB/s
+    (64, 6144, 4096): Tiling(64, 128, 4, 4, 3, f16=False),  # 19.71 us, 1.277 TB/s
+    (64, 28672, 4096): Tiling(128, 128, 1, 4, 4),  # 59.44 us, 1.976 TB/s
+    (64, 128256, 4096): Tiling(128, 128, 1, 4, 3),  # 229.52 us, 2.289 TB/s
+}
 
 
 def load_tuned(path) -> int:
