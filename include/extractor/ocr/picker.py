@@ -87,9 +87,6 @@ def best(scorer: Scorer, cands: Sequence[Candidate]) -> tuple[Candidate | None, 
 class LinePicker:
     """Picks store name, address, date and total from a receipt's lines."""
 
-    #: how many of the likeliest store names are weighed together with the address each leaves
-    joint_top_k = 3
-
     def __init__(self, scorers: dict[str, Scorer], meta: dict[str, Any] | None = None):
         missing = set(FIELDS) - set(scorers)
         if missing:
@@ -100,33 +97,14 @@ class LinePicker:
     def pick(self, lines: Sequence[Line], dates: Sequence[Candidate],
              totals: Sequence[Candidate]) -> dict[str, tuple[Candidate | None, float]]:
         page = features.Page.of(lines)
-        company, address = self.company_and_address(page)
+        company, p_company = best(self.scorers["store_name"], features.company_candidates(page))
+        company_lines = company.extra["lines"] if company is not None else []
+        address, p_address = best(self.scorers["store_address"],
+                                  features.address_candidates(page, company_lines))
         features.date_features(page, dates)
         features.total_features(page, totals)
-        return {"store_name": company, "store_address": address,
+        return {"store_name": (company, p_company), "store_address": (address, p_address),
                 "date": best(self.scorers["date"], dates), "total": best(self.scorers["total"], totals)}
-
-    def company_and_address(self, page: features.Page):
-        """The store name and the address, chosen together: of the ``joint_top_k`` likeliest
-        names, the one whose best address (the address candidates depend on which lines the
-        name took) gives the highest p(name) x p(address | name). A name that swallowed the
-        address lines leaves only poor addresses, so a slightly less likely name that leaves
-        a good address wins (a receipt whose printed name the OCR missed, e.g. a logo, no
-        longer gets its address as the store name and a phone line as the address).
-        Each field keeps its own probability as its confidence."""
-        import numpy as np
-
-        names = features.company_candidates(page)
-        if not names:
-            return (None, 0.0), best(self.scorers["store_address"], features.address_candidates(page, []))
-        p = softmax(self.scorers["store_name"].scores([c.extra["features"] for c in names]))
-        chosen, chosen_joint = None, -1.0
-        for k in np.argsort(-p, kind="stable")[:max(1, self.joint_top_k)]:
-            address = best(self.scorers["store_address"], features.address_candidates(page, names[k].extra["lines"]))
-            joint = float(p[k]) * (address[1] if address[0] is not None else 1e-3)
-            if joint > chosen_joint:
-                chosen, chosen_joint = ((names[k], float(p[k])), address), joint
-        return chosen
 
     def to_json(self) -> str:
         return json.dumps({"meta": self.meta, "scorers": {k: s.to_dict() for k, s in self.scorers.items()}})
