@@ -121,7 +121,9 @@ class EvalReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, receipt_id: str, predicted: dict[str, Any], label: dict[str, Any],
-            reason: str | None = None) -> None:
+            reason: str | None = None, confidence: dict[str, float] | None = None) -> None:
+        """Score one receipt; ``confidence`` (the dataset's keys -> the backend's per-field
+        confidence, where it gives one) is kept in the row, for judging review routing."""
         self.n += 1
         self.failed += reason is not None
         row: dict[str, Any] = {"id": receipt_id, "reason": reason}
@@ -134,6 +136,8 @@ class EvalReport:
             score.loose += loose_match(key, predicted.get(key), label_value(label, key))
             row[key] = {"predicted": None if predicted.get(key) is None else str(predicted.get(key)),
                         "label": label.get(key), "exact": exact, "near": near}
+            if confidence and confidence.get(key) is not None:
+                row[key]["confidence"] = confidence[key]
         self.rows.append(row)
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +239,12 @@ def predicted_fields(receipt) -> dict[str, Any]:
     return {key: getattr(receipt, attr) for key, attr in FIELDS.items()}
 
 
+def predicted_confidence(receipt) -> dict[str, float]:
+    """Receipt -> its per-field confidence under the dataset's four keys (those it has)."""
+    confidence = getattr(receipt, "confidence", None) or {}
+    return {key: confidence[attr] for key, attr in FIELDS.items() if attr in confidence}
+
+
 def evaluate(backend, dataset_dir: str | Path, *, limit: int | None = None,
              progress: Callable[[int, int], None] | None = None, batch_size: int | None = None,
              pairs: list[tuple[Path, dict[str, Any]]] | None = None) -> EvalReport:
@@ -254,7 +264,8 @@ def evaluate(backend, dataset_dir: str | Path, *, limit: int | None = None,
         inputs = [ReceiptInput.from_bytes(p.read_bytes(), str(p)) for p, _ in chunk]
         for (path, label), result in zip(chunk, backend.extract(inputs), strict=True):
             report.add(label.get("id", path.stem), predicted_fields(result.receipt), label,
-                       reason=result.reason if result.status == "failed" else None)
+                       reason=result.reason if result.status == "failed" else None,
+                       confidence=predicted_confidence(result.receipt))
         if progress is not None:
             progress(min(start + size, len(pairs)), len(pairs))
     report.seconds = time.perf_counter() - t0

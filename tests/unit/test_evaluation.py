@@ -83,5 +83,35 @@ def test_evaluate_runs_a_real_backend_on_a_labelled_folder(tmp_path):
     backend.close()
     assert report.n == 2 and report.failed == 0 and calls[-1] == (2, 2)
     assert report.fields["date"].exact == 2
+    # the OCR reader's per-field confidence rides along in every row (review routing is judged on it)
+    assert all(0 < row[key]["confidence"] <= 1 for row in report.rows for key in ("company", "date", "total"))
     assert [row["id"] for row in report.rows] == ["X51005442397", "X51006466062"]
     assert evaluate(OCRBackend(resolve_spec("ocr"), workers=1), tmp_path, limit=1).n == 1
+
+
+def test_rows_keep_the_confidence_given_and_the_routing_bench_counts_it(tmp_path):
+    """A field's confidence is kept in its row; bench/ocr_review_routing.py counts which wrong
+    values a threshold would send to review and which right ones it would send for nothing."""
+    import importlib.util
+
+    report = EvalReport(model="m", dataset="d")
+    label = {"company": "X SDN BHD", "address": "Y", "date": "02/01/2018", "total": "2.00"}
+    right = {"company": "X SDN BHD", "address": "Y", "date": "2018-01-02", "total": "2.00"}
+    report.add("a", right, label, confidence={"company": 0.9, "date": 0.99, "total": 0.3})  # right, flagged
+    report.add("b", {**right, "total": "9.00"}, label, confidence={"company": 0.9, "date": 0.99, "total": 0.4})
+    report.add("c", {**right, "company": "Q"}, label, confidence={"company": 0.8, "date": 0.99, "total": 0.9})
+    report.add("d", right, label)  # no confidence given: none recorded
+    assert report.rows[0]["total"]["confidence"] == 0.3 and "confidence" not in report.rows[3]["total"]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"cv": report.to_dict()}))
+    bench = Path(__file__).parents[2] / "bench" / "ocr_review_routing.py"
+    spec = importlib.util.spec_from_file_location("routing", bench)
+    routing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routing)
+    routing.main([str(path), "--protocol", "cv", "--out", str(tmp_path / "out.json")])
+    out = json.loads((tmp_path / "out.json").read_text())["wrong = not exact"]
+    assert out["receipts"] == {"receipts": 4, "with_a_wrong_required_field": 2, "of_those_flagged": 1,
+                               "all_right_but_flagged": 1}
+    total = out["fields"]["total"]
+    assert (total["values"], total["wrong"], total["wrong_caught"], total["right_flagged"]) == (3, 1, 1, 1)
+    assert out["fields"]["company"]["wrong_caught"] == 0  # "Q" at 0.8: a mistake the threshold lets through

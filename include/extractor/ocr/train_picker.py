@@ -200,16 +200,19 @@ def predict(examples: list[Example], picker: LinePicker | None,
     out = {}
     for ex in examples:
         reader = second_opinion.reader(ex) if second_opinion is not None and picker is not None else None
-        values = parse_receipt(ex.lines, picker=picker, reader=reader,
-                               second_opinion=second_opinion.settings if reader is not None else None).values
-        out[ex.receipt_id] = {key: values.get(attr) for key, attr in LABEL_KEYS.items()}
+        parsed = parse_receipt(ex.lines, picker=picker, reader=reader,
+                               second_opinion=second_opinion.settings if reader is not None else None)
+        out[ex.receipt_id] = {key: parsed.values.get(attr) for key, attr in LABEL_KEYS.items()}
+        out[ex.receipt_id]["confidence"] = {key: parsed.confidence[attr] for key, attr in LABEL_KEYS.items()
+                                            if attr in parsed.confidence}
     return out
 
 
 def score(examples: list[Example], predictions: dict[str, dict[str, Any]], model: str) -> EvalReport:
     report = EvalReport(model=model, dataset="sroie-dev")
     for ex in examples:
-        report.add(ex.receipt_id, predictions[ex.receipt_id], ex.label)
+        report.add(ex.receipt_id, predictions[ex.receipt_id], ex.label,
+                   confidence=predictions[ex.receipt_id].get("confidence"))
     return report
 
 
