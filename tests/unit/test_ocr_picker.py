@@ -6,7 +6,7 @@ from decimal import Decimal
 import numpy as np
 
 from extractor.ocr.parser import Candidate, parse_receipt
-from extractor.ocr.picker import FIELDS, LinePicker, best, load_default_picker
+from extractor.ocr.picker import FIELDS, LinePicker, best, load_default_picker, softmax
 from extractor.ocr.train_picker import fit_scorer
 from tests.unit.test_ocr_parser import RECEIPT, lines_from_text
 
@@ -44,3 +44,24 @@ def test_fit_scorer_learns_which_candidate_is_right():
     chosen, prob = best(scorer, cands)
     assert chosen.value == 1 and prob > 0.5
     assert best(scorer, []) == (None, 0.0)
+
+
+def test_a_value_found_on_several_candidates_gets_their_summed_probability():
+    """The same answer on several candidates (a total on SUBTOTAL and TOTAL lines, a store name
+    as a span and as its trimmed variant) splits the softmax mass; the value decodes add it up."""
+    scorer = fit_scorer([([{"s": 1.0}, {"s": 0.0}], np.array([True, False]))] * 20, hidden=2, epochs=50)
+    feats = [{"s": 0.9}, {"s": 0.8}, {"s": 0.8}, {"s": 0.1}]
+    cands = [Candidate(value=v, line=i, text=str(v), extra={"features": f})
+             for i, (v, f) in enumerate(zip([Decimal("9.00"), Decimal("5.00"), Decimal("5.00"), Decimal("1.00")],
+                                            feats, strict=True))]
+    top, p_top = best(scorer, cands)
+    assert top.value == Decimal("9.00")
+    same, p_same = best(scorer, cands, "value-confidence")
+    assert same is top and p_same == p_top  # a value found once: its own probability
+    chosen, mass = best(scorer, cands, "value")
+    p = softmax(scorer.scores(feats))
+    assert p[1] + p[2] > p[0] > p[1]  # one 9.00 beats each 5.00, but not both
+    assert chosen.value == Decimal("5.00") and chosen.line == 1 and np.isclose(mass, p[1] + p[2])
+    names = [Candidate(value=v, line=0, text=v, extra={"features": {"s": 0.5}})
+             for v in ("ABC SDN. BHD.", "abc sdn bhd", "ABC")]
+    assert np.isclose(best(scorer, names, "value-confidence")[1], 2 / 3)  # case and punctuation aside

@@ -11,5 +11,7 @@ lines are the store name and address and which date/amount is the receipt's.
 # v3: contact lines (MOBILE / WHATSAPP / HOTLINE) end an address, new weights;
 # v4: garbled dates as candidates, date and total features, line items, new weights;
 # v5: the second opinion (doubtful store names and addresses re-read), totals with a
-# misread point or a minus as candidates, new weights).
-PARSER_VERSION = "parser-v5"
+# misread point or a minus as candidates, new weights; v6: a field's confidence is the
+# probability of its value, summed over every candidate that gives it, so the second opinion
+# re-reads fewer store names and addresses; same weights).
+PARSER_VERSION = "parser-v6"

@@ -143,7 +143,7 @@ def company_candidates(page: Page) -> list[Candidate]:
             for value, trimmed, _ in list(variants):
                 head_cut = _LEADING_NOISE.sub("", value)  # "000002 BAIFU (M) SDN BHD", "*** NAME"
                 owner = _OWNED_BY.sub("", value)  # "OWN BY: CHEF LEE SDN BHD", "Dimiliki: ..."
-                for cut_value in {head_cut, owner} - {value}:
+                for cut_value in sorted({head_cut, owner} - {value}):  # sorted: the same order in every process
                     if _letters(cut_value) >= 3:
                         variants.append((cut_value, trimmed, 1.0))
             for value, trimmed, lead_trimmed in variants:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from extractor.evaluation import normalize_text
 from extractor.ocr import features
 from extractor.ocr.layout import Line
 from extractor.ocr.parser import Candidate
@@ -75,17 +76,41 @@ def softmax(scores):
     return e / e.sum()
 
 
-def best(scorer: Scorer, cands: Sequence[Candidate]) -> tuple[Candidate | None, float]:
-    """The highest-scoring candidate and its softmax probability."""
+def _value_key(value: Any) -> Any:
+    """What makes two candidates the same answer: the text as scored (case, punctuation and
+    spacing aside), or the date or amount itself."""
+    return normalize_text(value) if isinstance(value, str) else value
+
+
+def best(scorer: Scorer, cands: Sequence[Candidate], decode: str = "candidate") -> tuple[Candidate | None, float]:
+    """The chosen candidate and its probability.
+
+    ``decode="candidate"``: the highest-scoring candidate and its own softmax probability.
+    ``"value-confidence"``: the same candidate, with the probability of its *value*: the sum
+    over every candidate that gives the same answer (a store name found as a one-line span,
+    a two-line span ending in an empty line and a trimmed variant; a total printed on the
+    SUBTOTAL and the TOTAL lines), which split the mass between them. ``"value"``: the value
+    with the most mass, through its highest-scoring candidate, and that mass."""
     if not cands:
         return None, 0.0
     p = softmax(scorer.scores([c.extra["features"] for c in cands]))
     k = int(p.argmax())
-    return cands[k], float(p[k])
+    if decode == "candidate":
+        return cands[k], float(p[k])
+    mass: dict[Any, float] = {}
+    for cand, prob in zip(cands, p, strict=True):
+        mass[_value_key(cand.value)] = mass.get(_value_key(cand.value), 0.0) + float(prob)
+    if decode == "value":
+        top = max(mass, key=mass.__getitem__)
+        k = max((i for i, c in enumerate(cands) if _value_key(c.value) == top), key=lambda i: p[i])
+    return cands[k], min(1.0, mass[_value_key(cands[k].value)])
 
 
 class LinePicker:
     """Picks store name, address, date and total from a receipt's lines."""
+
+    #: how a field's answer and its confidence are read from the scores (``best``'s ``decode``)
+    decode = "value-confidence"
 
     def __init__(self, scorers: dict[str, Scorer], meta: dict[str, Any] | None = None):
         missing = set(FIELDS) - set(scorers)
@@ -97,14 +122,15 @@ class LinePicker:
     def pick(self, lines: Sequence[Line], dates: Sequence[Candidate],
              totals: Sequence[Candidate]) -> dict[str, tuple[Candidate | None, float]]:
         page = features.Page.of(lines)
-        company, p_company = best(self.scorers["store_name"], features.company_candidates(page))
+        company, p_company = best(self.scorers["store_name"], features.company_candidates(page), self.decode)
         company_lines = company.extra["lines"] if company is not None else []
         address, p_address = best(self.scorers["store_address"],
-                                  features.address_candidates(page, company_lines))
+                                  features.address_candidates(page, company_lines), self.decode)
         features.date_features(page, dates)
         features.total_features(page, totals)
         return {"store_name": (company, p_company), "store_address": (address, p_address),
-                "date": best(self.scorers["date"], dates), "total": best(self.scorers["total"], totals)}
+                "date": best(self.scorers["date"], dates, self.decode),
+                "total": best(self.scorers["total"], totals, self.decode)}
 
     def to_json(self) -> str:
         return json.dumps({"meta": self.meta, "scorers": {k: s.to_dict() for k, s in self.scorers.items()}})
