@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 from extractor.engine import fp8_gemm  # noqa: E402
 from extractor.engine.fp8_gemm import Tiling  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_decode_kernels import copies_of, copy_tb_s, fp8_rows, graph_us  # noqa: E402
+
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)]
-ROTATE_BYTES = 200e6  # 4x the H100's L2
 
 
 def candidates():
@@ -87,54 +89,13 @@ def precompile(tilings, rows, workers=12):
     return round(time.time() - start, 1)
 
 
-def rotated_us(call, copies, reps=10):
-    """Microseconds per call of ``call(i)`` (i: the weight copy) replayed from a CUDA graph that
-    goes round the copies (at least 20 calls)."""
-    calls = copies * -(-20 // copies)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(min(copies, 3)):
-            call(i)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            call(i % copies)
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (reps * calls)
-
-
-def copy_tb_s():
-    n = 2**30
-    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    return round(10 * 2 * n * 2 / (start.elapsed_time(end) / 1000) / 1e12, 3)
-
-
 def sweep_shape(m, n, k, tilings):
     torch.manual_seed(0)
     w = torch.randn(n, k, device="cuda") * 0.02
-    f8 = fp8_gemm_weight(w)
+    q0, s = fp8_rows(w.to(torch.bfloat16))
     del w
-    q0, s = f8
-    copies = max(1, -(-int(ROTATE_BYTES) // q0.numel()))
-    qs = [q0] + [q0.clone() for _ in range(copies - 1)]
+    qs = copies_of(q0)  # weights rotated past the L2, as in gpu_decode_kernels.py
+    copies = len(qs)
     x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
     ref = x.float() @ (q0.float() * s[:, None]).t()
     rows = []
@@ -143,7 +104,7 @@ def sweep_shape(m, n, k, tilings):
         try:
             got = fp8_gemm.w8a16(x, q0, s, tiling=t).float()
             row["rel_err"] = float((got - ref).norm() / ref.norm())
-            us = rotated_us(lambda i: fp8_gemm.w8a16(x, qs[i], s, tiling=t), copies)  # noqa: B023
+            us = graph_us(lambda i: fp8_gemm.w8a16(x, qs[i], s, tiling=t), reps=10, copies=copies)  # noqa: B023
             acc, cnt = fp8_gemm.scratch(x.device, m, n)
             row["scratch_clean"] = bool(acc.eq(0).all() and cnt.eq(0).all())
             row["us"], row["tb_s"] = round(us, 2), round(n * k / us / 1e6, 3)
@@ -152,13 +113,6 @@ def sweep_shape(m, n, k, tilings):
         rows.append(row)
     torch.cuda.empty_cache()
     return rows
-
-
-def fp8_gemm_weight(w):
-    from extractor.engine.mllama_decode import Fp8Weight
-
-    f8 = Fp8Weight.of(w.to(torch.bfloat16))
-    return f8.q, f8.scale[0]
 
 
 def best_rows(rows):
