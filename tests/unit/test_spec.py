@@ -72,3 +72,25 @@ def test_fp8_is_an_opt_in_preset_of_the_static_engine():
     assert "+fp8:" in spec.version and spec.version != resolve_spec("llama-3.2-11b-vision-instruct").version
     with pytest.raises(ConfigError, match="fp8"):
         resolve_spec({"preset": "llama-3.2-11b-vision-instruct", "quantization": "fp8", "engine": "generate"})
+
+
+def test_ocr_fast_is_an_opt_in_preset_with_its_own_version():
+    from extractor.backends.ocr import reader_settings
+    from extractor.ocr.engine import OcrSettings
+
+    default, fast = resolve_spec("ocr"), resolve_spec("ocr-fast")
+    assert (fast.backend, fast.model_id, fast.prompt_version) == (default.backend, default.model_id,
+                                                                  default.prompt_version)
+    assert fast.version != default.version and "+latin-head" in fast.revision  # rows name the reader
+    settings, second_opinion = reader_settings(fast)
+    assert (settings.rec_head, settings.rec_min_width, settings.limit_side_len, second_opinion) == (
+        "latin", 160, 1024, None)
+    # the default preset still runs the default settings with its second opinion
+    assert reader_settings(default)[0] == OcrSettings() and reader_settings(default)[1] is not None
+
+
+def test_an_ocr_revision_without_a_reader_is_refused():
+    from extractor.backends.ocr import reader_settings
+
+    with pytest.raises(ConfigError, match="no OCR reader for revision '3.11.0'"):
+        reader_settings(resolve_spec({"preset": "ocr", "revision": "3.11.0"}))

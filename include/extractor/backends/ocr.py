@@ -23,9 +23,25 @@ from extractor.ocr.layout import MIN_BOX_SCORE, Line, lines_text, rebuild_lines
 from extractor.ocr.parser import parse_receipt
 from extractor.ocr.second_opinion import SecondOpinionSettings, rapid_reader
 from extractor.schema import Receipt
-from extractor.spec import ExtractorSpec
+from extractor.spec import OCR_FAST_REVISION, ExtractorSpec
 
-DEFAULT_SECOND_OPINION = SecondOpinionSettings()  # frozen: safe as a default argument
+# What an ``ocr`` spec's revision runs: the rapidocr wheel's version, plus what its reader
+# does differently from the default (the revision is in the extractor version, so every row
+# names the reader that made it). Measurements: docs/ocr.md.
+READERS: dict[str, tuple[OcrSettings, SecondOpinionSettings | None]] = {
+    "3.10.0": (OcrSettings(), SecondOpinionSettings()),
+    OCR_FAST_REVISION: (OcrSettings(limit_side_len=1024, rec_head="latin", rec_min_width=160), None),
+}
+_FROM_SPEC: Any = object()  # the second opinion the spec's revision names
+
+
+def reader_settings(spec: ExtractorSpec) -> tuple[OcrSettings, SecondOpinionSettings | None]:
+    """The OCR settings and second opinion that ``spec``'s revision names, or ``ConfigError``."""
+    try:
+        return READERS[spec.revision or ""]
+    except KeyError:
+        raise ConfigError(f"this build has no OCR reader for revision {spec.revision!r}; "
+                          f"known: {', '.join(sorted(READERS))}") from None
 
 
 @dataclass
@@ -38,18 +54,24 @@ class OcrPage:
 
 
 class OCRBackend(Backend):
-    """RapidOCR + receipt parser. The engine is loaded once, in the constructor."""
+    """RapidOCR + receipt parser. The engine is loaded once, in the constructor.
+
+    ``settings`` and ``second_opinion`` default to what the spec's revision names
+    (``READERS``); benchmarks pass others."""
 
     def __init__(self, spec: ExtractorSpec, model_dir: str | None = None, *,
                  settings: OcrSettings | None = None, workers: int | None = None,
-                 use_picker: bool = True, second_opinion: SecondOpinionSettings | None = DEFAULT_SECOND_OPINION):
+                 use_picker: bool = True, second_opinion: SecondOpinionSettings | None = _FROM_SPEC):
         super().__init__(spec)
         if spec.prompt_version != PARSER_VERSION:
             # the lineage on every row must name the parser that really ran
             raise ConfigError(f"this build ships OCR parser {PARSER_VERSION!r}, the spec asks for "
                               f"{spec.prompt_version!r}; roll back by installing the release "
                               f"that shipped it")
-        self.settings = settings or OcrSettings()
+        spec_settings, spec_second_opinion = reader_settings(spec)
+        self.settings = settings or spec_settings
+        if second_opinion is _FROM_SPEC:
+            second_opinion = spec_second_opinion
         self.workers = workers or max(1, min(2, os.cpu_count() or 1))
         self.engine = build_engine(self.settings)
         self.picker = None
