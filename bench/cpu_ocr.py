@@ -23,10 +23,10 @@ Configurations (see docs/ocr.md for what each knob does):
   the default, so ``shipped`` in that day's result file is the cut head);
 - ``w160-2w``: shipped with the recogniser's minimum input width 160 instead of 320;
 - ``first-read-2w``: shipped without the second opinion (no re-reads of doubtful lines);
-- ``fast-knobs-so-2w``: the detector at 1024 px, the cut head and width 160 together, with
-  the second opinion;
-- ``ocr-fast``: the ``ocr-fast`` preset as the backend builds it from the spec (the three
-  knobs above, no second opinion); ``shipped`` and the rest use the ``ocr`` preset's spec.
+- ``latin-w160-first-read-2w``: the cut head and width 160, no second opinion;
+- ``det1024-latin-w160-first-read-2w``: that with the detector at 1024 px;
+- ``ocr-fast``: the ``ocr-fast`` preset as the backend builds it from its spec (see
+  ``extractor.backends.ocr.READERS``); ``shipped`` and the rest use the ``ocr`` preset's spec.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ CONFIGS = {
     "latin-head-2w": dict(settings=dict(rec_head="latin"), workers=2),
     "w160-2w": dict(settings=dict(rec_min_width=160), workers=2),
     "first-read-2w": dict(settings={}, workers=2, second_opinion=False),
-    "fast-knobs-so-2w": dict(settings=dict(limit_side_len=1024, rec_head="latin", rec_min_width=160), workers=2),
+    "latin-w160-first-read-2w": dict(settings=dict(rec_head="latin", rec_min_width=160), workers=2,
+                                     second_opinion=False),
+    "det1024-latin-w160-first-read-2w": dict(settings=dict(limit_side_len=1024, rec_head="latin", rec_min_width=160),
+                                             workers=2, second_opinion=False),
     "ocr-fast": dict(preset="ocr-fast", workers=2),
 }
 

@@ -84,7 +84,7 @@ def test_ocr_fast_is_an_opt_in_preset_with_its_own_version():
     assert fast.version != default.version and "+latin-head" in fast.revision  # rows name the reader
     settings, second_opinion = reader_settings(fast)
     assert (settings.rec_head, settings.rec_min_width, settings.limit_side_len, second_opinion) == (
-        "latin", 160, 1024, None)
+        "latin", 160, 1280, None)
     # the default preset still runs the default settings with its second opinion
     assert reader_settings(default)[0] == OcrSettings() and reader_settings(default)[1] is not None
 

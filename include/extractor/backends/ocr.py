@@ -30,7 +30,7 @@ from extractor.spec import OCR_FAST_REVISION, ExtractorSpec
 # names the reader that made it). Measurements: docs/ocr.md.
 READERS: dict[str, tuple[OcrSettings, SecondOpinionSettings | None]] = {
     "3.10.0": (OcrSettings(), SecondOpinionSettings()),
-    OCR_FAST_REVISION: (OcrSettings(limit_side_len=1024, rec_head="latin", rec_min_width=160), None),
+    OCR_FAST_REVISION: (OcrSettings(rec_head="latin", rec_min_width=160), None),
 }
 _FROM_SPEC: Any = object()  # the second opinion the spec's revision names
 
