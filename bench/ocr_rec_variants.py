@@ -12,7 +12,12 @@ prints CPU seconds and how many crops read differently from the full model:
   ``quantize_static``), calibrated on crops of 12 synthetic receipts
   (``extractor.testing.synthetic``), never on the crops scored here.
 
+``--variants`` runs only those named (the first is the reference the others are compared
+with); ``--extra-rec NAME=PATH@WIDTH`` adds another recogniser model, e.g. an older
+PP-OCR model from another RapidOCR wheel (its character list read from the model).
+
     nice python bench/ocr_rec_variants.py --dataset ../shared/datasets/sroie-dev --every 60 \\
+        [--variants full,latin-w160] [--extra-rec v4=ch_PP-OCRv4_rec_infer.onnx@160] \\
         [--json bench/results/ocr_rec_variants.json]
 """
 
@@ -123,16 +128,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--every", type=int, default=60)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--variants", help="comma-separated: only these (default: all)")
+    ap.add_argument("--extra-rec", action="append", default=[], help="NAME=MODEL.onnx@MIN_WIDTH")
     args = ap.parse_args(argv)
     engine = build_engine(OcrSettings(rec_head="full"))
     paths = sorted((args.dataset / "images").glob("*.jpg"))[::args.every]
     crops = collect_crops([decode_image(p.read_bytes()) for p in paths], engine)
-    synthetic = collect_crops([decode_image(render_receipt(seed, **_look(seed))[0]) for seed in range(12)], engine)
+    wanted = args.variants.split(",") if args.variants else None
     with tempfile.TemporaryDirectory() as tmp:
         latin = derive_rec_model("latin", Path(tmp))
-        int8 = quantise(latin, synthetic, Path(tmp) / "int8.onnx")
         variants = {"full": (shipped_model("rec"), 320), "latin": (latin, 320), "latin-w256": (latin, 256),
-                    "latin-w160": (latin, 160), "latin-int8": (int8, 320)}
+                    "latin-w160": (latin, 160)}
+        synthetic = []  # calibration crops, for int8 only
+        if wanted is None or "latin-int8" in wanted:
+            synthetic = collect_crops([decode_image(render_receipt(seed, **_look(seed))[0]) for seed in range(12)],
+                                      engine)
+            variants["latin-int8"] = (quantise(latin, synthetic, Path(tmp) / "int8.onnx"), 320)
+        for extra in args.extra_rec:
+            name, _, rest = extra.partition("=")
+            model, _, width = rest.rpartition("@")
+            variants[name] = (Path(model), int(width))
+        variants = {k: variants[k] for k in wanted or variants}
         reference, rows = None, []
         for name, (model, width) in variants.items():
             texts, cpu = recognise(model, crops, width)
