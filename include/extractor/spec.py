@@ -114,7 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ocr": dict(backend="ocr", model_id="rapidocr", revision="3.10.0", batch_size=16,
                 prompt_version=PARSER_VERSION, device_map=None),
     # Opt-in: the same wheel with the speed knobs that each cost a little accuracy (the cut
-    # head, narrower recogniser inputs, no second opinion): ~30 % less CPU, address exact
+    # head, narrower recogniser inputs, no second opinion): ~28 % less CPU, address exact
     # -1.7 points on unseen stores (docs/ocr.md "An opt-in fast preset"). The backend maps
     # the revision to its settings (extractor.backends.ocr.READERS).
     "ocr-fast": dict(backend="ocr", model_id="rapidocr", revision=OCR_FAST_REVISION, batch_size=16,
