@@ -787,6 +787,7 @@ FP8_WAYS = {  # --fp8-ways: label -> engine kwargs
     "weight-only": {"fp8": "weight-only"},
     "weight-only+prefill": {"fp8": "weight-only", "fp8_prefill": True},
     "rowwise+prefill": {"fp8": "rowwise", "fp8_prefill": True},
+    "weight-only+text-prefill": {"fp8": "weight-only", "fp8_prefill": "text"},
 }
 
 

@@ -63,6 +63,65 @@ def fp8_linear(x, weight: Fp8Weight, bias, quant):
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+_QUANT_KERNEL: Any = None
+
+
+def _quant_jit():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def quant_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < K
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0
+        q = tl.math.div_rn(x, scale).to(tl.float8e4nv)
+        tl.store(q_ptr + row * K + offs, q, mask=mask)
+        tl.store(s_ptr + row, scale)
+
+    return quant_rows_kernel
+
+
+def quantize_rows_triton(x2d):
+    """``quantize_rows`` in one pass: a program per row reads it once (K <= 16,384), takes
+    its absolute maximum and writes the float8 row and its scale; the same values as
+    ``quantize_rows`` (round-to-nearest division and cast). ``torch.compile``'s version
+    read each row twice through float32 and ran at ~1 TB/s on an H200: as long as the
+    FP8 GEMM it feeds (bench/fp8_prefill_gemms.py)."""
+    import torch
+    import triton
+
+    global _QUANT_KERNEL
+    if _QUANT_KERNEL is None:
+        _QUANT_KERNEL = _quant_jit()
+    m, k = x2d.shape
+    if x2d.stride(1) != 1:
+        x2d = x2d.contiguous()
+    q = torch.empty((m, k), device=x2d.device, dtype=torch.float8_e4m3fn)
+    scale = torch.empty((m, 1), device=x2d.device, dtype=torch.float32)
+    block = triton.next_power_of_2(k)
+    _QUANT_KERNEL[(m,)](x2d, q, scale, k, x2d.stride(0), BLOCK=block, num_warps=max(1, min(16, block // 256)))
+    return q, scale
+
+
+def prefill_quantizer(device, compile_ops: bool):
+    """The prefill's activation quantizer: the Triton kernel on CUDA (where Triton is there and
+    rows fit one program), else ``quantize_rows`` (compiled with ``compile_ops``)."""
+    from extractor.engine import fp8_gemm
+
+    if device.type == "cuda" and fp8_gemm.available():
+        def quant(x2d):
+            return quantize_rows_triton(x2d) if x2d.shape[1] <= 16384 else quantize_rows(x2d)
+        return quant
+    if compile_ops:
+        import torch
+
+        return torch.compile(quantize_rows, dynamic=True, fullgraph=True)
+    return quantize_rows
+
+
 def _rows(weight: Fp8Weight, start: int, stop: int) -> Fp8Weight:
     return Fp8Weight(q=weight.q[start:stop], scale=weight.scale[:, start:stop].contiguous(), kernel="scaled_mm")
 
@@ -97,8 +156,9 @@ def _text_pairs(layer, lw) -> list[tuple[Any, Fp8Weight | None]]:
     return pairs + [(attn.o_proj, _own(lw.wo)), (mlp.down_proj, _own(lw.wd))]
 
 
-def fp8_prefill_table(model, weights: TextWeights) -> list[tuple[Any, Fp8Weight]]:
-    """Every linear layer of the prefill with its FP8 weight (the decode's where it has one)."""
+def fp8_prefill_table(model, weights: TextWeights, vision: bool = True) -> list[tuple[Any, Fp8Weight]]:
+    """Every linear layer of the prefill with its FP8 weight (the decode's where it has one);
+    ``vision`` False: the text layers only (the vision tower and projector stay bf16)."""
     import torch
 
     if not isinstance(weights.lm_head, Fp8Weight) or weights.lm_head.scale.dim() != 2:
@@ -108,7 +168,7 @@ def fp8_prefill_table(model, weights: TextWeights) -> list[tuple[Any, Fp8Weight]
     for layer, lw in zip(text_model_of(model).layers, weights.layers, strict=True):
         pairs += _text_pairs(layer, lw)
     inner = model.model
-    for part in (inner.vision_model, inner.multi_modal_projector):
+    for part in (inner.vision_model, inner.multi_modal_projector) if vision else ():
         pairs += [(m, None) for m in part.modules() if isinstance(m, torch.nn.Linear)]
     return [(lin, w if w is not None else Fp8Weight.of(lin.weight)) for lin, w in pairs]
 
