@@ -33,7 +33,8 @@ Sections (``--sections``, comma separated, run in this order):
   refill    continuous refill against static batches: ``--refill-receipts`` receipts with exact
             output lengths drawn from 80-300 tokens (seeded), 32 decode slots
   fp8       the engine with FP8 decode weights (opt-in) against bf16 at ``--engine-batches``:
-            receipts/s, decode ms/step, and the first decoded step's logits against bf16
+            receipts/s, decode ms/step, and the first decoded step's logits against bf16;
+            ``--fp8-ways`` picks the ways (``+prefill``: the prefill's GEMMs in FP8 too)
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -780,26 +781,44 @@ def _first_step_logits(model, x, **kwargs):
     return tokens, recorded[0].float().cpu()
 
 
-def section_fp8(rec, model, args):
+FP8_WAYS = {  # --fp8-ways: label -> engine kwargs
+    "bf16": {},
+    "rowwise": {"fp8": "rowwise"},
+    "weight-only": {"fp8": "weight-only"},
+    "weight-only+prefill": {"fp8": "weight-only", "fp8_prefill": True},
+    "rowwise+prefill": {"fp8": "rowwise", "fp8_prefill": True},
+    "weight-only+text-prefill": {"fp8": "weight-only", "fp8_prefill": "text"},
+}
+
+
+def _fp8_logits_rows(rec, model, args, ways):
     x = make_inputs(8, args.prompt, "cuda", seed=7)
     bf16_tokens, bf16 = _first_step_logits(model, x)
-    for mode in ("rowwise", "weight-only"):
-        fp8_tokens, fp8 = _first_step_logits(model, x, fp8=mode)
+    for way in ways:
+        if way == "bf16":
+            continue
+        fp8_tokens, fp8 = _first_step_logits(model, x, **FP8_WAYS[way])
         same = (bf16_tokens == fp8_tokens).long().cumprod(-1).sum(-1)
-        rec.put(f"fp8_{mode}_vs_bf16_first_decode_step", {
+        key = f"fp8_{way}_vs_bf16_first_decode_step"
+        rec.put(key, {
             "rows": 8, "rel_diff": float((fp8 - bf16).norm() / bf16.norm()),
             "max_abs_diff": float((fp8 - bf16).abs().max()),
             "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
             "tokens_equal_steps_per_row": [int(v) for v in same]})
-        print(json.dumps(rec.data[f"fp8_{mode}_vs_bf16_first_decode_step"]), flush=True)
+        print(json.dumps(rec.data[key]), flush=True)
     # the noise floor of the comparison: bf16 against itself with the rows in another batch size
     other_tokens, other = _first_step_logits(model, {k: v[:4] for k, v in x.items()})
     rec.put("bf16_b4_vs_b8_first_decode_step_rel_diff", float((other - bf16[:4]).norm() / bf16[:4].norm()))
+
+
+def section_fp8(rec, model, args):
+    ways = args.fp8_ways.split(",")
+    _fp8_logits_rows(rec, model, args, ways)
     for batch in [int(b) for b in args.engine_batches.split(",")]:
-        for label, kw in (("engine bf16", {}), ("engine fp8 rowwise", {"fp8": "rowwise"}),
-                          ("engine fp8 weight-only", {"fp8": "weight-only"})):
+        for way in ways:
+            label = "engine bf16" if way == "bf16" else f"engine fp8 {way}"
             try:
-                engine, _ = run_engine(rec, model, batch, args, label=label, **kw)
+                engine, _ = run_engine(rec, model, batch, args, label=label, **FP8_WAYS[way])
                 if engine._graph is not None:
                     rec.run({"way": label, "batch": batch, "graph_replay_ms": round(time_graph_replay(engine), 2)})
                 engine.release()
@@ -874,6 +893,8 @@ def main():
     ap.add_argument("--overlap-receipts", type=int, default=128)
     ap.add_argument("--refill-variants", default="", help="';'-separated labels of the refill section (all if empty)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--fp8-ways", default="bf16,rowwise,weight-only",
+                    help=f"fp8 section, comma-separated: {','.join(FP8_WAYS)} (+prefill: engine/fp8_prefill.py)")
     ap.add_argument("--fp8-tuned", help="a bench/fp8_gemm_sweep.py result: its best tilings for fp8_gemm")
     args = ap.parse_args()
     if args.fp8_tuned:

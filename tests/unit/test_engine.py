@@ -268,6 +268,85 @@ def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
     assert tiny_mllama.lm_head.weight.dtype == torch.float32
 
 
+def test_fp8_prefill_runs_every_prefill_linear_in_fp8_and_puts_hf_back(tiny_mllama, monkeypatch):
+    """``fp8_prefill``: the prefill's linear layers (vision tower, projector, text layers)
+    become row-scaled FP8 GEMMs inside the engine's prefill only; the text layers reuse the
+    decode's FP8 copies (row slices of the fused ones), and HF's forward is back afterwards."""
+    from extractor.engine import fp8_prefill
+    from extractor.engine.fp8_prefill import fp8_prefill_table
+    from extractor.engine.mllama_decode import Fp8Weight
+
+    batch = _batch(lengths=[6, 9], tiles=[1, 2], seed=3)
+
+    def first_step_logits(**kwargs):
+        engine = MllamaStaticEngine(tiny_mllama, fuse_weights=True, **kwargs)
+        recorded = engine.record_step_logits()
+        engine.generate(**batch, max_new_tokens=4)
+        return engine, recorded[0]
+
+    def dequantized(x, weight, bias, quant):  # what _scaled_mm computes, in float32
+        xq, xs = quant(x)
+        w = weight.q.to(torch.float32) * weight.scale.reshape(-1, 1)
+        out = (xq.to(torch.float32) * xs) @ w.t()
+        return (out if bias is None else out + bias).reshape(*x.shape[:-1], -1).to(x.dtype)
+
+    _, full = first_step_logits()
+    _, fp8 = first_step_logits(fp8=True)
+    engine, fp8_both = first_step_logits(fp8=True, fp8_prefill=True)
+    assert not torch.equal(fp8_both, fp8)  # the prefill itself changed
+    rel_decode, rel_both = (float((v - full).norm() / full.norm()) for v in (fp8, fp8_both))
+    assert 0 < rel_decode < 0.1 and 0 < rel_both < 0.2, (rel_decode, rel_both)  # tiny random model: coarse
+    monkeypatch.setattr(fp8_prefill, "fp8_linear", dequantized)
+    _, reference = first_step_logits(fp8=True, fp8_prefill=True)
+    assert float((fp8_both - reference).norm() / reference.norm()) < 1e-4  # right weights, scales, rows
+    linears = [m for m in tiny_mllama.modules() if isinstance(m, torch.nn.Linear)]
+    assert not any("forward" in vars(m) for m in linears)  # HF's forward is back
+    table = dict(fp8_prefill_table(tiny_mllama, engine.weights))
+    assert set(table) == {m for m in linears if m is not tiny_mllama.lm_head}
+    layer, lw = tiny_mllama.model.language_model.layers[0], engine.weights.layers[0]
+    k = table[layer.self_attn.k_proj]
+    assert k.q.untyped_storage().data_ptr() == lw.wqkv.q.untyped_storage().data_ptr()  # shared bytes
+    assert torch.equal(k.q.float(), lw.wqkv.q[4 * 16:6 * 16].float())  # q rows, then k's
+    for lin, w in table.items():  # each module got its own rows: the dequantized weight is its weight
+        assert isinstance(w, Fp8Weight) and w.q.element_size() == 1
+        dequant = w.q.to(torch.float32) * w.scale.reshape(-1, 1)
+        assert float((dequant - lin.weight.detach()).norm() / lin.weight.detach().norm()) < 0.05
+    with pytest.raises(ValueError, match="per-row FP8"):
+        MllamaStaticEngine(tiny_mllama, fp8_prefill=True)
+
+
+def test_fp8_prefill_modules_stay_switched_while_any_thread_is_inside(tiny_mllama):
+    import threading
+
+    from extractor.engine.fp8_prefill import Fp8Prefill, fp8_linear
+    from extractor.engine.mllama_decode import Fp8Weight, quantize_rows
+
+    lin = tiny_mllama.model.multi_modal_projector
+    weight = Fp8Weight.of(lin.weight)
+    switch = Fp8Prefill([(lin, weight)])
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with switch.active():
+            inside.set()
+            leave.wait(10)
+
+    with switch.active():
+        worker = threading.Thread(target=other)
+        worker.start()
+        assert inside.wait(10) and "forward" in vars(lin)
+    assert "forward" in vars(lin)  # the other thread is still inside
+    leave.set()
+    worker.join(10)
+    assert "forward" not in vars(lin)
+    x = torch.randn(3, 5, lin.in_features)
+    dequant = weight.q.float() * weight.scale.reshape(-1, 1)
+    with torch.no_grad():
+        ref = torch.nn.functional.linear(x, dequant, lin.bias)
+        got = fp8_linear(x, weight, lin.bias, lambda t: quantize_rows(t.reshape(-1, t.shape[-1])))
+    assert got.shape == ref.shape and float((got - ref).norm() / ref.norm()) < 0.05
+
+
 def test_continuous_refill_gives_every_row_its_own_tokens(tiny_mllama):
     """Seven rows through two decode slots: rows stop at different steps (an EOS that the
     free run emits at various steps, and the length limit), waiting rows of the same tile

@@ -85,8 +85,10 @@ class MllamaStaticEngine(SlotScheduler):
     activations (``torch._scaled_mm``); ``fp8="weight-only"`` keeps the activations in bf16
     and runs the Triton kernel of ``engine/fp8_gemm.py`` instead (closer to bf16, and the faster
     of the two at batch 32 on an H100: 1.14x the bf16 engine, against 1.08x); the prefill keeps
-    HF's bf16 forward. Not exact: docs/gpu.md records the first-step logits difference against
-    bf16 and the speed of each.
+    HF's bf16 forward unless ``fp8_prefill`` (opt-in, needs per-row ``fp8``): then the prefill's
+    linear layers (vision tower, projector, text; ``"text"``: the text layers only) run
+    row-scaled FP8 GEMMs too (``engine/fp8_prefill.py``). Not exact: docs/gpu.md records the first-step logits
+    difference against bf16 and the speed of each.
     ``refill`` (default on): when a call has more rows than a decode batch holds, a row that
     finishes is replaced by a waiting one (same tile count) without waiting for the batch's
     slowest row (``engine/slots.py``; the cache is a ring, so rows keep joining for as long as
@@ -118,7 +120,8 @@ class MllamaStaticEngine(SlotScheduler):
                  trim_cross_tiles: bool = True, mask_free_prefill: bool = True,
                  score_tokens: bool = True, fp8: bool | str = False,
                  refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4,
-                 overlap_prefill: bool = False, decode_priority: bool = False, fuse_add_norm: bool = True):
+                 overlap_prefill: bool = False, decode_priority: bool = False, fuse_add_norm: bool = True,
+                 fp8_prefill: bool | str = False):
         import torch
 
         self.model = model.eval()
@@ -133,6 +136,9 @@ class MllamaStaticEngine(SlotScheduler):
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights, fp8=fp8)
         if on_cuda if compile_ops is None else compile_ops:
             self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
+        self.fp8_prefill_mode = fp8_prefill
+        self._fp8_prefill = self._fp8_prefill_of(model, on_cuda if compile_ops is None else compile_ops) \
+            if fp8_prefill else None
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
         self.mask_free_prefill = mask_free_prefill
@@ -209,6 +215,13 @@ class MllamaStaticEngine(SlotScheduler):
             if lps is not None:
                 logp[row, :lps.shape[0]] = lps
         return (out, logp) if return_logprobs else out
+
+    def _fp8_prefill_of(self, model, compile_quant: bool):
+        from extractor.engine.fp8_prefill import Fp8Prefill, fp8_prefill_table, prefill_quantizer
+
+        table = fp8_prefill_table(model, self.weights, vision=self.fp8_prefill_mode != "text")
+        return Fp8Prefill(table, model=model,
+                          quant=prefill_quantizer(self.device, compile_quant))
 
     def _check_fp8_sums(self):
         """The weight-only FP8 kernel feeds activations / 256 to float16 MMAs: one beyond 2^24
@@ -385,7 +398,8 @@ class MllamaStaticEngine(SlotScheduler):
     def _prefill_cache(self, x, pos_ids, sl: slice):
         """HF forward over rows ``sl``: (its cache, float32 logits of the last prompt token)."""
         torch = self._torch
-        with self._sdpa_priority(), prefill_attention(self.model, self.mask_free_prefill):
+        fp8 = self._fp8_prefill.active() if self._fp8_prefill is not None else contextlib.nullcontext()
+        with self._sdpa_priority(), prefill_attention(self.model, self.mask_free_prefill), fp8:
             out = self._prefill_forward(x, pos_ids, sl)
         cache = getattr(out, "cache", None)  # transformers >= 5.2x names it `cache`
         if cache is None:
