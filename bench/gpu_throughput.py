@@ -35,6 +35,8 @@ Sections (``--sections``, comma separated, run in this order):
   fp8       the engine with FP8 decode weights (opt-in) against bf16 at ``--engine-batches``:
             receipts/s, decode ms/step, and the first decoded step's logits against bf16;
             ``--fp8-ways`` picks the ways (``+prefill``: the prefill's GEMMs in FP8 too)
+  fp8check  the FP8 prefill's first-step distance from a bf16 prefill against its dequantized
+            reference and against bf16 with 0.4 % / 3.7 % relative noise per text GEMM
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -44,6 +46,7 @@ rewritten after every run so a timeout loses nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -828,6 +831,73 @@ def section_fp8(rec, model, args):
             torch.cuda.empty_cache()
 
 
+@contextlib.contextmanager
+def _text_linears_patched(model, make_forward):
+    """Every ``nn.Linear`` of the text layers runs ``make_forward(module)`` inside the block
+    (the engine's decode reads the weights directly: only the prefill sees the patch)."""
+    mods = [m for m in model.model.language_model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    for m in mods:
+        m.forward = make_forward(m)
+    try:
+        yield
+    finally:
+        for m in mods:
+            del m.forward
+
+
+def _noisy(eps, gen):
+    def make(m):
+        def forward(x):
+            out = torch.nn.functional.linear(x, m.weight, m.bias)
+            noise = torch.randn(out.shape, device=out.device, dtype=torch.float32, generator=gen)
+            return (out.float() * (1 + eps * noise)).to(out.dtype)
+        return forward
+    return make
+
+
+def _dequantized_fp8_linear(x, weight, bias, quant):
+    """What ``fp8_prefill.fp8_linear`` computes, from the same quantized operands in float32."""
+    xq, xs = quant(x)
+    w = weight.q.to(torch.float32) * weight.scale.reshape(-1, 1)
+    out = (xq.to(torch.float32) * xs) @ w.t()
+    out = out if bias is None else out + bias.float()
+    return out.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def section_fp8check(rec, model, args):
+    """Is the FP8 prefill's distance from bf16 the random model amplifying rounding, or a
+    wrong product? Each way's first decoded step against the same engine with a bf16 prefill
+    (FP8 weight-only decode on both sides): the FP8 text prefill; its float32 dequantized
+    reference (same quantized operands: a wrong weight or scale would show here); and the
+    bf16 prefill with seeded relative noise of 0.4 % (bf16's rounding) and 3.7 % (FP8's, the
+    ``rel_err`` of bench/fp8_prefill_gemms.py) on every text GEMM's output."""
+    from extractor.engine import fp8_prefill
+
+    x = make_inputs(8, args.prompt, "cuda", seed=7)
+    _, base = _first_step_logits(model, x, fp8="weight-only")
+    got = {}
+    _, got["fp8 text prefill"] = _first_step_logits(model, x, fp8="weight-only", fp8_prefill="text")
+    real = fp8_prefill.fp8_linear
+    fp8_prefill.fp8_linear = _dequantized_fp8_linear
+    try:
+        _, got["fp8 text prefill, float32 dequantized reference"] = _first_step_logits(
+            model, x, fp8="weight-only", fp8_prefill="text")
+    finally:
+        fp8_prefill.fp8_linear = real
+    for eps in (0.004, 0.037):
+        gen = torch.Generator(device=x["input_ids"].device).manual_seed(0)
+        with _text_linears_patched(model, _noisy(eps, gen)):
+            _, got[f"bf16 prefill, {eps:.1%} noise per text GEMM"] = _first_step_logits(model, x, fp8="weight-only")
+    pairs = [(name, base, v) for name, v in got.items()]
+    pairs.append(("fp8 text prefill vs its dequantized reference", got["fp8 text prefill, float32 dequantized "
+                  "reference"], got["fp8 text prefill"]))
+    for name, ref, v in pairs:
+        row = {"check": name, "rel_diff": float((v - ref).norm() / ref.norm()),
+               "argmax_equal_rows": int((v.argmax(-1) == ref.argmax(-1)).sum())}
+        rec.put(f"fp8check {name}", row)
+        print(json.dumps(row), flush=True)
+
+
 def section_quant(rec, args):
     from transformers import BitsAndBytesConfig
 
@@ -907,7 +977,7 @@ def main():
     env = section_env(rec) if "env" in sections else {}
     model = None
     if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8",
-                        "refill", "prefill", "overlap"}:
+                        "fp8check", "refill", "prefill", "overlap"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -923,6 +993,7 @@ def main():
              ("seed", lambda: section_seed(rec, model, args)),
              ("grammar", lambda: section_grammar(rec, model, args)),
              ("fp8", lambda: section_fp8(rec, model, args)),
+             ("fp8check", lambda: section_fp8check(rec, model, args)),
              ("refill", lambda: section_refill(rec, model, args))]
     for name, fn in steps:
         if name in sections:
