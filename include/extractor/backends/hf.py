@@ -36,7 +36,7 @@ from extractor.backends.token_confidence import ScoredText, answer_confidence, d
 from extractor.errors import ConfigError, ModelSourceError, ParseError
 from extractor.images import ReceiptInput, decode_image
 from extractor.schema import Receipt, scalar_fields
-from extractor.spec import ExtractorSpec
+from extractor.spec import FP8_SCHEME, ExtractorSpec
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class HFBackend(Backend):
             return None, "generate"
         return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
                                   pad_token_id=self.generation_config.pad_token_id,
-                                  fp8=self.spec.quantization == "fp8"), "static"
+                                  fp8=FP8_SCHEME if self.spec.quantization == "fp8" else False), "static"
 
     def _make_grammar(self):
         """The compiled receipt grammar when the spec constrains decoding (the default for
