@@ -320,6 +320,15 @@ def test_skip_modules_for_the_real_11b_architecture_on_the_meta_device():
         "model.vision_model", "model.multi_modal_projector", "lm_head"]
 
 
+def test_fp8_is_refused_on_a_card_without_float8_tensor_cores():
+    from extractor.backends.hf import check_fp8_card
+
+    check_fp8_card("NVIDIA H100 80GB HBM3", (9, 0))
+    check_fp8_card("NVIDIA L4", (8, 9))
+    with pytest.raises(ConfigError, match=r"float8 tensor cores.*NVIDIA A100-SXM4-80GB \(8\.0\)"):
+        check_fp8_card("NVIDIA A100-SXM4-80GB", (8, 0))
+
+
 def test_fp8_runs_in_the_static_engine_and_is_refused_where_it_would_not(tiny_mllama_dir):
     pytest.importorskip("extractor.engine.mllama")
     backend = HFBackend(_spec("mllama", quantization="fp8", engine="static"), model_dir=tiny_mllama_dir)

@@ -145,9 +145,14 @@ class HFBackend(Backend):
                 raise ConfigError(f"engine 'static' does not support {type(self.model).__name__}"
                                   f"{' (quantised)' if self.spec.quantization else ''}")
             return None, "generate"
+        fp8 = self.spec.quantization == "fp8"
+        if fp8 and self.on_cuda:
+            import torch
+
+            check_fp8_card(torch.cuda.get_device_name(), torch.cuda.get_device_capability())
         return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
                                   pad_token_id=self.generation_config.pad_token_id,
-                                  fp8=FP8_SCHEME if self.spec.quantization == "fp8" else False), "static"
+                                  fp8=FP8_SCHEME if fp8 else False), "static"
 
     def _make_grammar(self):
         """The compiled receipt grammar when the spec constrains decoding (the default for
@@ -302,6 +307,15 @@ def receipt_from_answers(answers: dict[str, str]) -> Receipt:
             confidence[key] = conf
     receipt = Receipt.model_validate(fields)
     return receipt.model_copy(update={"confidence": confidence}) if confidence else receipt
+
+
+def check_fp8_card(name: str, capability: tuple[int, int]) -> None:
+    """``quantization: fp8`` needs float8 tensor cores (compute capability 8.9: Ada, Hopper and
+    later); on an older card the first batch would fail inside a GEMM, so refuse at load."""
+    if tuple(capability) < (8, 9):
+        raise ConfigError(f"quantization 'fp8' needs a GPU with float8 tensor cores (compute capability 8.9 "
+                          f"or newer, e.g. L4, L40S, H100, H200); this is {name} ({capability[0]}.{capability[1]}): "
+                          f"use the bf16 preset")
 
 
 def _as_ids(value) -> list[int]:
