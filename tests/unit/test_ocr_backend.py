@@ -117,3 +117,22 @@ def test_spec_asking_for_another_parser_version_is_refused():
     assert resolve_spec("ocr").version.endswith(":" + PARSER_VERSION)
     with pytest.raises(ConfigError, match="parser-v1"):
         OCRBackend(resolve_spec({"preset": "ocr", "prompt_version": "parser-v1"}))
+
+
+def test_ocr_fast_preset_reads_receipts_end_to_end_with_its_own_reader():
+    """The opt-in fast preset (docs/ocr.md "An opt-in fast preset") builds its reader from the
+    spec's revision, the cut head and narrower inputs included, and its rows say so."""
+    fast = OCRBackend(resolve_spec("ocr-fast"))
+    try:
+        assert (fast.settings.rec_head, fast.settings.rec_min_width) == ("latin", 160)
+        rendered, truth = render_receipt(1)
+        sample = "X51005442397"
+        label = json.loads((SAMPLES / f"{sample}.label.json").read_text())
+        results = fast.extract([ReceiptInput.from_bytes(rendered, "synthetic"),
+                                ReceiptInput.from_bytes((SAMPLES / f"{sample}.jpg").read_bytes(), sample)])
+    finally:
+        fast.close()
+    assert [r.status for r in results] == ["ok", "ok"], [r.reason for r in results]
+    assert results[0].receipt.total == Decimal(truth["total"])
+    assert field_match("total", results[1].receipt.total, label["total"])[0]
+    assert all("+latin-head+w160+first-read:" in r.extractor_version for r in results)
