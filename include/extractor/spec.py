@@ -89,8 +89,9 @@ class ExtractorSpec(BaseModel):
 LLAMA_11B_INSTRUCT_COMMIT = "9eb2daaa8597bf192a8b0e73f848f3a102794df5"
 # What ``quantization: fp8`` runs in the static engine: float8 weights with per-row scales and
 # bf16 activations (engine/fp8_gemm.py), faster than per-row ``_scaled_mm`` on an H100 (1.14x
-# against 1.08x the bf16 engine) and on an H200 (1.07x against 1.00x) and nearer bf16
-# (docs/gpu.md). Rows made before 2026-12-07 by the per-row ``_scaled_mm`` scheme say "+fp8:".
+# against 1.08x the bf16 engine) and on an H200 (1.07x against 1.00x), and nearer bf16 on
+# random weights' first step (docs/gpu.md). Rows made before 2026-12-07 by the per-row
+# ``_scaled_mm`` scheme say "+fp8:".
 FP8_SCHEME = "weight-only"
 QUANT_TAGS = {"fp8": f"fp8-{FP8_SCHEME}"}  # the quantization as the extractor version names it
 OCR_FAST_REVISION = "3.10.0+latin-head+w160+first-read"
