@@ -89,6 +89,15 @@ def test_ocr_fast_is_an_opt_in_preset_with_its_own_version():
     assert reader_settings(default)[0] == OcrSettings() and reader_settings(default)[1] is not None
 
 
+def test_the_cut_head_alone_is_a_revision_of_the_ocr_preset():
+    from extractor.backends.ocr import reader_settings
+
+    spec = resolve_spec({"preset": "ocr", "revision": "3.10.0+latin-head"})
+    settings, second_opinion = reader_settings(spec)
+    assert (settings.rec_head, settings.rec_min_width, second_opinion is not None) == ("latin", 320, True)
+    assert "@3.10.0+latin-head:" in spec.version
+
+
 def test_an_ocr_revision_without_a_reader_is_refused():
     from extractor.backends.ocr import reader_settings
 

@@ -30,6 +30,8 @@ from extractor.spec import OCR_FAST_REVISION, ExtractorSpec
 # names the reader that made it). Measurements: docs/ocr.md.
 READERS: dict[str, tuple[OcrSettings, SecondOpinionSettings | None]] = {
     "3.10.0": (OcrSettings(), SecondOpinionSettings()),
+    # the cut head alone (~110 MiB less peak, ~10 % less CPU; address exact -0.5 on unseen stores)
+    "3.10.0+latin-head": (OcrSettings(rec_head="latin"), SecondOpinionSettings()),
     OCR_FAST_REVISION: (OcrSettings(rec_head="latin", rec_min_width=160), None),
 }
 _FROM_SPEC: Any = object()  # the second opinion the spec's revision names
