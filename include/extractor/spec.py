@@ -116,8 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         backend="legacy-remote-code", model_id="internal/llamavision-1b", revision="main",
         trust_remote_code=True, batch_size=1, max_new_tokens=256, prompt_mode="fields",
         dtype="float16"),
-    # revision: the rapidocr wheel; a default recogniser other than the wheel's own
-    # (OcrSettings.rec_head) must be named here, as "3.10.0+latin-head"
+    # revision: the rapidocr wheel, plus what its reader does differently from the wheel's
+    # defaults ("3.10.0+latin-head"); extractor.backends.ocr.READERS maps each to its settings
     "ocr": dict(backend="ocr", model_id="rapidocr", revision="3.10.0", batch_size=16,
                 prompt_version=PARSER_VERSION, device_map=None),
     # Opt-in: the same wheel with the speed knobs that each cost a little accuracy (the cut

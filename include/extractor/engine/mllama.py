@@ -87,8 +87,8 @@ class MllamaStaticEngine(SlotScheduler):
     of the two at batch 32 on an H100: 1.14x the bf16 engine, against 1.08x); the prefill keeps
     HF's bf16 forward unless ``fp8_prefill`` (opt-in, needs per-row ``fp8``): then the prefill's
     linear layers (vision tower, projector, text; ``"text"``: the text layers only) run
-    row-scaled FP8 GEMMs too (``engine/fp8_prefill.py``). Not exact: docs/gpu.md records the first-step logits
-    difference against bf16 and the speed of each.
+    row-scaled FP8 GEMMs too (``engine/fp8_prefill.py``). Not exact: docs/gpu.md records the
+    first-step logits difference against bf16 and the speed of each.
     ``refill`` (default on): when a call has more rows than a decode batch holds, a row that
     finishes is replaced by a waiting one (same tile count) without waiting for the batch's
     slowest row (``engine/slots.py``; the cache is a ring, so rows keep joining for as long as
@@ -136,8 +136,7 @@ class MllamaStaticEngine(SlotScheduler):
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights, fp8=fp8)
         if on_cuda if compile_ops is None else compile_ops:
             self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
-        self.fp8_prefill_mode = fp8_prefill
-        self._fp8_prefill = self._fp8_prefill_of(model, on_cuda if compile_ops is None else compile_ops) \
+        self._fp8_prefill = self._fp8_prefill_of(model, fp8_prefill, on_cuda if compile_ops is None else compile_ops) \
             if fp8_prefill else None
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
@@ -216,12 +215,11 @@ class MllamaStaticEngine(SlotScheduler):
                 logp[row, :lps.shape[0]] = lps
         return (out, logp) if return_logprobs else out
 
-    def _fp8_prefill_of(self, model, compile_quant: bool):
+    def _fp8_prefill_of(self, model, mode: bool | str, compile_quant: bool):
         from extractor.engine.fp8_prefill import Fp8Prefill, fp8_prefill_table, prefill_quantizer
 
-        table = fp8_prefill_table(model, self.weights, vision=self.fp8_prefill_mode != "text")
-        return Fp8Prefill(table, model=model,
-                          quant=prefill_quantizer(self.device, compile_quant))
+        table = fp8_prefill_table(model, self.weights, vision=mode != "text")
+        return Fp8Prefill(table, model=model, quant=prefill_quantizer(self.device, compile_quant))
 
     def _check_fp8_sums(self):
         """The weight-only FP8 kernel feeds activations / 256 to float16 MMAs: one beyond 2^24
