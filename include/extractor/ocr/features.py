@@ -253,6 +253,32 @@ def _paid_minus_change(page: Page, cands: Sequence[Candidate]) -> set[Decimal]:
     return {a - b for a in paid for b in change}
 
 
+def tendered(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
+    """The amounts tendered: on a cash / tender line or the line just above a CHANGE line,
+    and such that the amount less a non-zero change printed below it on a CHANGE line is
+    another amount of the page ("Amount Incl. GST 5.00 / Accepted total 10.00 / Change
+    5.00"). That is the customer's money, not the total, whatever its line's label says."""
+    change_lines = {c.line for c in cands if _KW_RE["kw_change"].search(page.lines[c.line].text)}
+    changes = [c for c in cands if c.line in change_lines and c.value > 0]
+    out = []
+    for c in cands:
+        own = page.lines[c.line].text
+        if c.line in change_lines or not (_KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own)
+                                          or c.line + 1 in change_lines):
+            continue
+        if any(ch.line > c.line and any(d.value == c.value - ch.value and d.line not in (c.line, ch.line)
+                                        for d in cands) for ch in changes):
+            out.append(c)
+    return out
+
+
+def offered_totals(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
+    """The total candidates the picker chooses from: all but the amounts tendered (all of
+    them if every amount looks tendered)."""
+    paid = {id(c) for c in tendered(page, cands)}
+    return [c for c in cands if id(c) not in paid] or list(cands)
+
+
 def _arithmetic(cands: Sequence[Candidate], total_lines: set[int]) -> dict[int, dict[str, float]]:
     """Which amounts are the result of two amounts printed above them (a + b, a - b:
     "SUB-TOTAL 57.00 / DISCOUNT 17.40 / GRAND TOTAL 39.60", "6% SUPPLIES 32.05 / 0%

@@ -130,7 +130,7 @@ class LinePicker:
         features.total_features(page, totals)
         return {"store_name": (company, p_company), "store_address": (address, p_address),
                 "date": best(self.scorers["date"], dates, self.decode),
-                "total": best(self.scorers["total"], totals, self.decode)}
+                "total": best(self.scorers["total"], features.offered_totals(page, totals), self.decode)}
 
     def to_json(self) -> str:
         return json.dumps({"meta": self.meta, "scorers": {k: s.to_dict() for k, s in self.scorers.items()}})
