@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from extractor.ocr.parser import Candidate, parse_receipt
+from extractor.ocr.parser import Candidate, parse_receipt, total_candidates
 from extractor.ocr.picker import FIELDS, LinePicker, best, load_default_picker, softmax
 from extractor.ocr.train_picker import fit_scorer
 from tests.unit.test_ocr_parser import RECEIPT, lines_from_text
@@ -65,3 +65,39 @@ def test_a_value_found_on_several_candidates_gets_their_summed_probability():
     names = [Candidate(value=v, line=0, text=v, extra={"features": {"s": 0.5}})
              for v in ("ABC SDN. BHD.", "abc sdn bhd", "ABC")]
     assert np.isclose(best(scorer, names, "value-confidence")[1], 2 / 3)  # case and punctuation aside
+
+
+def test_an_amount_tendered_is_not_offered_as_the_total():
+    """A pay station prints the money it took as "Accepted total" just above CHANGE: that
+    amount less the change is another amount of the page (the one charged), so it is the
+    customer's money, not the total, whatever its label says (parser-v7)."""
+    from extractor.ocr import features
+    from extractor.ocr.picker import Scorer
+
+    lines = lines_from_text("CITY PARKING SDN BHD\nTAX INVOICE\n03/07/18 14:02\nParking fee   3.00 RM\n"
+                            "Amount Incl. GST   3.00 RM\nAccepted total   5.00 RM\nChange   2.00 RM\n"
+                            "GST 6%   0.17 RM\nThank you\n")
+    page = features.Page.of(lines)
+    totals = total_candidates(lines)
+    assert [str(c.value) for c in features.tendered(page, totals)] == ["5.00"]
+    assert "5.00" not in {str(c.value) for c in features.offered_totals(page, totals)}
+    shipped = load_default_picker()
+    assert parse_receipt(lines, picker=shipped).values["total"] == Decimal("3.00")
+    # a total scorer that takes the largest amount (as a picker leaning on "total" labels and
+    # rank would, for a store it never saw) would read the 5.00 tendered; the rule stops it
+    largest = Scorer(names=["log_value"], mean=np.zeros(1), std=np.ones(1), W1=np.zeros((1, 1)),
+                     b1=np.zeros(1), w2=np.zeros(1), wl=np.array([10.0]))
+    picker = LinePicker({**shipped.scorers, "total": largest})
+    assert parse_receipt(lines, picker=picker).values["total"] == Decimal("3.00")
+
+
+def test_an_amount_paid_exactly_may_still_be_the_total():
+    """No change given (or none printed below the payment): nothing is ruled out."""
+    from extractor.ocr import features
+
+    for text in ("SHOP ENTERPRISE\nTOTAL   8.20\nCASH   8.20\nChange   0.00\n",
+                 "SHOP ENTERPRISE\nChange   2.00\nTOTAL   3.00\nCASH   5.00\n"):
+        lines = lines_from_text(text)
+        totals = total_candidates(lines)
+        assert features.tendered(features.Page.of(lines), totals) == []
+        assert len(features.offered_totals(features.Page.of(lines), totals)) == len(totals)
