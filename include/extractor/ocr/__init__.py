@@ -13,5 +13,8 @@ lines are the store name and address and which date/amount is the receipt's.
 # v5: the second opinion (doubtful store names and addresses re-read), totals with a
 # misread point or a minus as candidates, new weights; v6: a field's confidence is the
 # probability of its value, summed over every candidate that gives it, so the second opinion
-# re-reads fewer store names and addresses; same weights).
-PARSER_VERSION = "parser-v6"
+# re-reads fewer store names and addresses; same weights; v7: an amount tendered -- on a cash /
+# tender line or just above CHANGE, and less a non-zero change another amount of the page --
+# is not offered as the total ("Accepted total 10.00 / Change 5.00"); features unchanged,
+# weights refitted on the rebuilt OCR cache).
+PARSER_VERSION = "parser-v7"
