@@ -525,26 +525,30 @@ def _prefill_split(rec, model, x, b, tiles):
 
 
 @torch.inference_mode()
-def _prefill_profile(rec, model, x, own: bool = False):
+def _prefill_profile(rec, model, x, way: str = "hf"):
+    """Kernel profile of one prefill of ``x``: ``hf`` HF's tower (mask-free attention), ``own``
+    the engine's tower, ``whole`` the engine's whole prefill forward (own tower, projector, text)."""
     from torch.profiler import ProfilerActivity, profile
 
     from extractor.engine.prefill_attention import prefill_attention
     from extractor.engine.vision_tower import VisionTower
 
     with prefill_attention(model):
-        if own:
-            tower = VisionTower(model.model.vision_model, compile_ops=True)
-            fn = lambda: tower(x["pixel_values"], x["aspect_ratio_ids"], x["aspect_ratio_mask"])  # noqa: E731
-        else:
+        if way == "hf":
             fn = _tower_fn(model, x)
+        else:
+            tower = VisionTower(model.model.vision_model, compile_ops=True)
+            fn = (_own_prefill_fn(model, tower, x) if way == "whole" else
+                  lambda: tower(x["pixel_values"], x["aspect_ratio_ids"], x["aspect_ratio_mask"]))
         fn()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
     print(table, flush=True)
-    name = "prefill_tower_profile_own.txt" if own else "prefill_tower_profile.txt"
+    name = {"hf": "prefill_tower_profile.txt", "own": "prefill_tower_profile_own.txt",
+            "whole": "prefill_profile_whole_own_tower.txt"}[way]
     (Path(rec.path).parent / name).write_text(table)
 
 
@@ -556,11 +560,11 @@ def section_prefill(rec, model, args):
         except Exception:
             rec.error(f"prefill split, {tiles} tiles")
         torch.cuda.empty_cache()
-    for own in (False, True):
+    for way in ("hf", "own", "whole"):
         try:
-            _prefill_profile(rec, model, make_inputs(b, args.prompt, "cuda"), own)
+            _prefill_profile(rec, model, make_inputs(b, args.prompt, "cuda"), way)
         except Exception:
-            rec.error(f"prefill profile (own tower: {own})")
+            rec.error(f"prefill profile ({way})")
         torch.cuda.empty_cache()
 
 
