@@ -14,9 +14,10 @@ Sections (``--sections``, comma separated, run in this order):
   profile   top GPU kernels of one eager engine decode step at batch 32
   tiles2    2-tile images: engine with/without dropping padding tiles, check, prefill split
   prefill   where a prefill goes (batch 8, 4 and 2 tiles): the vision tower and the whole HF
-            forward with HF's masked attention and with the engine's mask-free prefill
-            attention (engine/prefill_attention.py), the towers' output difference, and a
-            kernel profile of the mask-free tower
+            forward with HF's masked attention, with the engine's mask-free prefill
+            attention (engine/prefill_attention.py) and with the engine's own tower
+            (engine/vision_tower.py, eager and compiled), the outputs' difference, and kernel
+            profiles of HF's mask-free tower and of the engine's
   overlap   a stream of ``--overlap-receipts`` receipts through 32 decode slots: the next rows'
             prefill on a second stream while the batch decodes, against taking turns
   attention the vision tower's attention shape (8 images x 16 heads x 6,432 tokens, head dim
@@ -352,6 +353,9 @@ VARIANTS = {  # name: (label, engine kwargs, new tokens or None for --new)
     # each residual add and the RMSNorm after it as one compiled kernel (the default) or two
     "fused": ("engine, add+norm fused (default)", {}, None),
     "nofusion": ("engine, add and norm separate", dict(fuse_add_norm=False), None),
+    # the prefill's vision tower: the engine's own (engine/vision_tower.py, the default) or HF's
+    "owntower": ("engine, own vision tower (default)", {}, None),
+    "hftower": ("engine, HF's vision tower (mask-free attention)", dict(own_vision_tower=False), None),
 }
 
 
@@ -478,38 +482,74 @@ def _rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _own_prefill_fn(model, tower, x):
+    """The engine's prefill forward: its own tower, HF's projector and text model."""
+    inner = model.model
+    rest = {k: v for k, v in x.items() if k != "pixel_values"}
+
+    def fn():
+        s = tower(x["pixel_values"], x["aspect_ratio_ids"], x["aspect_ratio_mask"])
+        s = inner.multi_modal_projector(s).reshape(-1, s.shape[-2], inner.hidden_size)
+        return model(**rest, cross_attention_states=s, use_cache=True, logits_to_keep=1).logits
+    return fn
+
+
 @torch.inference_mode()
 def _prefill_split(rec, model, x, b, tiles):
+    """The vision tower alone and the whole prefill per receipt: HF's tower with HF's masked
+    attention, with the mask-free attention, and the engine's own tower (eager, compiled);
+    each output's relative difference from the mask-free HF tower's (and its logits')."""
     from extractor.engine.prefill_attention import prefill_attention
+    from extractor.engine.vision_tower import VisionTower
 
-    outs = {}
-    for name, split in (("hf", False), ("mask-free", True)):
+    outs, logits = {}, {}
+    ways = [("mask-free", True, None), ("hf", False, None),
+            ("own tower", True, VisionTower(model.model.vision_model)),
+            ("own tower compiled", True, VisionTower(model.model.vision_model, compile_ops=True))]
+    for name, split, tower in ways:
         with prefill_attention(model, split):
-            tower_ms, outs[name] = _ms_per_receipt(_tower_fn(model, x), b)
-            full_ms, _ = _ms_per_receipt(lambda: model(**x, use_cache=True, logits_to_keep=1).logits, b)
-        rec.run({"way": f"prefill, {name} attention", "batch": b, "tiles": tiles,
-                 "vision_tower_ms_per_receipt": tower_ms, "prefill_ms_per_receipt": full_ms,
-                 "text_and_rest_ms_per_receipt": full_ms - tower_ms})
-    rec.run({"way": "prefill, mask-free vs hf vision tower", "batch": b, "tiles": tiles,
-             "tower_rel_diff": _rel(outs["mask-free"], outs["hf"])})
+            if tower is None:
+                tower_fn, full_fn = _tower_fn(model, x), lambda: model(**x, use_cache=True, logits_to_keep=1).logits
+            else:
+                tower_fn = lambda t=tower: t(x["pixel_values"], x["aspect_ratio_ids"], x["aspect_ratio_mask"])  # noqa: E731
+                full_fn = _own_prefill_fn(model, tower, x)
+            torch.cuda.reset_peak_memory_stats()
+            tower_ms, outs[name] = _ms_per_receipt(tower_fn, b)
+            tower_peak = torch.cuda.max_memory_allocated() / 2**30
+            full_ms, logits[name] = _ms_per_receipt(full_fn, b)
+        rec.run({"way": f"prefill, {name} attention" if tower is None else f"prefill, {name}", "batch": b,
+                 "tiles": tiles, "vision_tower_ms_per_receipt": tower_ms, "prefill_ms_per_receipt": full_ms,
+                 "text_and_rest_ms_per_receipt": full_ms - tower_ms, "tower_peak_gib": tower_peak,
+                 "tower_rel_diff_vs_mask_free": _rel(outs[name], outs.get("mask-free", outs[name])),
+                 "last_logits_rel_diff_vs_mask_free": _rel(logits[name], logits.get("mask-free", logits[name]))})
 
 
 @torch.inference_mode()
-def _prefill_profile(rec, model, x):
+def _prefill_profile(rec, model, x, way: str = "hf"):
+    """Kernel profile of one prefill of ``x``: ``hf`` HF's tower (mask-free attention), ``own``
+    the engine's tower, ``whole`` the engine's whole prefill forward (own tower, projector, text)."""
     from torch.profiler import ProfilerActivity, profile
 
     from extractor.engine.prefill_attention import prefill_attention
+    from extractor.engine.vision_tower import VisionTower
 
     with prefill_attention(model):
-        fn = _tower_fn(model, x)
+        if way == "hf":
+            fn = _tower_fn(model, x)
+        else:
+            tower = VisionTower(model.model.vision_model, compile_ops=True)
+            fn = (_own_prefill_fn(model, tower, x) if way == "whole" else
+                  lambda: tower(x["pixel_values"], x["aspect_ratio_ids"], x["aspect_ratio_mask"]))
         fn()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
     print(table, flush=True)
-    (Path(rec.path).parent / "prefill_tower_profile.txt").write_text(table)
+    name = {"hf": "prefill_tower_profile.txt", "own": "prefill_tower_profile_own.txt",
+            "whole": "prefill_profile_whole_own_tower.txt"}[way]
+    (Path(rec.path).parent / name).write_text(table)
 
 
 def section_prefill(rec, model, args):
@@ -520,11 +560,12 @@ def section_prefill(rec, model, args):
         except Exception:
             rec.error(f"prefill split, {tiles} tiles")
         torch.cuda.empty_cache()
-    try:
-        _prefill_profile(rec, model, make_inputs(b, args.prompt, "cuda"))
-    except Exception:
-        rec.error("prefill profile")
-    torch.cuda.empty_cache()
+    for way in ("hf", "own", "whole"):
+        try:
+            _prefill_profile(rec, model, make_inputs(b, args.prompt, "cuda"), way)
+        except Exception:
+            rec.error(f"prefill profile ({way})")
+        torch.cuda.empty_cache()
 
 
 def section_overlap(rec, model, args):

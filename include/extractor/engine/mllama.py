@@ -105,6 +105,10 @@ class MllamaStaticEngine(SlotScheduler):
     dense padding mask, and cross-attention layers drop an all-zero mask
     (``engine/prefill_attention.py``): the same result up to summation order, flash kernels
     instead of masked ones.
+    ``own_vision_tower`` (default on, with ``mask_free_prefill``; not with an FP8 vision tower):
+    the prefill's vision tower runs ``engine/vision_tower.py``, HF's layers with one q|k|v GEMM,
+    the mask-free attention planned from the tiles and written where ``o_proj`` reads it, and
+    fewer copies (a prefill mixing tile counts runs it once per count).
     ``fuse_add_norm`` (default on, with ``compile_ops``): each residual add and the RMSNorm
     after it are one compiled kernel (off only to measure it).
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
@@ -121,7 +125,7 @@ class MllamaStaticEngine(SlotScheduler):
                  score_tokens: bool = True, fp8: bool | str = False,
                  refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4,
                  overlap_prefill: bool = False, decode_priority: bool = False, fuse_add_norm: bool = True,
-                 fp8_prefill: bool | str = False):
+                 fp8_prefill: bool | str = False, own_vision_tower: bool = True):
         import torch
 
         self.model = model.eval()
@@ -138,6 +142,8 @@ class MllamaStaticEngine(SlotScheduler):
             self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
         self._fp8_prefill = self._fp8_prefill_of(model, fp8_prefill, on_cuda if compile_ops is None else compile_ops) \
             if fp8_prefill else None
+        self._tower = self._tower_of(model, own_vision_tower and mask_free_prefill and fp8_prefill in (False, "text"),
+                                     on_cuda if compile_ops is None else compile_ops)
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
         self.mask_free_prefill = mask_free_prefill
@@ -220,6 +226,14 @@ class MllamaStaticEngine(SlotScheduler):
 
         table = fp8_prefill_table(model, self.weights, vision=mode != "text")
         return Fp8Prefill(table, model=model, quant=prefill_quantizer(self.device, compile_quant))
+
+    @staticmethod
+    def _tower_of(model, enabled: bool, compile_ops: bool):
+        if not enabled:
+            return None
+        from extractor.engine.vision_tower import VisionTower
+
+        return VisionTower(model.model.vision_model, compile_ops=compile_ops)
 
     def _check_fp8_sums(self):
         """The weight-only FP8 kernel feeds activations / 256 to float16 MMAs: one beyond 2^24
@@ -432,7 +446,20 @@ class MllamaStaticEngine(SlotScheduler):
 
     def _prefill_forward(self, x, pos_ids, sl):
         rows = {k: (v[sl] if v is not None else None) for k, v in x.items()}
+        states = self._cross_states(rows)
+        if states is not None:  # the engine's own tower ran: HF's forward takes its states instead of pixels
+            rows["pixel_values"], rows["cross_attention_states"] = None, states
         return self.model(**rows, position_ids=pos_ids[sl], use_cache=True, logits_to_keep=1)
+
+    def _cross_states(self, rows):
+        """The projected vision states of ``rows`` through ``engine/vision_tower.py``, as HF's
+        ``MllamaModel`` computes them from ``pixel_values``; None where HF's tower runs (the
+        tower off, or no image)."""
+        if self._tower is None or rows.get("pixel_values") is None or rows.get("aspect_ratio_mask") is None:
+            return None
+        states = self._tower(rows["pixel_values"], rows["aspect_ratio_ids"], rows["aspect_ratio_mask"])
+        inner = self.model.model
+        return inner.multi_modal_projector(states).reshape(-1, states.shape[-2], inner.hidden_size)
 
     def _copy_cache(self, cache, rows, start) -> None:
         """HF's cache of a prefill into decode slots ``rows`` (a slice or an index tensor):
