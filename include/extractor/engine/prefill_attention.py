@@ -9,11 +9,11 @@ every key. Given a dense mask, SDPA cannot use its flash kernel, and the mask it
 read by all 40 layers.
 
 ``split_padding_attention`` computes the same thing when every image of the batch has the
-same padding (the engine groups rows by tile count, so they do): the queries up to the
-last real token attend to every key in one mask-free (flash) call; the trailing padding
-(unused tiles) attends to the real keys, which all lie before it; and the few padding
-queries inside the used tiles (7 per tile) are recomputed against the real keys in a small
-masked call. A key with an additive ``min`` has weight ``exp(min - max) = 0``, so
+same padding (the engine groups rows by tile count, so they do), by ``tile_attention``: the
+queries attend to every key in one mask-free (flash) call (up to the last real token when
+many tiles are unused; the trailing padding then attends to the real keys, which all lie
+before it), and the padding queries are recomputed against the real keys in a small masked
+call and written in place. A key with an additive ``min`` has weight ``exp(min - max) = 0``, so
 dropping it is exact; only the order of summation changes. Images with different padding
 in one batch keep HF's masked call.
 
@@ -53,27 +53,41 @@ def _padding_of(attention_mask):
 
 
 @dataclass
-class _Plan:
-    """One padding pattern shared by every image of the batch. ``end``: where the trailing
-    run of padding (the unused tiles) starts; ``inner``: the padding positions before
-    ``end`` (each used tile's last 7); ``real_keys``: (tokens,) bool, True for real tokens."""
+class TilePlan:
+    """One padding pattern shared by every image of the batch: ``pad`` (tokens,) bool, True at
+    padding; ``end`` one past the last real token (the unused tiles' trailing padding starts
+    there); ``inner`` the padding positions before ``end`` (each used tile's last 7);
+    ``all_pad`` every padding position."""
 
+    pad: Any
     end: int
     inner: Any
-    real_keys: Any
+    all_pad: Any
+
+    @classmethod
+    def of_pad(cls, pad) -> TilePlan:
+        end = int((~pad).nonzero()[-1]) + 1
+        return cls(pad=pad, end=end, inner=pad[:end].nonzero().squeeze(1), all_pad=pad.nonzero().squeeze(1))
+
+    @classmethod
+    def of(cls, used_tiles: list[bool], tile_len: int, patches: int, device) -> TilePlan:
+        """The plan of images whose tiles ``used_tiles`` hold ``patches`` real tokens of ``tile_len``."""
+        import torch
+
+        pad = torch.ones(len(used_tiles), tile_len, dtype=torch.bool)
+        for i, used in enumerate(used_tiles):
+            if used:
+                pad[i, :patches] = False
+        return cls.of_pad(pad.flatten().to(device))
 
 
-def _plan(attention_mask) -> _Plan | None:
+def _plan(attention_mask) -> TilePlan | None:
     """The batch's plan (one host sync), or None when images differ in padding (the caller
     then keeps HF's masked attention) or there is no padding at all."""
     pad = _padding_of(attention_mask)
     if not bool(pad.any()) or not bool((pad == pad[:1]).all()):
         return None
-    row = pad[0]
-    real = (~row).nonzero().squeeze(1)
-    end = int(real[-1]) + 1
-    inner = row[:end].nonzero().squeeze(1)
-    return _Plan(end=end, inner=inner, real_keys=~row)
+    return TilePlan.of_pad(pad[0])
 
 
 class _PlanCache:
@@ -105,21 +119,29 @@ def _attend(q, k, v, scale, mask=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=False)
 
 
-def _split(q, k, v, plan: _Plan, scale):
-    """Queries before ``plan.end`` attend to every key (mask-free); the trailing padding
-    queries attend to the real keys, all of which lie before ``end``; then the few inner
-    padding queries are recomputed against the real keys only."""
+def tile_attention(q, k, v, plan: TilePlan, scale: float, small_tail: int = 64):
+    """Attention over (batch, heads, tokens, head_dim) q/k/v under ``plan``, returned as
+    (batch, tokens, heads * head_dim), the layout ``o_proj`` reads. A real query attends to
+    every key; a padding query to the real keys only (HF's ``pad_i * pad_j``). When the
+    trailing padding is at most ``small_tail`` tokens, every query goes through the mask-free
+    call and the padding ones are overwritten in place (nothing concatenated); else the
+    trailing padding attends to the real keys, all before ``end``, in a call of its own."""
     import torch
 
-    end, real = plan.end, plan.real_keys
-    out = _attend(q[:, :, :end], k, v, scale)
-    if end < q.shape[2]:
-        tail = _attend(q[:, :, end:], k[:, :, :end], v[:, :, :end], scale, real[:end].view(1, 1, 1, end))
-        out = torch.cat([out, tail], dim=2)
-    if plan.inner.numel():
-        fix = _attend(q.index_select(2, plan.inner), k, v, scale, real.view(1, 1, 1, -1))
-        out.index_copy_(2, plan.inner, fix)
-    return out
+    b, h, n, d = q.shape
+    real = (~plan.pad).view(1, 1, 1, n)
+    if n - plan.end <= small_tail:
+        out = _attend(q, k, v, scale).transpose(1, 2)
+        fix = plan.all_pad
+    else:
+        end = plan.end
+        out = torch.cat([_attend(q[:, :, :end], k, v, scale).transpose(1, 2),
+                         _attend(q[:, :, end:], k[:, :, :end], v[:, :, :end], scale, real[..., :end]).transpose(1, 2)],
+                        dim=1)
+        fix = plan.inner
+    if fix.numel():
+        out.index_copy_(1, fix, _attend(q.index_select(2, fix), k, v, scale, real).transpose(1, 2))
+    return out.reshape(b, n, h * d)
 
 
 def split_padding_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -133,7 +155,8 @@ def split_padding_attention(module, query, key, value, attention_mask, scaling=N
         if plan is None:  # padding differs between images (or there is none): HF's way
             out = _attend(query, key, value, scaling, attention_mask)
         else:
-            out = _split(query, key, value, plan, scaling)
+            b, h, n, d = query.shape
+            return tile_attention(query, key, value, plan, scaling).view(b, n, h, d), None
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -9,11 +9,9 @@ copied again into the layout ``o_proj`` reads, every layer's hidden state kept (
 
 - q|k|v as one GEMM over a weight whose rows are re-laid as one tensor (the modules' weights
   become views of it: no extra memory; ``generate`` keeps calling the same modules);
-- the attention of ``prefill_attention`` (mask-free flash call, padding queries recomputed
-  against the real keys), planned from ``aspect_ratio_mask`` instead of from the dense mask,
-  with its output written in the layout ``o_proj`` reads: when the unused tiles are few
-  (the trailing padding is shorter than ``small_tail``) every query goes through the
-  mask-free call and the padding ones are overwritten in place, so nothing is concatenated;
+- the attention of ``prefill_attention.tile_attention`` (mask-free flash call, padding
+  queries recomputed against the real keys and written in place, output in the layout
+  ``o_proj`` reads), planned from ``aspect_ratio_mask`` instead of from the dense mask;
 - only the intermediate layers the projector reads are kept;
 - with ``compile_ops``, each residual add (with a global layer's tanh gate) and the
   LayerNorm after it are one compiled kernel.
@@ -26,11 +24,10 @@ that mixes patterns runs once per pattern.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from extractor.engine.mllama_decode import _fuse_rows
-from extractor.engine.prefill_attention import _attend
+from extractor.engine.prefill_attention import TilePlan, tile_attention
+
+__all__ = ["TilePlan", "VisionTower", "add_layer_norm", "tile_attention"]
 
 
 def add_layer_norm(x, y, gate, weight, bias, eps: float):
@@ -39,52 +36,6 @@ def add_layer_norm(x, y, gate, weight, bias, eps: float):
 
     x = x + (y if gate is None else gate * y)
     return x, F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-
-@dataclass
-class TilePlan:
-    """Padding shared by every image: ``pad`` (tokens,) bool, ``end`` one past the last real
-    token, ``inner`` the padding positions before ``end``, ``all_pad`` every padding position."""
-
-    pad: Any
-    end: int
-    inner: Any
-    all_pad: Any
-
-    @classmethod
-    def of(cls, used_tiles: list[bool], tile_len: int, patches: int, device) -> TilePlan:
-        import torch
-
-        pad = torch.ones(len(used_tiles), tile_len, dtype=torch.bool)
-        for i, used in enumerate(used_tiles):
-            if used:
-                pad[i, :patches] = False
-        pad = pad.flatten()
-        end = int((~pad).nonzero()[-1]) + 1
-        inner = pad[:end].nonzero().squeeze(1)
-        return cls(pad=pad.to(device), end=end, inner=inner.to(device), all_pad=pad.nonzero().squeeze(1).to(device))
-
-
-def tile_attention(q, k, v, plan: TilePlan, scale: float, small_tail: int):
-    """Attention over one layer's (batch, heads, tokens, head_dim) q/k/v under ``plan``,
-    returned as (batch, tokens, heads * head_dim), the layout ``o_proj`` reads. A real query
-    attends to every key; a padding query to the real keys only (HF's ``pad_i * pad_j``)."""
-    import torch
-
-    b, h, n, d = q.shape
-    real = (~plan.pad).view(1, 1, 1, n)
-    if n - plan.end <= small_tail:  # all queries at once; the padding ones are redone below
-        out = _attend(q, k, v, scale).transpose(1, 2)
-        fix = plan.all_pad
-    else:  # many unused tiles: they attend to the real keys, all before ``end``
-        end = plan.end
-        out = torch.cat([_attend(q[:, :, :end], k, v, scale).transpose(1, 2),
-                         _attend(q[:, :, end:], k[:, :, :end], v[:, :, :end], scale, real[..., :end]).transpose(1, 2)],
-                        dim=1)
-        fix = plan.inner
-    if fix.numel():
-        out.index_copy_(1, fix, _attend(q.index_select(2, fix), k, v, scale, real).transpose(1, 2))
-    return out.reshape(b, n, h * d)
 
 
 class VisionTower:
