@@ -138,12 +138,12 @@ class MllamaStaticEngine(SlotScheduler):
         self.use_cuda_graphs = on_cuda if use_cuda_graphs is None else bool(use_cuda_graphs and on_cuda)
         self.fp8 = fp8
         self.weights = collect_weights(model, fuse=on_cuda if fuse_weights is None else fuse_weights, fp8=fp8)
-        if on_cuda if compile_ops is None else compile_ops:
+        compile_ops = on_cuda if compile_ops is None else compile_ops
+        if compile_ops:
             self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
-        self._fp8_prefill = self._fp8_prefill_of(model, fp8_prefill, on_cuda if compile_ops is None else compile_ops) \
-            if fp8_prefill else None
+        self._fp8_prefill = self._fp8_prefill_of(model, fp8_prefill, compile_ops) if fp8_prefill else None
         self._tower = self._tower_of(model, own_vision_tower and mask_free_prefill and fp8_prefill in (False, "text"),
-                                     on_cuda if compile_ops is None else compile_ops)
+                                     compile_ops)
         self.prefill_sdpa_backends = prefill_sdpa_backends
         self.trim_cross_tiles = trim_cross_tiles
         self.mask_free_prefill = mask_free_prefill
