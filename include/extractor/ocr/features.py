@@ -239,17 +239,22 @@ def _keyword_flags(text: str, prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": float(bool(r.search(text))) for k, r in _KW_RE.items()}
 
 
+def _change_lines(page: Page, cands: Sequence[Candidate]) -> set[int]:
+    return {c.line for c in cands if _KW_RE["kw_change"].search(page.lines[c.line].text)}
+
+
+def _on_paid_line(page: Page, c: Candidate, change_lines: set[int]) -> bool:
+    """A cash / tender line, or the line just above a CHANGE line ("Accepted total 10.00")."""
+    own = page.lines[c.line].text
+    return bool(_KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own)) or c.line + 1 in change_lines
+
+
 def _paid_minus_change(page: Page, cands: Sequence[Candidate]) -> set[Decimal]:
     """Amounts paid less change given: the cash / tender lines, or the line just above a
     CHANGE line ("Accepted total 10.00 / Change 5.00"), minus the change."""
-    paid, change = [], []
-    change_lines = {c.line for c in cands if _KW_RE["kw_change"].search(page.lines[c.line].text)}
-    for c in cands:
-        own = page.lines[c.line].text
-        if _KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own) or c.line + 1 in change_lines:
-            paid.append(c.value)
-        if c.line in change_lines:
-            change.append(c.value)
+    change_lines = _change_lines(page, cands)
+    paid = [c.value for c in cands if _on_paid_line(page, c, change_lines)]
+    change = [c.value for c in cands if c.line in change_lines]
     return {a - b for a in paid for b in change}
 
 
@@ -258,18 +263,12 @@ def tendered(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
     and such that the amount less a non-zero change printed below it on a CHANGE line is
     another amount of the page ("Amount Incl. GST 5.00 / Accepted total 10.00 / Change
     5.00"). That is the customer's money, not the total, whatever its line's label says."""
-    change_lines = {c.line for c in cands if _KW_RE["kw_change"].search(page.lines[c.line].text)}
+    change_lines = _change_lines(page, cands)
     changes = [c for c in cands if c.line in change_lines and c.value > 0]
-    out = []
-    for c in cands:
-        own = page.lines[c.line].text
-        if c.line in change_lines or not (_KW_RE["kw_cash"].search(own) or _KW_RE["kw_tender"].search(own)
-                                          or c.line + 1 in change_lines):
-            continue
-        if any(ch.line > c.line and any(d.value == c.value - ch.value and d.line not in (c.line, ch.line)
-                                        for d in cands) for ch in changes):
-            out.append(c)
-    return out
+    return [c for c in cands
+            if c.line not in change_lines and _on_paid_line(page, c, change_lines)
+            and any(ch.line > c.line and any(d.value == c.value - ch.value and d.line not in (c.line, ch.line)
+                                             for d in cands) for ch in changes)]
 
 
 def offered_totals(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
