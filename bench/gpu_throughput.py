@@ -38,6 +38,10 @@ Sections (``--sections``, comma separated, run in this order):
             ``--fp8-ways`` picks the ways (``+prefill``: the prefill's GEMMs in FP8 too)
   fp8check  the FP8 prefill's first-step distance from a bf16 prefill against its dequantized
             reference and against bf16 with 0.4 % / 3.7 % relative noise per text GEMM
+  crosskv   float8 cross-attention keys/values (``cross_kv="fp8"``, opt-in): one decode
+            cross-attention call, bf16 SDPA against the float8 kernel at several tilings (and its
+            error against the dequantized reference); the first step's logits with the gates
+            opened; the engine with and without it at ``--engine-batches``
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -49,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import sys
@@ -815,6 +820,117 @@ def section_refill(rec, model, args):
         torch.cuda.empty_cache()
 
 
+def _graph_us(fn, n=20):
+    """Microseconds per call of ``fn`` replayed ``n`` times in one CUDA graph."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        g.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return 1000 * start.elapsed_time(end) / (3 * n)
+
+
+@torch.inference_mode()
+def _crosskv_kernel_rows(rec, args):
+    """One decode cross-attention call at batch 32 (4 tiles: 6,404 keys): bf16 SDPA against the
+    float8 kernel (engine/fp8_cross_attention.py) at several tilings; its error against the
+    dequantized float32 reference and against exact bf16 attention."""
+    import torch.nn.functional as F
+
+    from extractor.engine import fp8_cross_attention as fx
+
+    b, h, r, s, d = 32, 8, 4, 6404, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, h, r, d, device="cuda", dtype=torch.bfloat16, generator=g) * 3
+    k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    k8, ks = fx.quantize(k)
+    v8, vs = fx.quantize(v)
+    scale = d ** -0.5
+    ref = fx.reference(q, k8, ks, v8, vs, None, scale).float()
+    exact = F.scaled_dot_product_attention(q, k, v, scale=scale).float()
+    bf16_bytes, fp8_bytes = 2 * k.numel() * 2, 2 * k.numel()
+    us = _graph_us(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
+    rec.run({"way": "cross-attention bf16 SDPA", "batch": b, "keys": s, "us": round(us, 1),
+             "tb_s": round(bf16_bytes / us / 1e6, 3)})
+    # the default (splits_for, 128-key blocks, 4 warps, 3 stages) and its neighbours; the first run's
+    # 25 tilings (splits 2/4/8, 64/128 keys, 4/8 warps, 2/3 stages) are in gpu_crosskv_2026-12-07_h100_run1.json
+    tilings = [(None, 128, 4, 3), (1, 128, 4, 3), (4, 128, 4, 3), (2, 128, 4, 4), (2, 64, 4, 4), (2, 128, 2, 3)]
+    for split, bn, warps, stages in tilings:
+        try:
+            call = functools.partial(fx.attention, q, k8, ks, v8, vs, None, scale, split=split, block_n=bn,
+                                     warps=warps, stages=stages)
+            out = call().float()
+            us = _graph_us(call)
+            rec.run({"way": "cross-attention fp8 kernel", "batch": b, "keys": s, "split": split or "auto",
+                     "block_n": bn, "warps": warps, "stages": stages, "us": round(us, 1),
+                     "tb_s": round(fp8_bytes / us / 1e6, 3), "rel_vs_reference": _rel(out, ref),
+                     "rel_vs_exact_bf16": _rel(out, exact)})
+        except Exception:
+            rec.error(f"crosskv kernel {split} {bn} {warps} {stages}")
+
+
+def _crosskv_logits_rows(rec, model):
+    """First decoded step, 8 left-padded rows, with the cross-attention gates opened (at 0 the
+    image cannot change the logits): float8 against bf16 keys/values, and bf16 against itself
+    at another batch size (the noise floor of the comparison)."""
+    from extractor.testing.tiny_models import open_cross_attention_gates
+
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("_gate")}
+    open_cross_attention_gates(model, attn=0.9, mlp=-0.7)
+    try:
+        x = make_inputs(8, 400, "cuda", seed=7)
+        _, bf16 = _first_step_logits(model, x)
+        _, fp8 = _first_step_logits(model, x, cross_kv="fp8")
+        _, b4 = _first_step_logits(model, {k: v[:4] for k, v in x.items()})
+        rec.put("crosskv_fp8_vs_bf16_first_decode_step_gates_open", {
+            "rows": 8, "rel_diff": _rel(fp8, bf16), "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
+            "bf16_b4_vs_b8_rel_diff": _rel(b4, bf16[:4])})
+        print(json.dumps(rec.data["crosskv_fp8_vs_bf16_first_decode_step_gates_open"]), flush=True)
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
+
+
+CROSSKV_WAYS = {"bf16": {}, "cross fp8": {"cross_kv": "fp8"},
+                "fp8 weight-only": {"fp8": "weight-only"},
+                "fp8 weight-only, cross fp8": {"fp8": "weight-only", "cross_kv": "fp8"},
+                "fp8 weight-only+text-prefill, cross fp8": {"fp8": "weight-only", "fp8_prefill": "text",
+                                                            "cross_kv": "fp8"}}
+
+
+def section_crosskv(rec, model, args):
+    """Float8 cross-attention keys/values: the kernel alone, the logits, then the engine."""
+    _crosskv_kernel_rows(rec, args)
+    torch.cuda.empty_cache()
+    try:
+        _crosskv_logits_rows(rec, model)
+    except Exception:
+        rec.error("crosskv logits")
+    for batch in [int(b) for b in args.engine_batches.split(",")]:
+        for label, kw in CROSSKV_WAYS.items():
+            try:
+                engine, _ = run_engine(rec, model, batch, args, label=f"engine {label}", **kw)
+                if engine._graph is not None:
+                    rec.run({"way": f"engine {label}", "batch": batch,
+                             "graph_replay_ms": round(time_graph_replay(engine), 2)})
+                engine.release()
+                del engine
+            except Exception:
+                rec.error(f"crosskv {label} batch {batch}")
+            torch.cuda.empty_cache()
+
+
 def _first_step_logits(model, x, **kwargs):
     from extractor.engine import MllamaStaticEngine
 
@@ -1018,7 +1134,7 @@ def main():
     env = section_env(rec) if "env" in sections else {}
     model = None
     if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8",
-                        "fp8check", "refill", "prefill", "overlap"}:
+                        "fp8check", "refill", "prefill", "overlap", "crosskv"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -1035,6 +1151,7 @@ def main():
              ("grammar", lambda: section_grammar(rec, model, args)),
              ("fp8", lambda: section_fp8(rec, model, args)),
              ("fp8check", lambda: section_fp8check(rec, model, args)),
+             ("crosskv", lambda: section_crosskv(rec, model, args)),
              ("refill", lambda: section_refill(rec, model, args))]
     for name, fn in steps:
         if name in sections:

@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from extractor.engine import fp8_cross_attention
 from extractor.engine.memory import GIB, free_device_bytes, pick_batch_size, row_bytes
 from extractor.engine.mllama_decode import (
     DecodeOps,
@@ -58,6 +59,20 @@ def _shared_valid_prefix(cross_bias, row_mask) -> int:
         return 0
     keep = int(valid[0].sum())
     return keep if keep and bool(valid[0, :keep].all()) else 0
+
+
+def _kv_quantizer(cross_kv: str, compiled: bool):
+    """The float8 cross keys/values' quantizer: one fused kernel when ``compiled``, else four
+    passes through float32; None for bf16 keys/values."""
+    if cross_kv not in ("bf16", "fp8"):
+        raise ValueError(f"cross_kv must be 'bf16' or 'fp8', not {cross_kv!r}")
+    if cross_kv == "bf16":
+        return None
+    if compiled:
+        import torch
+
+        return torch.compile(fp8_cross_attention.quantize, fullgraph=True)
+    return fp8_cross_attention.quantize
 
 
 class MllamaStaticEngine(SlotScheduler):
@@ -111,6 +126,9 @@ class MllamaStaticEngine(SlotScheduler):
     fewer copies (a prefill mixing tile counts runs it once per count).
     ``fuse_add_norm`` (default on, with ``compile_ops``): each residual add and the RMSNorm
     after it are one compiled kernel (off only to measure it).
+    ``cross_kv="fp8"`` (opt-in): the cross-attention keys/values are kept as float8 e4m3 with a
+    scale per row and head (half the bytes a decode step reads from them; a quarter of a step's
+    bytes at batch 32 in bf16) and read by ``engine/fp8_cross_attention.py``'s kernel. Not exact.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -125,7 +143,7 @@ class MllamaStaticEngine(SlotScheduler):
                  score_tokens: bool = True, fp8: bool | str = False,
                  refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4,
                  overlap_prefill: bool = False, decode_priority: bool = False, fuse_add_norm: bool = True,
-                 fp8_prefill: bool | str = False, own_vision_tower: bool = True):
+                 fp8_prefill: bool | str = False, own_vision_tower: bool = True, cross_kv: str = "bf16"):
         import torch
 
         self.model = model.eval()
@@ -142,6 +160,7 @@ class MllamaStaticEngine(SlotScheduler):
         if compile_ops:
             self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
         self._fp8_prefill = self._fp8_prefill_of(model, fp8_prefill, compile_ops) if fp8_prefill else None
+        self.cross_kv, self._quantize_kv = cross_kv, _kv_quantizer(cross_kv, compile_ops and on_cuda)
         self._tower = self._tower_of(model, own_vision_tower and mask_free_prefill and fp8_prefill in (False, "text"),
                                      compile_ops)
         self.prefill_sdpa_backends = prefill_sdpa_backends
@@ -336,11 +355,13 @@ class MllamaStaticEngine(SlotScheduler):
                             max_len=inputs["input_ids"].shape[1] + max_new + self.len_multiple
                             + max(self.eos_check_every, self.refill_check_every),
                             cross_len=cross_len, vocab_size=w.lm_head.shape[0], hidden_size=w.hidden_size,
-                            dtype_bytes=w.embed.element_size())
+                            dtype_bytes=w.embed.element_size(),
+                            cross_dtype_bytes=1 if self.cross_kv == "fp8" else None)
         # Prefill of one sub-batch: vision states (+ intermediate layers), projected states and
         # HF's own cache of the cross keys/values, per row; doubled for the allocator's slack.
         vision_dim = self.model.config.vision_config.vision_output_dim
-        prefill_row = cross_len * (vision_dim + w.hidden_size) * 2 * 2 + per_row.cross_kv
+        prefill_row = cross_len * (vision_dim + w.hidden_size) * 2 * 2 + per_row.cross_kv * (
+            2 if self.cross_kv == "fp8" else 1)  # HF's cache holds them in bf16
         held = self._state_bytes()
         free = free_device_bytes(self.device) + held
         cap = pick_batch_size(free, per_row.total, reserve_bytes=2 * GIB + self.prefill_batch * prefill_row,
@@ -475,8 +496,12 @@ class MllamaStaticEngine(SlotScheduler):
                         raise RuntimeError(f"cross-attention cache holds {layer.keys.shape[2]} vision "
                                            f"tokens, expected {self._full_cross_len}")
                     keep = st.cross_k[ci].shape[2]
-                    st.cross_k[ci][rows] = layer.keys[:, :, :keep]
-                    st.cross_v[ci][rows] = layer.values[:, :, :keep]
+                    if st.cross_k_scale is None:
+                        st.cross_k[ci][rows] = layer.keys[:, :, :keep]
+                        st.cross_v[ci][rows] = layer.values[:, :, :keep]
+                    else:  # float8, quantized once here: the decode only reads them
+                        self._put_fp8(st.cross_k[ci], st.cross_k_scale[ci], rows, layer.keys[:, :, :keep])
+                        self._put_fp8(st.cross_v[ci], st.cross_v_scale[ci], rows, layer.values[:, :, :keep])
                 ci += 1
                 continue
             if isinstance(start, int):
@@ -519,6 +544,8 @@ class MllamaStaticEngine(SlotScheduler):
             min_new=zeros(bsz, dtype=torch.long), row_step=zeros(bsz, dtype=torch.long),
             max_new_row=torch.full((bsz,), max_new, device=dev, dtype=torch.long),
             pad_id=self.pad_id, cos=cos, sin=sin)
+        if self.cross_kv == "fp8" and cross_len:
+            self._fp8_cross_state(st, n_cross)
         if constrained:
             vocab = w.lm_head.shape[0]
             st.logits = zeros(bsz, vocab, dtype=torch.float32)
@@ -548,6 +575,24 @@ class MllamaStaticEngine(SlotScheduler):
                     log.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
             self.stats["capture_s"] = self.stats.get("capture_s", 0.0) + time.perf_counter() - t0
         self._key = key
+
+    def _put_fp8(self, dst, dst_scale, rows, x) -> None:
+        """Quantize ``x`` into float8 ``dst`` rows ``rows`` (a slice or an index tensor), scales too
+        (written as bytes: indexed writes of float8 tensors are not implemented everywhere)."""
+        q, scale = self._quantize_kv(x)
+        dst.view(self._torch.uint8)[rows] = q.view(self._torch.uint8)
+        dst_scale[rows] = scale
+
+    def _fp8_cross_state(self, st: DecodeState, n_cross: int) -> None:
+        """Float8 cross-attention keys/values (same shapes) and their scales; the attention over them."""
+        torch = self._torch
+        bsz, nkv = st.cross_k[0].shape[:2]
+        st.cross_k = [torch.zeros_like(t, dtype=torch.float8_e4m3fn) for t in st.cross_k]
+        st.cross_v = [torch.zeros_like(t, dtype=torch.float8_e4m3fn) for t in st.cross_v]
+        st.cross_k_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
+        st.cross_v_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
+        kernel = fp8_cross_attention.available(self.device)
+        st.cross_fp8 = fp8_cross_attention.attention if kernel else fp8_cross_attention.reference
 
     def _capture(self, st: DecodeState):
         """Warm up (kernel selection, workspaces) then capture one decode step: one graph, or

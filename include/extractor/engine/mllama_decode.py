@@ -343,6 +343,12 @@ class DecodeState:
     logits: Any = None   # [B, V] float32
     allow: Any = None    # [B, ceil(V / 32)] int32
     bit_shifts: Any = None  # [32] int32: 0..31
+    # Float8 cross-attention keys/values (``cross_kv="fp8"``): ``cross_k``/``cross_v`` are float8
+    # e4m3 and these their per-row, per-head float32 scales [B, kv]; ``cross_fp8`` the attention
+    # over them (``fp8_cross_attention.attention`` on CUDA, its float32 ``reference`` elsewhere).
+    cross_k_scale: list | None = None
+    cross_v_scale: list | None = None
+    cross_fp8: Any = None
 
 
 def decode_step(w: TextWeights, st: DecodeState) -> None:
@@ -422,8 +428,12 @@ def _cross_layer(w: TextWeights, lw: LayerWeights, st: DecodeState, h, pending, 
     nkv, nrep, hd = w.num_kv_heads, w.num_heads // w.num_kv_heads, w.head_dim
     h, x = _enter(w, h, pending, lw.ln1)
     q = ops.rms(linear(x, lw.wq, ops.quant).view(bsz, nkv, nrep, hd), lw.q_norm, w.eps)
-    a = F.scaled_dot_product_attention(q, st.cross_k[ci], st.cross_v[ci], attn_mask=st.cross_bias,
-                                       scale=hd ** -0.5)
+    if st.cross_k_scale is None:
+        a = F.scaled_dot_product_attention(q, st.cross_k[ci], st.cross_v[ci], attn_mask=st.cross_bias,
+                                           scale=hd ** -0.5)
+    else:
+        a = st.cross_fp8(q, st.cross_k[ci], st.cross_k_scale[ci], st.cross_v[ci], st.cross_v_scale[ci],
+                         st.cross_bias, hd ** -0.5)
     out = linear(a.reshape(bsz, 1, w.num_heads * hd), lw.wo, ops.quant)
     h, x = ops.add_rms(h, out, lw.ln2, w.eps, lw.gate_attn)
     return h, (_mlp(x, lw, w), lw.gate_mlp, st.row_mask)

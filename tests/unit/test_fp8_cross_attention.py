@@ -1,0 +1,106 @@
+"""The float8 cross-attention kernel (engine/fp8_cross_attention.py) on the CPU, under Triton's
+interpreter: the same kernel source the GPU compiles, run op by op, against the float32
+reference over the dequantized keys and values. The interpreter must be chosen before Triton
+is imported, so those checks run in a child process (this file run as a script). On the GPU the
+compiled kernel is checked against the same reference at the 11B shape by
+bench/gpu_throughput.py (section ``crosskv``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from extractor.engine import fp8_cross_attention as fx  # noqa: E402
+
+MIN = torch.finfo(torch.float32).min
+
+
+def _inputs(b=2, h=2, r=4, s=300, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, r, d, generator=g)
+    k = torch.randn(b, h, s, d, generator=g) * torch.linspace(0.2, 3.0, h)[None, :, None, None]
+    v = torch.randn(b, h, s, d, generator=g)
+    return q, k, v
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _kernel_checks() -> dict:
+    """Run in the child process, under the interpreter: each case's errors against the
+    dequantized reference and against exact attention."""
+    q, k, v = _inputs()
+    k8, ks = fx.quantize(k)
+    v8, vs = fx.quantize(v)
+    masked = torch.zeros(2, 1, 1, 300)
+    masked[0, ..., 200:] = MIN  # row 0 sees its first 200 keys (a padding tile, as HF masks it)
+    out = {}
+    for name, bias in (("open", None), ("masked", masked)):
+        want = fx.reference(q, k8, ks, v8, vs, bias, 32 ** -0.5)
+        exact = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=32 ** -0.5)
+        for split in (1, 2, 3, 8):
+            got = fx.attention(q, k8, ks, v8, vs, bias, 32 ** -0.5, split=split, block_n=32)
+            out[f"{name}/{split}"] = {"shape_ok": got.shape == want.shape and got.dtype == q.dtype,
+                                      "vs_reference": _rel(got, want), "vs_exact": _rel(got, exact)}
+    q, k, v = _inputs(b=1, r=2, s=100)  # every key masked: SDPA attends uniformly, so must the kernel
+    k8, ks = fx.quantize(k)
+    v8, vs = fx.quantize(v)
+    got = fx.attention(q, k8, ks, v8, vs, torch.full((1, 1, 1, 100), MIN), 32 ** -0.5, split=2, block_n=32)
+    mean = fx.dequantize(v8, vs, torch.float32).mean(dim=2, keepdim=True).expand_as(got)
+    out["all_masked"] = {"finite": bool(torch.isfinite(got).all()), "vs_mean": _rel(got, mean)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(fx.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_quantize_keeps_each_heads_range_and_rounds_within_fp8s_step():
+    _, k, _ = _inputs()
+    k8, scale = fx.quantize(k)
+    assert k8.dtype == torch.float8_e4m3fn and scale.shape == k.shape[:2]
+    assert torch.allclose(k8.float().abs().amax(dim=(-2, -1)), torch.full_like(scale, 448.0))
+    back = fx.dequantize(k8, scale, torch.float32)
+    floor = scale[..., None, None] * 2 ** -6  # e4m3's smallest normal, in the head's units
+    rel = (back - k).abs() / k.abs().clamp(min=floor)
+    assert float(rel.max()) <= 2 ** -4 * 1.01  # 3 mantissa bits: half a step is 1/16 at most
+
+
+@pytest.mark.parametrize("case", [f"{m}/{s}" for m in ("open", "masked") for s in (1, 2, 3, 8)])
+def test_kernel_equals_the_dequantized_reference(interpreted, case):
+    got = interpreted[case]
+    assert got["shape_ok"]
+    assert got["vs_reference"] < 2e-3, got  # float16 queries and probabilities in the kernel: ~3e-4
+    assert 0.005 < got["vs_exact"] < 0.08, got  # FP8's own rounding: there, and small
+
+
+def test_a_row_whose_every_key_is_masked_attends_uniformly_like_sdpa(interpreted):
+    assert interpreted["all_masked"]["finite"]
+    assert interpreted["all_masked"]["vs_mean"] < 1e-4
+
+
+def test_splits_give_the_card_programs_without_tiny_splits():
+    assert fx.splits_for(256, 6404) == 2  # batch 32 x 8 heads, 4 tiles: 512 programs on 132 SMs
+    assert fx.splits_for(512, 6404) == 1
+    assert fx.splits_for(64, 6404) == 8
+    assert fx.splits_for(8, 6404) == 8  # one row: 64 programs of 800 keys
+    assert fx.splits_for(8, 300) == 1  # too few keys to split
+
+
+if __name__ == "__main__":  # the child process of ``interpreted``
+    torch.set_num_threads(1)
+    print(json.dumps(_kernel_checks()))
