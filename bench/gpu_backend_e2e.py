@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--grammar", choices=["receipt-json", "none"], default="receipt-json",
                     help="the backend's decoding grammar (default: its own default); with a grammar the "
                          "output length is not pinned (a closed object allows only EOS)")
+    ap.add_argument("--quantization", choices=["fp8"], help="the spec's quantization (fp8: the static engine's "
+                    "float8 weights and cross keys/values, as the fp8 preset runs them; no generate comparison)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--barrier", help="folder: after warm-up, wait until --workers files are there "
                                       "(bench/gpu_workers.py starts one process per GPU this way)")
@@ -106,11 +108,12 @@ def main() -> None:
     rec["image_processor"] = type(processor.image_processor).__name__
     items = receipts(a.receipts)
     for engine in ("auto", "generate"):
-        if engine == "generate" and not a.generate_receipts:
+        if engine == "generate" and (not a.generate_receipts or a.quantization):
             continue
         spec = resolve_spec({"backend": "hf", "model_id": "random/llama-3.2-11b-vision-shape",
                              "batch_size": a.batch, "max_new_tokens": a.new, "engine": engine,
-                             "device_map": None, "grammar": a.grammar})
+                             "device_map": None, "grammar": a.grammar, "quantization": a.quantization})
+        rec["extractor_version"] = spec.version
         backend = PreloadedBackend(spec)
         probe = backend.batch_inputs([backend._preprocess(items[0])], [backend.processor.apply_chat_template(
             __import__("extractor.prompts", fromlist=["x"]).build_messages(spec, backend.questions["full"]),
