@@ -43,11 +43,15 @@ CURRENCY_ALIASES = {
 _CURRENCY_WORDS = frozenset(k for k in CURRENCY_ALIASES if k.isalpha()) | ISO_4217
 _SYMBOLS = sorted((k for k in CURRENCY_ALIASES if not k.isalpha()), key=len, reverse=True)
 
+# Month names and abbreviations, looked up as whole words: English, a few French and
+# Spanish ones, and Malay and Indonesian (JANUARI ... DISEMBER / DIS, MARET, AGUSTUS / AGT,
+# DESEMBER / DES), which Malaysian receipts print.
 MONTHS = {m: i for i, names in enumerate(
-    ["", "JAN JANUARY JANVIER JAN. ENE ENERO", "FEB FEBRUARY FEV FEB.", "MAR MARCH MARS",
-     "APR APRIL AVR ABR", "MAY MAI MAYO", "JUN JUNE JUIN", "JUL JULY JUIL",
-     "AUG AUGUST AOUT AGO", "SEP SEPT SEPTEMBER", "OCT OCTOBER OKT", "NOV NOVEMBER",
-     "DEC DECEMBER DEZ DIC"]) for m in names.split()}
+    ["", "JAN JANUARY JANVIER JAN. ENE ENERO JANUARI", "FEB FEBRUARY FEV FEB. FEBRUARI",
+     "MAR MARCH MARS MAC MARET", "APR APRIL AVR ABR", "MAY MAI MAYO MEI", "JUN JUNE JUIN JUNI",
+     "JUL JULY JUIL JULAI JULI", "AUG AUGUST AOUT AGO OGOS AGUSTUS AGT", "SEP SEPT SEPTEMBER",
+     "OCT OCTOBER OKT OKTOBER", "NOV NOVEMBER", "DEC DECEMBER DEZ DIC DISEMBER DIS DESEMBER DES"])
+    for m in names.split()}
 
 
 def parse_currency(value: str | None) -> str | None:

@@ -110,6 +110,22 @@ def _print_date(d: dt.date, style: str) -> str:
     }[style]
 
 
+MALAY_MONTH = ["Januari", "Februari", "Mac", "April", "Mei", "Jun", "Julai", "Ogos", "September",
+               "Oktober", "November", "Disember"]
+MALAY_ABBR = ["JAN", "FEB", "MAC", "APR", "MEI", "JUN", "JUL", "OGOS", "SEP", "OKT", "NOV", "DIS"]
+INDONESIAN_MONTH = ["Januari", "Februari", "Maret", "April", "Mei", "Juni", "Juli", "Agustus", "September",
+                    "Oktober", "November", "Desember"]
+INDONESIAN_ABBR = ["JAN", "FEB", "MAR", "APR", "MEI", "JUN", "JUL", "AGT", "SEP", "OKT", "NOV", "DES"]
+
+
+def _print_local_date(d: dt.date, style: str) -> str:
+    names = {"ms": MALAY_MONTH, "ms_abbr": MALAY_ABBR, "id": INDONESIAN_MONTH, "id_abbr": INDONESIAN_ABBR}
+    language, form = style.split(":")
+    month = names[language][d.month - 1]
+    return {"d_mon_y": f"{d.day} {month} {d.year}", "d-mon-yy": f"{d.day:02d}-{month}-{d.year % 100:02d}",
+            "mon_d_y": f"{month} {d.day}, {d.year}", "upper": f"{d.day} {month.upper()} {d.year}"}[form]
+
+
 DAY_FIRST_STYLES = ["dmy", "dmy_dash", "dmy_dot_yy", "dmy_yy", "compact", "with_time"]
 UNAMBIGUOUS_STYLES = ["ymd", "ymd_slash", "mon_d_y", "month_d_th_y", "d_mon_y", "d_mon_yy", "d_month_y"]
 
@@ -150,6 +166,19 @@ def test_plausibility_prefers_a_date_not_in_the_future():
 def test_two_digit_years_pivot_at_70():
     assert normalize.parse_date("01/02/69") == dt.date(2069, 2, 1)
     assert normalize.parse_date("01/02/70") == dt.date(1970, 2, 1)
+
+
+@SETTINGS
+@given(dates, st.sampled_from([f"{language}:{form}" for language in ("ms", "ms_abbr", "id", "id_abbr")
+                               for form in ("d_mon_y", "d-mon-yy", "mon_d_y", "upper")]))
+def test_malay_and_indonesian_month_names_read_back_equal(d, style):
+    assert normalize.parse_date(_print_local_date(d, style), day_first=False) == d
+
+
+@pytest.mark.parametrize("text", ["10 DISCOUNT 20", "5 MACHINE 18", "MEIJI 12", "2 MACAROON 2018"])
+def test_words_that_start_like_a_month_are_not_months(text):
+    with pytest.raises(NormalizationError):
+        normalize.parse_date(text)
 
 
 @pytest.mark.parametrize("text", ["31/02/2018", "not a date", "2018-13-45", "99/99/99"])

@@ -90,6 +90,50 @@ def test_dates_the_recogniser_garbles_are_candidates(line, expected):
     assert expected in {c.value for c in date_candidates(lines_from_text(line))}
 
 
+@pytest.mark.parametrize("line, expected", [
+    ("Tarikh: 12 MAC 2018", date(2018, 3, 12)),
+    ("05 OGOS 2017 14:22", date(2017, 8, 5)),
+    ("TGL 3 DES 2019", date(2019, 12, 3)),
+    ("1 MEI 18", date(2018, 5, 1)),
+    ("DIS 25, 2018", date(2018, 12, 25)),
+    ("Tarikh : 28 Disember 2017 10:02", date(2017, 12, 28)),
+    ("12-OKT-18", date(2018, 10, 12)),
+    ("12MAC2018 09:41", date(2018, 3, 12)),  # the recogniser's lost spaces
+    ("Tanggal 17 Agustus 2019", date(2019, 8, 17)),
+    ("5 Agt 19", date(2019, 8, 5)),
+    ("07 Oktober 2018", date(2018, 10, 7)),
+    ("Mac 3, 2018", date(2018, 3, 3)),
+    ("17 Maret 2018", date(2018, 3, 17)),  # Malay and Indonesian names that start like English ones
+    ("3 Julai 2017", date(2017, 7, 3)),
+    ("07 Februari 2018", date(2018, 2, 7)),
+    ("2 Juni 2018", date(2018, 6, 2)),
+])
+def test_malay_and_indonesian_month_names(line, expected):
+    assert date_candidates(lines_from_text(line))[0].value == expected
+    assert parse_receipt(lines_from_text(f"SHOP ENTERPRISE\n{line}\nTOTAL   1.00")).values["date"] == expected
+
+
+@pytest.mark.parametrize("line", [
+    "10 DISCOUNT 20", "5 MACHINE 18", "MEIJI 12", "MEIJI 12 2018", "PARADIS 25 2018", "2 MACAROON 18",
+    "1 DESSERT 20", "OGOS 2017",  # a month and year, not 20 August 2017
+    "1 DIS 20.00", "DIS 5 12.50",  # a discount's amount is not a year
+])
+def test_words_that_start_like_a_month_are_not_dates(line):
+    assert date_candidates(lines_from_text(line)) == []
+
+
+@pytest.mark.parametrize("line, values", [
+    ("DATE 12 MAR 2018", [date(2018, 3, 12), date(2018, 3, 20)]),  # "MAR 2018" read as 20 March too
+    ("Dec 25, 2018", [date(2018, 12, 25)]),
+    ("25-Dec-18 13:05", [date(2018, 12, 25)]),
+    ("12 DECORATION 20", []),
+    ("MAY 2018", [date(2018, 5, 20)]),
+    ("18 SEPTEMBER 2018", [date(2018, 9, 18), date(2018, 9, 20)]),
+])
+def test_english_month_names_read_as_before(line, values):
+    assert [c.value for c in date_candidates(lines_from_text(line))] == values
+
+
 def test_a_year_ending_in_3_also_offers_the_8_it_may_be():
     dates = date_candidates(lines_from_text("04-05-2013 16:07"))
     assert [(c.value, bool(c.extra.get("year_misread"))) for c in dates] == [

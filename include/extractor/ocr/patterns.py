@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import re
 
+# English month names, read as the start of a word: "MARCH", "SEPT.", and the Malay and
+# Indonesian names that start like them (JANUARI, FEBRUARI, MARET, APRIL, JUN, JUNI, JULAI...).
 MONTH_NAMES = r"JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|SEPT|OCT|NOV|DEC"
+# The Malay and Indonesian names that do not, read only as whole words: "MAC" and "DIS" start
+# "MACHINE" and "DISCOUNT". normalize.MONTHS maps every name to its month.
+LOCAL_MONTH_NAMES = r"MAC|MEI|OGOS|AGUSTUS|AGT|OKTOBER|OKT|DISEMBER|DIS|DESEMBER|DES"
+_LOCAL_MONTH = r"(?<![A-Z])(?:" + LOCAL_MONTH_NAMES + r")(?![A-Z])"
 DATE_RE = re.compile(
     r"(?<!\d)(?:"
     r"(?P<iso>20\d{2}[-/.]\d{1,2}[-/.]\d{1,2})"
     r"|(?P<dmy>\d{1,2}\s?(?P<sep>[-/.])\s?\d{1,2}\s?(?P=sep)\s?(?:20)?\d{2})"
     r"|(?P<dmon>\d{1,2}[-/ .]?(?:" + MONTH_NAMES + r")[A-Z]*[-/ .,]*(?:20)?\d{2})"
     r"|(?P<mond>(?:" + MONTH_NAMES + r")[A-Z]*\.?\s?\d{1,2},?\s?(?:20)?\d{2})"
+    # the local names: the year is not an amount's whole part ("1 DIS 20.00", "DIS 5 12.50"), and
+    # "OGOS 2017" is a month and year, not 20 August 2017 (the day is set off from the year)
+    r"|(?P<dmon_local>\d{1,2}[-/ .]?" + _LOCAL_MONTH + r"[-/ .,]*(?:20)?\d{2}(?![.,]\d))"
+    r"|(?P<mond_local>" + _LOCAL_MONTH + r"\.?\s?\d{1,2}(?:,\s?|\s)(?:20)?\d{2}(?![.,]\d))"
     r")(?!\d)", re.IGNORECASE)
 # The recogniser drops the space between a date and its time: "16-04-201814:51",
 # "25 Mar 20189:27PM", "27/06/185:02:32 PM" (year, then a time of one or two hour digits),
