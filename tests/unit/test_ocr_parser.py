@@ -134,6 +134,31 @@ def test_english_month_names_read_as_before(line, values):
     assert [c.value for c in date_candidates(lines_from_text(line))] == values
 
 
+def test_the_malay_and_indonesian_words_for_date_are_date_keywords():
+    from extractor.ocr import features
+
+    def feats(text):
+        lines = lines_from_text(text)
+        dates = date_candidates(lines)
+        features.date_features(features.Page.of(lines), dates)
+        return {str(c.value): c.extra["features"] for c in dates}
+
+    for word in ("Date", "Tarikh", "TRKH", "Tanggal", "TGL"):
+        f = feats(f"SHOP ENTERPRISE\n{word}: 12/03/2018\nMember since 01/01/2015")
+        assert f["2018-03-12"]["kw_date"] == f["2018-03-12"]["date_right_before"] == 1.0, word
+        assert f["2018-03-12"]["own_kw_date_fuzzy"] == 1.0, word
+        assert f["2015-01-01"]["kw_date"] == f["2015-01-01"]["date_right_before"] == 0.0, word
+        f = feats(f"SHOP ENTERPRISE\n{word}\n12/03/2018")
+        assert f["2018-03-12"]["prev_date"] == f["2018-03-12"]["prev_kw_date_fuzzy"] == 1.0, word
+    f = feats("SHOP ENTERPRISE\nSTGLX 12/03/2018")  # TGL only as a word
+    assert f["2018-03-12"]["kw_date"] == f["2018-03-12"]["own_kw_date_fuzzy"] == 0.0
+
+
+def test_naive_rules_take_the_date_the_malay_word_names():
+    text = "SHOP ENTERPRISE\nMember since 01/01/2015\nTRKH: 12/03/2018\nTOTAL   1.00"
+    assert parse_receipt(lines_from_text(text)).values["date"] == date(2018, 3, 12)
+
+
 def test_a_year_ending_in_3_also_offers_the_8_it_may_be():
     dates = date_candidates(lines_from_text("04-05-2013 16:07"))
     assert [(c.value, bool(c.extra.get("year_misread"))) for c in dates] == [

@@ -103,6 +103,21 @@ def test_a_page_without_a_date_has_its_date_lines_read_again():
     assert reader_calls == [["DATE: 10/03/201"]]  # only the date line: the names were not doubtful
 
 
+@pytest.mark.parametrize("word", ["Date", "Tarikh", "TRKH", "Tanggal", "TGL"])
+def test_a_line_the_malay_or_indonesian_word_labels_is_a_date_line(word):
+    lines = lines_from_text(GARBLED.replace("DATE: 10/03/2018", f"{word}: 1O MAC 2O18"))
+    reader_calls = []
+
+    def reader(boxes):
+        reader_calls.append([b.text for b in boxes])
+        return [(b.text.replace("O", "0"), 0.999) for b in boxes]
+
+    picker, never = load_default_picker(), SecondOpinionSettings(min_probability=0.0, min_box_score=0.0)
+    parsed = parse_receipt(lines, picker=picker, reader=reader, second_opinion=never)
+    assert parsed.values["date"].isoformat() == "2018-03-10"
+    assert reader_calls == [[f"{word}: 1O MAC 2O18"]]
+
+
 def test_cached_reader_reads_a_box_only_once(tmp_path):
     made = []
 

@@ -352,7 +352,8 @@ def total_features(page: Page, cands: Sequence[Candidate]) -> None:
 
 
 _DATE_KW = {
-    "kw_date_fuzzy": r"D\s?[A4]\s?[TI1]\s?[E3F]|TARIKH|TRH", "kw_invoice": r"INVOICE|RECEIPT|BILL|INV\b|DOC",
+    "kw_date_fuzzy": r"D\s?[A4]\s?[TI1]\s?[E3F]|TRH|" + patterns.DATE_WORDS,
+    "kw_invoice": r"INVOICE|RECEIPT|BILL|INV\b|DOC",
     "kw_expiry": r"EXP|VALID|UNTIL|BEFORE", "kw_due_word": r"\bDUE\b", "kw_print": r"PRINT",
     "kw_check": r"CHECK|CLOSED|OPEN|IN\b|OUT\b|TIME", "kw_member": r"MEMBER|CARD|POINT|JOIN|SINCE|BIRTH",
 }
@@ -360,6 +361,13 @@ _DATE_KW_RE = {k: re.compile(v, re.IGNORECASE) for k, v in _DATE_KW.items()}
 
 
 _GST_START = date(2015, 4, 1)
+# the line ends in the word for "date" just before the candidate ("DATE:", "Tarikh :")
+_DATE_RIGHT_BEFORE = re.compile(r"(?:D\s?[A4]\s?[TI1]\s?[E3F]|" + patterns.DATE_WORDS + r")\W*$")
+
+
+def _names_date(text: str) -> bool:
+    """The line has the word DATE (also inside 'UPDATED', as ever) or its Malay / Indonesian word."""
+    return "DATE" in text or patterns.DATE_WORD_RE.search(text) is not None
 
 
 def date_features(page: Page, cands: Sequence[Candidate]) -> None:
@@ -379,8 +387,8 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
         before = own[:max(own.find(c.text.upper()), 0)]
         f = {"bias": 1.0, "y": (page.lines[c.line].y0 - page.y0) / page.height,
              "first": float(k == 0), "first_line": float(c.line == first_line),
-             "count": min(counts[c.value], 4) / 4, "kw_date": float("DATE" in own or "TARIKH" in own),
-             "prev_date": float("DATE" in prev), "has_time": float(bool(patterns.TIME_RE.search(own))),
+             "count": min(counts[c.value], 4) / 4, "kw_date": float(_names_date(own)),
+             "prev_date": float(_names_date(prev)), "has_time": float(bool(patterns.TIME_RE.search(own))),
              "next_time": float(bool(patterns.TIME_RE.search(nxt))),
              "kw_due": float(bool(re.search(r"DUE|EXP|VALID|PRINT", own))),
              "iso": float(bool(re.match(r"\d{4}", c.text))),
@@ -393,7 +401,7 @@ def date_features(page: Page, cands: Sequence[Candidate]) -> None:
              "year_misread": float(bool(c.extra.get("year_misread"))),
              # Malaysia charged GST from 2015-04-01 to 2018-08-31: a GST receipt is not older
              "before_gst": float(gst and c.value < _GST_START),
-             "date_right_before": float(bool(re.search(r"D\s?[A4]\s?[TI1]\s?[E3F]\W*$|TARIKH\W*$", before)))}
+             "date_right_before": float(bool(_DATE_RIGHT_BEFORE.search(before)))}
         f.update({f"own_{n}": float(bool(r.search(own))) for n, r in _DATE_KW_RE.items()})
         f.update({f"prev_{n}": float(bool(r.search(prev))) for n, r in _DATE_KW_RE.items()})
         c.extra["features"] = f

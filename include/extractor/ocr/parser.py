@@ -162,7 +162,8 @@ def naive_total(cands: Sequence[Candidate]) -> Candidate | None:
 
 def naive_date(cands: Sequence[Candidate], lines: Sequence[Line]) -> Candidate | None:
     for c in cands:
-        if "DATE" in lines[c.line].text.upper() or "TARIKH" in lines[c.line].text.upper():
+        text = lines[c.line].text.upper()
+        if "DATE" in text or patterns.DATE_WORD_RE.search(text):
             return c
     return cands[0] if cands else None
 

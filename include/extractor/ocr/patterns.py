@@ -26,6 +26,10 @@ DATE_RE = re.compile(
     r"|(?P<dmon_local>\d{1,2}[-/ .]?" + _LOCAL_MONTH + r"[-/ .,]*(?:20)?\d{2}(?![.,]\d))"
     r"|(?P<mond_local>" + _LOCAL_MONTH + r"\.?\s?\d{1,2}(?:,\s?|\s)(?:20)?\d{2}(?![.,]\d))"
     r")(?!\d)", re.IGNORECASE)
+# The Malay (TARIKH, TRKH) and Indonesian (TANGGAL, TGL) words for "date", wherever the
+# English DATE is looked for near a date; the short forms only as whole words.
+DATE_WORDS = r"TARIKH|TANGGAL|(?<![A-Z])(?:TRKH|TGL)(?![A-Z])"
+DATE_WORD_RE = re.compile(DATE_WORDS, re.IGNORECASE)
 # The recogniser drops the space between a date and its time: "16-04-201814:51",
 # "25 Mar 20189:27PM", "27/06/185:02:32 PM" (year, then a time of one or two hour digits),
 # and "18:1524/05/18" (a time, then the date).

@@ -27,13 +27,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from extractor.ocr import patterns
 from extractor.ocr.layout import Line, PlacedBox
 
 # boxes -> one (text, score) per box, in order
 Reader = Callable[[Sequence[PlacedBox]], list[tuple[str, float]]]
 FIELDS = ("store_name", "store_address")
 # a line that names a date or prints part of one: re-read when the page gave no date
-_DATE_LINE = re.compile(r"D\s?A\s?T\s?E|TARIKH|\d{1,2}\s?[-/.]\s?\w{1,3}\s?[-/.]\s?\d", re.IGNORECASE)
+_DATE_LINE = re.compile(r"D\s?A\s?T\s?E|" + patterns.DATE_WORDS + r"|\d{1,2}\s?[-/.]\s?\w{1,3}\s?[-/.]\s?\d",
+                        re.IGNORECASE)
 
 
 @dataclass(frozen=True)
