@@ -16,5 +16,7 @@ lines are the store name and address and which date/amount is the receipt's.
 # re-reads fewer store names and addresses; same weights; v7: an amount tendered -- on a cash /
 # tender line or just above CHANGE, and less a non-zero change another amount of the page --
 # is not offered as the total ("Accepted total 10.00 / Change 5.00"); features unchanged,
-# weights refitted on the rebuilt OCR cache).
-PARSER_VERSION = "parser-v7"
+# weights refitted on the rebuilt OCR cache; v8: Malay and Indonesian month names (MAC, OGOS,
+# DIS ...) and words for "date" (TARIKH, TRKH, TANGGAL, TGL) in the existing date features;
+# same features, same weights).
+PARSER_VERSION = "parser-v8"
