@@ -42,6 +42,9 @@ Sections (``--sections``, comma separated, run in this order):
             cross-attention call, bf16 SDPA against the float8 kernel at several tilings (and its
             error against the dequantized reference); the first step's logits with the gates
             opened; the engine with and without it at ``--engine-batches``
+  fp8kv     float8 keys/values of the image and of the self-attention cache (``self_kv="fp8"``,
+            opt-in): each kernel alone against bf16 SDPA (and the step's cache write), the first
+            step's logits with the gates opened, the engine with each at ``--engine-batches``
   quant     generate with bitsandbytes 8-bit and 4-bit (needs the wheel; saves a checkpoint
             to /dev/shm first), batch ``--quant-batch``
 Results go to stdout (one JSON line per run, a table at the end) and $OUT/gpu_throughput.json,
@@ -842,11 +845,11 @@ def _graph_us(fn, n=20):
 @torch.inference_mode()
 def _crosskv_kernel_rows(rec, args):
     """One decode cross-attention call at batch 32 (4 tiles: 6,404 keys): bf16 SDPA against the
-    float8 kernel (engine/fp8_cross_attention.py) at several tilings; its error against the
+    float8 kernel (engine/fp8_attention.py) at several tilings; its error against the
     dequantized float32 reference and against exact bf16 attention."""
     import torch.nn.functional as F
 
-    from extractor.engine import fp8_cross_attention as fx
+    from extractor.engine import fp8_attention as fx
 
     b, h, r, s, d = 32, 8, 4, 6404, 128
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -878,10 +881,57 @@ def _crosskv_kernel_rows(rec, args):
             rec.error(f"crosskv kernel {split} {bn} {warps} {stages}")
 
 
-def _crosskv_logits_rows(rec, model):
+@torch.inference_mode()
+def _selfkv_kernel_rows(rec):
+    """One decode self-attention call at batch 32 over a 704-slot cache (a 400-token prompt, 256
+    new tokens, the ring's slack), the last 200 slots masked (-inf, as before they are written):
+    bf16 SDPA with the additive mask against the float8 kernel with per-token scales; and one
+    step's key/value write (two ``index_copy_`` against ``write_token``), checked byte for byte
+    against the torch reference."""
+    import torch.nn.functional as F
+
+    from extractor.engine import fp8_attention as fx
+
+    b, h, r, s, d = 32, 8, 4, 704, 128
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(b, h, r, d, device="cuda", dtype=torch.bfloat16, generator=g) * 3
+    k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    mask = torch.zeros(b, 1, 1, s, device="cuda", dtype=torch.bfloat16)
+    mask[..., 504:] = float("-inf")
+    k8, ks = fx.quantize_tokens(k)
+    v8, vs = fx.quantize_tokens(v)
+    scale = d ** -0.5
+    ref = fx.reference(q, k8, ks, v8, vs, mask, scale).float()
+    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).float()
+    us = _graph_us(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale))
+    rec.run({"way": "self-attention bf16 SDPA, additive mask", "batch": b, "slots": s, "us": round(us, 1),
+             "tb_s": round(2 * k.numel() * 2 / us / 1e6, 3)})
+    for split, bn in ((None, 128), (2, 128), (1, 64), (2, 64)):
+        call = functools.partial(fx.attention, q, k8, ks, v8, vs, mask, scale, split=split, block_n=bn)
+        out = call().float()
+        us = _graph_us(call)
+        rec.run({"way": "self-attention fp8 kernel, per-token scales", "batch": b, "slots": s,
+                 "split": split or "auto", "block_n": bn, "us": round(us, 1),
+                 "tb_s": round((2 * k.numel() + 2 * ks.numel() * 4) / us / 1e6, 3),
+                 "rel_vs_reference": _rel(out, ref), "rel_vs_exact_bf16": _rel(out, exact)})
+    kk, vv = (torch.randn(b, h, 1, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    cur = torch.tensor([300], device="cuda")
+    us = _graph_us(lambda: (k.index_copy_(2, cur, kk), v.index_copy_(2, cur, vv)))
+    rec.run({"way": "step key/value write, bf16 index_copy_ x2", "batch": b, "us": round(us, 1)})
+    caches = [[torch.zeros_like(k8), torch.zeros_like(v8), torch.zeros_like(ks), torch.zeros_like(vs)] for _ in (0, 1)]
+    us = _graph_us(lambda: fx.write_token(kk, vv, *caches[0], cur))
+    fx.write_token_reference(kk, vv, *caches[1], cur)
+    same = all(torch.equal(a.view(torch.uint8) if a.element_size() == 1 else a,
+                           c.view(torch.uint8) if c.element_size() == 1 else c)
+               for a, c in zip(caches[0], caches[1], strict=True))
+    rec.run({"way": "step key/value write, fp8 write_token", "batch": b, "us": round(us, 1),
+             "equal_to_reference": same})
+
+
+def _fp8kv_logits_rows(rec, model):
     """First decoded step, 8 left-padded rows, with the cross-attention gates opened (at 0 the
-    image cannot change the logits): float8 against bf16 keys/values, and bf16 against itself
-    at another batch size (the noise floor of the comparison)."""
+    image cannot change the logits): float8 against bf16 keys/values (the image's, the cache's,
+    both), and bf16 against itself at another batch size (the noise floor of the comparison)."""
     from extractor.testing.tiny_models import open_cross_attention_gates
 
     saved = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("_gate")}
@@ -889,12 +939,15 @@ def _crosskv_logits_rows(rec, model):
     try:
         x = make_inputs(8, 400, "cuda", seed=7)
         _, bf16 = _first_step_logits(model, x)
-        _, fp8 = _first_step_logits(model, x, cross_kv="fp8")
         _, b4 = _first_step_logits(model, {k: v[:4] for k, v in x.items()})
-        rec.put("crosskv_fp8_vs_bf16_first_decode_step_gates_open", {
-            "rows": 8, "rel_diff": _rel(fp8, bf16), "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
-            "bf16_b4_vs_b8_rel_diff": _rel(b4, bf16[:4])})
-        print(json.dumps(rec.data["crosskv_fp8_vs_bf16_first_decode_step_gates_open"]), flush=True)
+        for name, kw in (("cross", {"cross_kv": "fp8"}), ("self", {"self_kv": "fp8"}),
+                         ("cross+self", {"cross_kv": "fp8", "self_kv": "fp8"})):
+            _, fp8 = _first_step_logits(model, x, **kw)
+            key = f"kv_fp8_{name}_vs_bf16_first_decode_step_gates_open"
+            rec.put(key, {"rows": 8, "rel_diff": _rel(fp8, bf16),
+                          "argmax_equal_rows": int((fp8.argmax(-1) == bf16.argmax(-1)).sum()),
+                          "bf16_b4_vs_b8_rel_diff": _rel(b4, bf16[:4])})
+            print(key, json.dumps(rec.data[key]), flush=True)
     finally:
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -907,18 +960,17 @@ CROSSKV_WAYS = {"bf16": {}, "cross fp8": {"cross_kv": "fp8"},
                 "fp8 weight-only, cross fp8": {"fp8": "weight-only", "cross_kv": "fp8"},
                 "fp8 weight-only+text-prefill, cross fp8": {"fp8": "weight-only", "fp8_prefill": "text",
                                                             "cross_kv": "fp8"}}
+FP8KV_WAYS = {"bf16": {}, "cross fp8": {"cross_kv": "fp8"}, "self fp8": {"self_kv": "fp8"},
+              "cross+self fp8": {"cross_kv": "fp8", "self_kv": "fp8"},
+              "fp8 weight-only, cross fp8": {"fp8": "weight-only", "cross_kv": "fp8"},
+              "fp8 weight-only, cross+self fp8": {"fp8": "weight-only", "cross_kv": "fp8", "self_kv": "fp8"},
+              "fp8 weight-only+text-prefill, cross+self fp8": {"fp8": "weight-only", "fp8_prefill": "text",
+                                                               "cross_kv": "fp8", "self_kv": "fp8"}}
 
 
-def section_crosskv(rec, model, args):
-    """Float8 cross-attention keys/values: the kernel alone, the logits, then the engine."""
-    _crosskv_kernel_rows(rec, args)
-    torch.cuda.empty_cache()
-    try:
-        _crosskv_logits_rows(rec, model)
-    except Exception:
-        rec.error("crosskv logits")
+def _engine_rows(rec, model, args, ways):
     for batch in [int(b) for b in args.engine_batches.split(",")]:
-        for label, kw in CROSSKV_WAYS.items():
+        for label, kw in ways.items():
             try:
                 engine, _ = run_engine(rec, model, batch, args, label=f"engine {label}", **kw)
                 if engine._graph is not None:
@@ -927,8 +979,31 @@ def section_crosskv(rec, model, args):
                 engine.release()
                 del engine
             except Exception:
-                rec.error(f"crosskv {label} batch {batch}")
+                rec.error(f"{label} batch {batch}")
             torch.cuda.empty_cache()
+
+
+def section_fp8kv(rec, model, args):
+    """Float8 keys/values, the image's and the self-attention cache's: the kernels alone, the
+    logits, then the engine."""
+    for fn in (_selfkv_kernel_rows, lambda r: _crosskv_kernel_rows(r, args), lambda r: _fp8kv_logits_rows(r, model)):
+        try:
+            fn(rec)
+        except Exception:
+            rec.error("fp8kv kernels or logits")
+        torch.cuda.empty_cache()
+    _engine_rows(rec, model, args, FP8KV_WAYS)
+
+
+def section_crosskv(rec, model, args):
+    """Float8 cross-attention keys/values (the 2026-12-07 runs): the kernel alone, the logits, then the engine."""
+    _crosskv_kernel_rows(rec, args)
+    torch.cuda.empty_cache()
+    try:
+        _fp8kv_logits_rows(rec, model)
+    except Exception:
+        rec.error("crosskv logits")
+    _engine_rows(rec, model, args, CROSSKV_WAYS)
 
 
 def _first_step_logits(model, x, **kwargs):
@@ -1134,7 +1209,7 @@ def main():
     env = section_env(rec) if "env" in sections else {}
     model = None
     if set(sections) & {"check", "engine", "variants", "profile", "tiles2", "generate", "seed", "grammar", "fp8",
-                        "fp8check", "refill", "prefill", "overlap", "crosskv"}:
+                        "fp8check", "refill", "prefill", "overlap", "crosskv", "fp8kv"}:
         t, model = timed(build_model)
         rec.put("model", {"build_s": round(t, 1), "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
                           "weights_gib": torch.cuda.memory_allocated() / 2**30})
@@ -1152,6 +1227,7 @@ def main():
              ("fp8", lambda: section_fp8(rec, model, args)),
              ("fp8check", lambda: section_fp8check(rec, model, args)),
              ("crosskv", lambda: section_crosskv(rec, model, args)),
+             ("fp8kv", lambda: section_fp8kv(rec, model, args)),
              ("refill", lambda: section_refill(rec, model, args))]
     for name, fn in steps:
         if name in sections:

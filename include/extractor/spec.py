@@ -35,8 +35,8 @@ class ExtractorSpec(BaseModel):
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
     quantization: Literal["8bit", "4bit", "fp8"] | None = Field(
         None, description="'8bit' / '4bit': bitsandbytes (generate); 'fp8': float8 decode weights in the "
-                          "static engine (Hopper GPUs; weight-only, bf16 activations) and float8 cross-attention "
-                          "keys/values, prefill in bf16")
+                          "static engine (Hopper GPUs; weight-only, bf16 activations) and float8 keys/values "
+                          "(the image's and the cache's), prefill in bf16")
     batch_size: int = Field(8, ge=1, le=1024)
     max_new_tokens: int = Field(512, ge=1, le=8192)
     prompt_version: str = "v1"
@@ -92,13 +92,14 @@ LLAMA_11B_INSTRUCT_COMMIT = "9eb2daaa8597bf192a8b0e73f848f3a102794df5"
 # bf16 activations (engine/fp8_gemm.py), faster than per-row ``_scaled_mm`` on an H100 (1.14x
 # against 1.08x the bf16 engine) and on an H200 (1.07x against 1.00x), and nearer bf16 on
 # random weights' first step (docs/gpu.md). Rows made before 2026-12-07 by the per-row
-# ``_scaled_mm`` scheme say "+fp8:". Since 2026-12-07 (later that day) the image's cross-attention
-# keys/values are float8 too (``FP8_CROSS_KV``, engine/fp8_cross_attention.py): 1.21x against 1.14x
-# at batch 32 on an H100, first-step logits 0.021 from bf16 where the FP8 weights give 0.39;
-# rows made with bf16 cross keys/values say "+fp8-weight-only:".
+# ``_scaled_mm`` scheme say "+fp8:". Since 2026-12-07 (later that day) the keys/values are float8
+# too, the image's and the self-attention cache's (``FP8_KV``, engine/fp8_attention.py): 1.26x
+# against 1.14x the bf16 engine at batch 32 on an H100; first-step logits with the gates opened
+# 0.12 from bf16 (the image's alone 0.021), where the FP8 weights alone give 0.39 (docs/gpu.md).
+# Rows made with bf16 keys/values say "+fp8-weight-only:".
 FP8_SCHEME = "weight-only"
-FP8_CROSS_KV = "fp8"
-QUANT_TAGS = {"fp8": f"fp8-{FP8_SCHEME}-{FP8_CROSS_KV}-cross-kv"}  # the quantization as the extractor version names it
+FP8_KV = "fp8"
+QUANT_TAGS = {"fp8": f"fp8-{FP8_SCHEME}-{FP8_KV}-kv"}  # the quantization as the extractor version names it
 OCR_FAST_REVISION = "3.10.0+latin-head+w160+first-read"
 PRESETS: dict[str, dict[str, Any]] = {
     "llama-3.2-11b-vision-instruct": dict(

@@ -347,11 +347,14 @@ def test_fp8_prefill_modules_stay_switched_while_any_thread_is_inside(tiny_mllam
     assert got.shape == ref.shape and float((got - ref).norm() / ref.norm()) < 0.05
 
 
-def test_fp8_cross_attention_keys_values_stay_close_and_refill_alike(tiny_mllama):
+@pytest.mark.parametrize("kv", [dict(cross_kv="fp8"), dict(self_kv="fp8"), dict(cross_kv="fp8", self_kv="fp8")])
+def test_fp8_keys_values_stay_close_and_refill_alike(tiny_mllama, kv):
     """``cross_kv="fp8"``: the image's keys/values are kept as float8 e4m3 with a scale per row
-    and head, quantized once at the prefill (also for rows that join a running batch). On the
-    CPU the float32 reference reads them; the Triton kernel equals that reference
-    (tests/unit/test_fp8_cross_attention.py, under Triton's interpreter)."""
+    and head, quantized once at the prefill; ``self_kv="fp8"``: the self-attention cache, with a
+    scale per token and head, each step's key/value quantized as it is written (also for rows
+    that join a running batch, at their ring positions). On the CPU the float32 references read
+    and write them; the Triton kernels equal those references (tests/unit/test_fp8_attention.py,
+    under Triton's interpreter)."""
     batch = _batch(lengths=[6, 9, 7, 8], tiles=[2, 2, 1, 1], seed=3)
 
     def first_step(**kwargs):
@@ -362,24 +365,33 @@ def test_fp8_cross_attention_keys_values_stay_close_and_refill_alike(tiny_mllama
 
     _, _, full = first_step()
     for trim in (True, False):  # False: the 1-tile rows mask their padding tile with the bias
-        engine, tokens, fp8 = first_step(cross_kv="fp8", trim_cross_tiles=trim)
+        engine, tokens, fp8 = first_step(trim_cross_tiles=trim, **kv)
         st = engine._state
-        assert st.cross_k[0].dtype == torch.float8_e4m3fn and st.cross_v_scale[0].shape == st.cross_k[0].shape[:2]
-        assert bool((st.cross_k_scale[0] != 1).all())  # every row's scale written at its prefill
+        if "cross_kv" in kv:
+            assert st.cross_k[0].dtype == torch.float8_e4m3fn and st.cross_v_scale[0].shape == st.cross_k[0].shape[:2]
+            assert bool((st.cross_k_scale[0] != 1).all())  # every row's scale written at its prefill
+        else:
+            assert st.cross_k[0].dtype == torch.float32 and st.cross_k_scale is None
+        if "self_kv" in kv:
+            assert st.self_k[0].dtype == torch.float8_e4m3fn and st.self_v_scale[0].shape == st.self_k[0].shape[:3]
+            written = st.self_k_scale[0] > 0  # the prompt's tokens (padding too, as in HF's cache) and the steps'
+            assert bool(written.permute(0, 2, 1)[st.self_valid].all())  # every slot a row may look at
+            assert not bool(written[:, :, int(st.cur):].any())  # and none past the last step's
         rel = float((fp8 - full).norm() / full.norm())
         assert 0 < rel < 0.05, rel  # not exact, and close
     # the image still steers the tokens through the float8 keys/values
     other = dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))
-    assert not torch.equal(_engine(tiny_mllama, other, max_new=6, cross_kv="fp8"), tokens)
+    assert not torch.equal(_engine(tiny_mllama, other, max_new=6, **kv), tokens)
     # rows joining a running batch get their own quantized keys/values: the same tokens as static batches
     lengths = [3, 6, 2, 5]
-    refill = MllamaStaticEngine(tiny_mllama, cross_kv="fp8", max_batch=1, refill_check_every=1, refill_min_rows=1)
-    static = MllamaStaticEngine(tiny_mllama, cross_kv="fp8", max_batch=1, refill=False)
+    refill = MllamaStaticEngine(tiny_mllama, max_batch=1, refill_check_every=1, refill_min_rows=1, **kv)
+    static = MllamaStaticEngine(tiny_mllama, max_batch=1, refill=False, **kv)
     a = refill.generate(**batch, max_new_tokens=6, lengths=lengths)
     assert refill.stats["refilled_rows"] >= 1
     assert torch.equal(a, static.generate(**batch, max_new_tokens=6, lengths=lengths))
-    with pytest.raises(ValueError, match="cross_kv"):
-        MllamaStaticEngine(tiny_mllama, cross_kv="int8")
+    for name in kv:
+        with pytest.raises(ValueError, match=name):
+            MllamaStaticEngine(tiny_mllama, **{name: "int8"})
 
 
 def test_continuous_refill_gives_every_row_its_own_tokens(tiny_mllama):

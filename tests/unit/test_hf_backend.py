@@ -333,8 +333,8 @@ def test_fp8_runs_in_the_static_engine_and_is_refused_where_it_would_not(tiny_ml
     pytest.importorskip("extractor.engine.mllama")
     backend = HFBackend(_spec("mllama", quantization="fp8", engine="static"), model_dir=tiny_mllama_dir)
     assert backend.engine_name == "static" and backend.engine.fp8 == "weight-only"
-    assert backend.engine.cross_kv == "fp8"  # the image's keys/values in float8 too
-    assert backend.version.endswith("+fp8-weight-only-fp8-cross-kv:v1")  # rows name the FP8 scheme that made them
+    assert (backend.engine.cross_kv, backend.engine.self_kv) == ("fp8", "fp8")  # keys/values in float8 too
+    assert backend.version.endswith("+fp8-weight-only-fp8-kv:v1")  # rows name the FP8 scheme that made them
     [result] = backend.extract([ReceiptInput.from_bytes(noise_jpeg(3), "r.jpg")])
     assert result.raw_text  # it decoded (gibberish: random weights, free decoding)
     with pytest.raises(ConfigError, match="static engine"):  # "auto" on a CPU means generate: no silent bf16

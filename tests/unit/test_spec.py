@@ -69,7 +69,7 @@ def test_garbled_card_digits_survive_for_validation_to_flag():
 def test_fp8_is_an_opt_in_preset_of_the_static_engine():
     spec = resolve_spec("llama-3.2-11b-vision-instruct-fp8")
     assert (spec.quantization, spec.engine) == ("fp8", "static")
-    assert "+fp8-weight-only-fp8-cross-kv:" in spec.version
+    assert "+fp8-weight-only-fp8-kv:" in spec.version
     assert spec.version != resolve_spec("llama-3.2-11b-vision-instruct").version
     with pytest.raises(ConfigError, match="fp8"):
         resolve_spec({"preset": "llama-3.2-11b-vision-instruct", "quantization": "fp8", "engine": "generate"})

@@ -36,7 +36,7 @@ from extractor.backends.token_confidence import ScoredText, answer_confidence, d
 from extractor.errors import ConfigError, ModelSourceError, ParseError
 from extractor.images import ReceiptInput, decode_image
 from extractor.schema import Receipt, scalar_fields
-from extractor.spec import FP8_CROSS_KV, FP8_SCHEME, ExtractorSpec
+from extractor.spec import FP8_KV, FP8_SCHEME, ExtractorSpec
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ class HFBackend(Backend):
             check_fp8_card(torch.cuda.get_device_name(), torch.cuda.get_device_capability())
         return MllamaStaticEngine(self.model, eos_token_id=self.generation_config.eos_token_id,
                                   pad_token_id=self.generation_config.pad_token_id,
-                                  fp8=FP8_SCHEME if fp8 else False,
-                                  cross_kv=FP8_CROSS_KV if fp8 else "bf16"), "static"
+                                  fp8=FP8_SCHEME if fp8 else False, cross_kv=FP8_KV if fp8 else "bf16",
+                                  self_kv=FP8_KV if fp8 else "bf16"), "static"
 
     def _make_grammar(self):
         """The compiled receipt grammar when the spec constrains decoding (the default for

@@ -29,16 +29,20 @@ class RowBytes:
 
 def row_bytes(*, num_self_layers: int, num_cross_layers: int, num_kv_heads: int, head_dim: int,
               max_len: int, cross_len: int, vocab_size: int, hidden_size: int,
-              dtype_bytes: int = 2, cross_dtype_bytes: int | None = None) -> RowBytes:
+              dtype_bytes: int = 2, cross_dtype_bytes: int | None = None,
+              self_dtype_bytes: int | None = None) -> RowBytes:
     """Per-row device bytes of a static-cache decode at text length ``max_len``.
 
     ``cross_len`` is the number of vision tokens a row attends to (images x tiles x
     patches per tile, 6404 for one 4-tile image of Llama 3.2 Vision). ``scratch`` covers
     the step's float32 logits (twice: value and argmax work space) and a few hidden-size
-    activations. ``cross_dtype_bytes``: the cross-attention keys/values' element size when it
-    is not ``dtype_bytes`` (1 for float8; their per-head scales are negligible).
+    activations. ``cross_dtype_bytes`` / ``self_dtype_bytes``: the cross-attention (self-attention)
+    keys/values' element size when it is not ``dtype_bytes`` (1 for float8; a float8 cache's
+    float32 scales add 4 bytes per token and head to the self-attention's, none worth counting
+    to the image's).
     """
-    kv = 2 * num_kv_heads * head_dim * dtype_bytes  # keys + values for one position, one layer
+    self_bytes = dtype_bytes if self_dtype_bytes is None else self_dtype_bytes + 4 / head_dim
+    kv = int(2 * num_kv_heads * head_dim * self_bytes)  # keys + values for one position, one layer
     cross = 2 * num_kv_heads * head_dim * (dtype_bytes if cross_dtype_bytes is None else cross_dtype_bytes)
     return RowBytes(self_kv=num_self_layers * kv * max_len,
                     cross_kv=num_cross_layers * cross * cross_len,

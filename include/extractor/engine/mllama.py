@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from extractor.engine import fp8_cross_attention
+from extractor.engine import fp8_attention
 from extractor.engine.memory import GIB, free_device_bytes, pick_batch_size, row_bytes
 from extractor.engine.mllama_decode import (
     DecodeOps,
@@ -61,18 +61,18 @@ def _shared_valid_prefix(cross_bias, row_mask) -> int:
     return keep if keep and bool(valid[0, :keep].all()) else 0
 
 
-def _kv_quantizer(cross_kv: str, compiled: bool):
-    """The float8 cross keys/values' quantizer: one fused kernel when ``compiled``, else four
-    passes through float32; None for bf16 keys/values."""
-    if cross_kv not in ("bf16", "fp8"):
-        raise ValueError(f"cross_kv must be 'bf16' or 'fp8', not {cross_kv!r}")
-    if cross_kv == "bf16":
-        return None
-    if compiled:
+def _kv_quantizers(cross_kv: str, self_kv: str, compiled: bool) -> tuple[Any, Any]:
+    """The float8 keys/values' quantizers (the image's per head, the prompt's per token): one fused
+    kernel each when ``compiled``, else four passes through float32."""
+    for name, value in (("cross_kv", cross_kv), ("self_kv", self_kv)):
+        if value not in ("bf16", "fp8"):
+            raise ValueError(f"{name} must be 'bf16' or 'fp8', not {value!r}")
+    fns = (fp8_attention.quantize, fp8_attention.quantize_tokens)
+    if compiled and "fp8" in (cross_kv, self_kv):
         import torch
 
-        return torch.compile(fp8_cross_attention.quantize, fullgraph=True)
-    return fp8_cross_attention.quantize
+        fns = tuple(torch.compile(fn, fullgraph=True) for fn in fns)
+    return fns
 
 
 class MllamaStaticEngine(SlotScheduler):
@@ -128,7 +128,9 @@ class MllamaStaticEngine(SlotScheduler):
     after it are one compiled kernel (off only to measure it).
     ``cross_kv="fp8"`` (opt-in): the cross-attention keys/values are kept as float8 e4m3 with a
     scale per row and head (half the bytes a decode step reads from them; a quarter of a step's
-    bytes at batch 32 in bf16) and read by ``engine/fp8_cross_attention.py``'s kernel. Not exact.
+    bytes at batch 32 in bf16) and read by ``engine/fp8_attention.py``'s kernel. ``self_kv="fp8"``
+    (opt-in): the self-attention cache likewise, with a scale per token and head, each step's key
+    and value quantized as they are written. Not exact.
     ``score_tokens`` (default on): each step also writes the chosen token's log-probability
     (max logit minus logsumexp, inside the captured graph) for per-field confidence; off
     only to measure what it costs (bench/gpu_throughput.py).
@@ -140,14 +142,13 @@ class MllamaStaticEngine(SlotScheduler):
                  prefill_sdpa_backends: tuple[str, ...] | None = None,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
                  trim_cross_tiles: bool = True, mask_free_prefill: bool = True,
-                 score_tokens: bool = True, fp8: bool | str = False,
-                 refill: bool = True, refill_check_every: int = 4, refill_min_rows: int = 4,
-                 overlap_prefill: bool = False, decode_priority: bool = False, fuse_add_norm: bool = True,
-                 fp8_prefill: bool | str = False, own_vision_tower: bool = True, cross_kv: str = "bf16"):
+                 score_tokens: bool = True, fp8: bool | str = False, refill: bool = True,
+                 refill_check_every: int = 4, refill_min_rows: int = 4, overlap_prefill: bool = False,
+                 decode_priority: bool = False, fuse_add_norm: bool = True, fp8_prefill: bool | str = False,
+                 own_vision_tower: bool = True, cross_kv: str = "bf16", self_kv: str = "bf16"):
         import torch
 
-        self.model = model.eval()
-        param = next(model.parameters())
+        self.model, param = model.eval(), next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         if any(p.device != self.device for p in model.parameters()):
             raise ValueError("MllamaStaticEngine needs the whole model on one device; "
@@ -160,7 +161,8 @@ class MllamaStaticEngine(SlotScheduler):
         if compile_ops:
             self.weights.ops = DecodeOps.compiled(fuse_add_norm=fuse_add_norm)
         self._fp8_prefill = self._fp8_prefill_of(model, fp8_prefill, compile_ops) if fp8_prefill else None
-        self.cross_kv, self._quantize_kv = cross_kv, _kv_quantizer(cross_kv, compile_ops and on_cuda)
+        self.cross_kv, self.self_kv = cross_kv, self_kv
+        self._quantize_kv, self._quantize_tokens = _kv_quantizers(cross_kv, self_kv, compile_ops and on_cuda)
         self._tower = self._tower_of(model, own_vision_tower and mask_free_prefill and fp8_prefill in (False, "text"),
                                      compile_ops)
         self.prefill_sdpa_backends = prefill_sdpa_backends
@@ -356,7 +358,8 @@ class MllamaStaticEngine(SlotScheduler):
                             + max(self.eos_check_every, self.refill_check_every),
                             cross_len=cross_len, vocab_size=w.lm_head.shape[0], hidden_size=w.hidden_size,
                             dtype_bytes=w.embed.element_size(),
-                            cross_dtype_bytes=1 if self.cross_kv == "fp8" else None)
+                            cross_dtype_bytes=1 if self.cross_kv == "fp8" else None,
+                            self_dtype_bytes=1 if self.self_kv == "fp8" else None)
         # Prefill of one sub-batch: vision states (+ intermediate layers), projected states and
         # HF's own cache of the cross keys/values, per row; doubled for the allocator's slack.
         vision_dim = self.model.config.vision_config.vision_output_dim
@@ -504,7 +507,9 @@ class MllamaStaticEngine(SlotScheduler):
                         self._put_fp8(st.cross_v[ci], st.cross_v_scale[ci], rows, layer.values[:, :, :keep])
                 ci += 1
                 continue
-            if isinstance(start, int):
+            if st.self_k_scale is not None:
+                self._put_fp8_tokens(st, si, rows, start, layer)
+            elif isinstance(start, int):
                 end = start + layer.keys.shape[2]
                 st.self_k[si][rows, :, start:end] = layer.keys
                 st.self_v[si][rows, :, start:end] = layer.values
@@ -544,8 +549,8 @@ class MllamaStaticEngine(SlotScheduler):
             min_new=zeros(bsz, dtype=torch.long), row_step=zeros(bsz, dtype=torch.long),
             max_new_row=torch.full((bsz,), max_new, device=dev, dtype=torch.long),
             pad_id=self.pad_id, cos=cos, sin=sin)
-        if self.cross_kv == "fp8" and cross_len:
-            self._fp8_cross_state(st, n_cross)
+        if "fp8" in (self.cross_kv, self.self_kv):
+            self._fp8_state(st, n_cross)
         if constrained:
             vocab = w.lm_head.shape[0]
             st.logits = zeros(bsz, vocab, dtype=torch.float32)
@@ -583,16 +588,40 @@ class MllamaStaticEngine(SlotScheduler):
         dst.view(self._torch.uint8)[rows] = q.view(self._torch.uint8)
         dst_scale[rows] = scale
 
-    def _fp8_cross_state(self, st: DecodeState, n_cross: int) -> None:
-        """Float8 cross-attention keys/values (same shapes) and their scales; the attention over them."""
+    def _put_fp8_tokens(self, st: DecodeState, si: int, rows, start, layer) -> None:
+        """A prefill's self-attention keys/values into the float8 cache, quantized per token: at
+        positions ``start ..`` (an int) of rows ``rows``, or at the positions of the tensor ``start``
+        of each slot in ``rows`` (a row joining a running batch)."""
+        u8 = self._torch.uint8
+        for x, cache, scales in ((layer.keys, st.self_k[si], st.self_k_scale[si]),
+                                 (layer.values, st.self_v[si], st.self_v_scale[si])):
+            q, scale = self._quantize_tokens(x)
+            if isinstance(start, int):
+                cache.view(u8)[rows, :, start:start + x.shape[2]] = q.view(u8)
+                scales[rows, :, start:start + x.shape[2]] = scale
+            else:
+                for j, slot in enumerate(rows.tolist()):
+                    cache[slot].view(u8).index_copy_(1, start, q[j].view(u8))
+                    scales[slot].index_copy_(1, start, scale[j])
+
+    def _fp8_state(self, st: DecodeState, n_cross: int) -> None:
+        """Float8 keys/values (same shapes) and their scales where asked; the attention over them."""
         torch = self._torch
-        bsz, nkv = st.cross_k[0].shape[:2]
-        st.cross_k = [torch.zeros_like(t, dtype=torch.float8_e4m3fn) for t in st.cross_k]
-        st.cross_v = [torch.zeros_like(t, dtype=torch.float8_e4m3fn) for t in st.cross_v]
-        st.cross_k_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
-        st.cross_v_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
-        kernel = fp8_cross_attention.available(self.device)
-        st.cross_fp8 = fp8_cross_attention.attention if kernel else fp8_cross_attention.reference
+        fp8 = torch.float8_e4m3fn
+        if self.cross_kv == "fp8" and st.cross_k[0] is not None:
+            bsz, nkv = st.cross_k[0].shape[:2]
+            st.cross_k = [torch.zeros_like(t, dtype=fp8) for t in st.cross_k]
+            st.cross_v = [torch.zeros_like(t, dtype=fp8) for t in st.cross_v]
+            st.cross_k_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
+            st.cross_v_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
+        if self.self_kv == "fp8":
+            st.self_k = [torch.zeros_like(t, dtype=fp8) for t in st.self_k]
+            st.self_v = [torch.zeros_like(t, dtype=fp8) for t in st.self_v]
+            st.self_k_scale = [torch.zeros(t.shape[:3], device=self.device) for t in st.self_k]
+            st.self_v_scale = [torch.zeros(t.shape[:3], device=self.device) for t in st.self_v]
+        kernel = fp8_attention.available(self.device)
+        st.fp8_attn = fp8_attention.attention if kernel else fp8_attention.reference
+        st.fp8_write = fp8_attention.write_token if kernel else fp8_attention.write_token_reference
 
     def _capture(self, st: DecodeState):
         """Warm up (kernel selection, workspaces) then capture one decode step: one graph, or

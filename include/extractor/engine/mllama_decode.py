@@ -343,12 +343,16 @@ class DecodeState:
     logits: Any = None   # [B, V] float32
     allow: Any = None    # [B, ceil(V / 32)] int32
     bit_shifts: Any = None  # [32] int32: 0..31
-    # Float8 cross-attention keys/values (``cross_kv="fp8"``): ``cross_k``/``cross_v`` are float8
-    # e4m3 and these their per-row, per-head float32 scales [B, kv]; ``cross_fp8`` the attention
-    # over them (``fp8_cross_attention.attention`` on CUDA, its float32 ``reference`` elsewhere).
+    # Float8 keys/values (``cross_kv="fp8"``, ``self_kv="fp8"``): ``cross_k``/``cross_v`` (``self_k``/
+    # ``self_v``) are float8 e4m3 and these their float32 scales, per row and head [B, kv] (per row,
+    # head and cache slot [B, kv, L]); ``fp8_attn`` the attention over them and ``fp8_write`` the
+    # step's key/value write (``engine/fp8_attention.py``: Triton on CUDA, the float32 reference elsewhere).
     cross_k_scale: list | None = None
     cross_v_scale: list | None = None
-    cross_fp8: Any = None
+    self_k_scale: list | None = None
+    self_v_scale: list | None = None
+    fp8_attn: Any = None
+    fp8_write: Any = None
 
 
 def decode_step(w: TextWeights, st: DecodeState) -> None:
@@ -412,9 +416,15 @@ def _self_layer(w: TextWeights, lw: LayerWeights, st: DecodeState, h, pending, s
     else:
         q, k, v = linear(x, lw.wq, ops.quant), linear(x, lw.wk, ops.quant), linear(x, lw.wv, ops.quant)
     q, k = ops.rope(q.view(bsz, nkv, nrep, hd), k.view(bsz, nkv, 1, hd), cos, sin)
-    st.self_k[si].index_copy_(2, st.cur, k)
-    st.self_v[si].index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
-    a = F.scaled_dot_product_attention(q, st.self_k[si], st.self_v[si], attn_mask=self_mask, scale=hd ** -0.5)
+    if st.self_k_scale is None:
+        st.self_k[si].index_copy_(2, st.cur, k)
+        st.self_v[si].index_copy_(2, st.cur, v.reshape(bsz, nkv, 1, hd))
+        a = F.scaled_dot_product_attention(q, st.self_k[si], st.self_v[si], attn_mask=self_mask, scale=hd ** -0.5)
+    else:  # float8 cache: the new key/value quantized per token as they are written
+        st.fp8_write(k, v.reshape(bsz, nkv, 1, hd), st.self_k[si], st.self_v[si], st.self_k_scale[si],
+                     st.self_v_scale[si], st.cur)
+        a = st.fp8_attn(q, st.self_k[si], st.self_k_scale[si], st.self_v[si], st.self_v_scale[si], self_mask,
+                        hd ** -0.5)
     h, x = ops.add_rms(h, linear(a.reshape(bsz, 1, w.num_heads * hd), lw.wo, ops.quant), lw.ln2, w.eps)
     return h, (_mlp(x, lw, w), None, None)
 
@@ -432,8 +442,8 @@ def _cross_layer(w: TextWeights, lw: LayerWeights, st: DecodeState, h, pending, 
         a = F.scaled_dot_product_attention(q, st.cross_k[ci], st.cross_v[ci], attn_mask=st.cross_bias,
                                            scale=hd ** -0.5)
     else:
-        a = st.cross_fp8(q, st.cross_k[ci], st.cross_k_scale[ci], st.cross_v[ci], st.cross_v_scale[ci],
-                         st.cross_bias, hd ** -0.5)
+        a = st.fp8_attn(q, st.cross_k[ci], st.cross_k_scale[ci], st.cross_v[ci], st.cross_v_scale[ci],
+                        st.cross_bias, hd ** -0.5)
     out = linear(a.reshape(bsz, 1, w.num_heads * hd), lw.wo, ops.quant)
     h, x = ops.add_rms(h, out, lw.ln2, w.eps, lw.gate_attn)
     return h, (_mlp(x, lw, w), lw.gate_mlp, st.row_mask)
