@@ -59,6 +59,10 @@ CONFIGS = {
     "det1024-latin-w160-first-read-2w": dict(settings=dict(limit_side_len=1024, rec_head="latin", rec_min_width=160),
                                              workers=2, second_opinion=False),
     "ocr-fast": dict(preset="ocr-fast", workers=2),
+    # the recogniser's batch (crops sorted by width, each batch padded to its widest): 6 is RapidOCR's
+    "recbatch1-2w": dict(settings=dict(rec_batch_num=1), workers=2),
+    "recbatch16-2w": dict(settings=dict(rec_batch_num=16), workers=2),
+    "recbatch32-2w": dict(settings=dict(rec_batch_num=32), workers=2),
 }
 
 
