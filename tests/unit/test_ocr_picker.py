@@ -101,3 +101,18 @@ def test_an_amount_paid_exactly_may_still_be_the_total():
         totals = total_candidates(lines)
         assert features.tendered(features.Page.of(lines), totals) == []
         assert len(features.offered_totals(features.Page.of(lines), totals)) == len(totals)
+
+
+def test_the_benchs_re_reads_use_the_recogniser_that_made_the_ocr_cache(tmp_path):
+    """A cache made with another head or width (``_settings.json``) is re-read by that same
+    recogniser, not by the defaults; a cache without the file gets the defaults."""
+    import json
+
+    from extractor.ocr.engine import OcrSettings
+    from extractor.ocr.train_picker import cache_settings
+
+    (tmp_path / "_settings.json").write_text(json.dumps(
+        {"rec_head": "latin", "rec_min_width": 160, "text_score": 0.0, "a_key_of_an_older_version": 1}))
+    got = cache_settings(tmp_path)
+    assert (got.rec_head, got.rec_min_width, got.text_score) == ("latin", 160, 0.0)
+    assert cache_settings(tmp_path / "none") == OcrSettings()

@@ -42,6 +42,7 @@ class SecondOpinion:
     cache_dir: Path
     dataset_dir: Path
     kind: str = "rapid"
+    ocr_settings: Any = None  # the OCR cache's OcrSettings: re-read by the recogniser that made the cache
     _engine: Any = None
     counts: dict[str, int] = field(default_factory=lambda: {"receipts": 0, "boxes": 0})
 
@@ -57,7 +58,7 @@ class SecondOpinion:
             if self._engine is None:
                 from extractor.ocr.engine import build_engine
 
-                self._engine = build_engine()
+                self._engine = build_engine(self.ocr_settings)
             return so.rapid_reader(self._engine, image, self.settings.margin)
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -281,10 +282,24 @@ def _variants(args: argparse.Namespace) -> dict[str, SecondOpinion | None]:
         return {"": None}
     cache = args.reread_cache or args.cache.with_name(f"{args.cache.name}-reread-{args.second_opinion}")
     more = SecondOpinionSettings(min_probability=0.9, min_box_score=0.97)
-    return {"": SecondOpinion(SecondOpinionSettings(), cache, args.dataset, args.second_opinion),
+    ocr = cache_settings(args.cache)
+    return {"": SecondOpinion(SecondOpinionSettings(), cache, args.dataset, args.second_opinion, ocr),
             "first read only": None,
             f"re-read more (p < {more.min_probability}, box < {more.min_box_score})":
-                SecondOpinion(more, cache, args.dataset, args.second_opinion)}
+                SecondOpinion(more, cache, args.dataset, args.second_opinion, ocr)}
+
+
+def cache_settings(cache: Path):
+    """The recogniser settings an OCR cache was made with (``_settings.json``; the defaults where
+    it has none), so that re-reads use the same model head and widths as the first read."""
+    from dataclasses import fields
+
+    from extractor.ocr.engine import OcrSettings
+
+    meta = cache / "_settings.json"
+    saved = json.loads(meta.read_text()) if meta.exists() else {}
+    known = {f.name for f in fields(OcrSettings)}
+    return OcrSettings(**{k: v for k, v in saved.items() if k in known})
 
 
 def _take_counts(protocol: str, variants: dict[str, SecondOpinion | None]) -> dict[str, dict[str, int]]:
