@@ -24,6 +24,10 @@ PAD = 3
 
 @pytest.fixture(scope="module")
 def tiny_mllama():
+    return build_tiny_mllama()
+
+
+def build_tiny_mllama():
     from transformers import MllamaConfig, MllamaForConditionalGeneration
 
     torch.manual_seed(0)

@@ -58,7 +58,56 @@ def _kernel_checks() -> dict:
     mean = fx.dequantize(v8, vs, torch.float32).mean(dim=2, keepdim=True).expand_as(got)
     out["all_masked"] = {"finite": bool(torch.isfinite(got).all()), "vs_mean": _rel(got, mean)}
     out.update(_self_attention_checks())
+    out["engine"] = _engine_checks()
     return out
+
+
+def _carries(kernel_q, ref_q):
+    """Where the interpreter's float8 rounding failed to carry into the exponent (a float8 power
+    of two in the reference that the kernel's byte lies below; see ``_self_attention_checks``)."""
+    r = ref_q.float().abs()
+    return (r > 0) & (torch.log2(r.clamp(min=1e-30)) % 1 == 0) & (kernel_q.float().abs() < r)
+
+
+def _engine_checks() -> dict:
+    """The engine on the tiny Mllama with the Triton kernels (interpreted) where the GPU runs
+    them, against the same engine with the references: the kernels' wiring in a decode step
+    (the step's key and value as strided views, the additive masks, the ring slot, per-token
+    and per-head scales) gives the references' logits and tokens. Each step's write kernel is
+    compared with the reference write on the same inputs and then given the reference's values,
+    so the interpreter's rounding slip (not the GPU's) does not spread through the cache."""
+    from extractor.engine import MllamaStaticEngine
+    from tests.unit.test_engine import _batch, build_tiny_mllama
+
+    model, kernel_write = build_tiny_mllama(), fx.write_token
+    batch = _batch(lengths=[6, 9, 7, 8], tiles=[2, 2, 1, 1], seed=3)
+    writes = {"calls": 0, "differ": 0, "carries": 0}
+
+    def checked_write(k, v, k8, v8, ks, vs, cur):
+        ref = [t.clone() for t in (k8, v8, ks, vs)]
+        fx.write_token_reference(k, v, *ref, cur)
+        kernel_write(k, v, k8, v8, ks, vs, cur)
+        for got, want in ((k8, ref[0]), (v8, ref[1])):
+            carry = _carries(got, want)
+            writes["differ"] += int(((got.float() != want.float()) & ~carry).sum())
+            writes["carries"] += int(carry.sum())
+        writes["differ"] += int((ks != ref[2]).sum() + (vs != ref[3]).sum())
+        writes["calls"] += 1
+        for dst, src in zip((k8, v8, ks, vs), ref, strict=True):
+            dst.copy_(src)
+
+    runs = {}
+    for kernels in (False, True):
+        fx.available = lambda device, kernels=kernels: kernels  # what the engine asks when it builds its state
+        fx.write_token = checked_write
+        engine = MllamaStaticEngine(model, cross_kv="fp8", self_kv="fp8", trim_cross_tiles=False)
+        logits = engine.record_step_logits()
+        tokens = engine.generate(**batch, max_new_tokens=6)
+        runs[kernels] = (tokens, torch.stack(logits), [engine._state.fp8_attn.__name__,
+                                                       engine._state.fp8_write.__name__])
+    return {"tokens_equal": bool(torch.equal(runs[True][0], runs[False][0])),
+            "logits_rel": _rel(runs[True][1], runs[False][1]), "ran": [runs[True][2], runs[False][2]],
+            "writes": writes}
 
 
 def _self_attention_checks() -> dict:
@@ -93,8 +142,7 @@ def _self_attention_checks() -> dict:
     same = []
     for c_ref, c_kernel, (a, b) in ((caches[1][0], caches[0][0], (kernel[0], ref[0])),
                                     (caches[1][1], caches[0][1], (kernel[1], ref[1]))):
-        r = c_ref.float().abs()
-        carry = (r > 0) & (torch.log2(r.clamp(min=1e-30)) % 1 == 0) & (c_kernel.float().abs() < r)
+        carry = _carries(c_kernel, c_ref)
         same.append(bool(torch.equal(a[~carry], b[~carry])) and int(carry.sum()) < 0.05 * carry[:, :, 117].numel())
     out["write"] = {"same": all(same),
                     "only_slot": all(bool(t[:, :, torch.arange(200) != 117].eq(0).all()) for t in kernel),
@@ -104,8 +152,9 @@ def _self_attention_checks() -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted():
+    here = Path(fx.__file__).parents
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(fx.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(here[2]), str(here[3]), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -142,6 +191,16 @@ def test_a_steps_key_and_value_are_quantized_into_their_slot_only(interpreted):
     got = interpreted["write"]
     assert got["same"] and got["only_slot"], got  # the kernel's bytes dequantize as the reference's
     assert got["close_to_input"] < 0.05, got  # and the reference's as the input, within FP8's rounding
+
+
+def test_the_engine_with_the_kernels_gives_the_references_tokens(interpreted):
+    got = interpreted["engine"]
+    assert got["ran"] == [["attention", "checked_write"], ["reference", "write_token_reference"]]
+    assert got["tokens_equal"], got
+    assert got["logits_rel"] < 5e-3, got  # float16 queries and probabilities in the kernel
+    writes = got["writes"]  # every step of every self-attention layer: the kernel wrote the reference's bytes
+    assert writes["calls"] >= 5 * 2 and writes["differ"] == 0, writes
+    assert writes["carries"] < 0.05 * writes["calls"] * 4 * 2 * 16 * 2, writes  # rows x heads x dims, k and v
 
 
 def test_a_row_whose_every_key_is_masked_attends_uniformly_like_sdpa(interpreted):
