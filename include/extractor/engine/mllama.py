@@ -527,7 +527,8 @@ class MllamaStaticEngine(SlotScheduler):
         torch = self._torch
         bsz, max_len, cross_len, has_bias, max_new, constrained = key
         w, dev, dt = self.weights, self.device, self.dtype
-        kv_shape = (bsz, w.num_kv_heads, max_len, w.head_dim)
+        kv_shape, cross_shape = (bsz, w.num_kv_heads, max_len, w.head_dim), (bsz, w.num_kv_heads, cross_len, w.head_dim)
+        self_dt, cross_dt = (torch.float8_e4m3fn if kv == "fp8" else dt for kv in (self.self_kv, self.cross_kv))
         n_cross = sum(lw.cross for lw in w.layers)
         n_self = len(w.layers) - n_cross
         zeros = lambda *s, dtype=dt: torch.zeros(*s, device=dev, dtype=dtype)  # noqa: E731 (never NaN garbage)
@@ -536,11 +537,10 @@ class MllamaStaticEngine(SlotScheduler):
             tok=zeros(bsz, dtype=torch.long), pos=zeros(bsz, dtype=torch.long),
             cur=zeros(1, dtype=torch.long),
             self_valid=zeros(bsz, max_len, dtype=torch.bool),
-            self_k=[zeros(*kv_shape) for _ in range(n_self)], self_v=[zeros(*kv_shape) for _ in range(n_self)],
-            cross_k=[zeros(bsz, w.num_kv_heads, cross_len, w.head_dim) if cross_len else None
-                     for _ in range(n_cross)],
-            cross_v=[zeros(bsz, w.num_kv_heads, cross_len, w.head_dim) if cross_len else None
-                     for _ in range(n_cross)],
+            self_k=[zeros(*kv_shape, dtype=self_dt) for _ in range(n_self)],
+            self_v=[zeros(*kv_shape, dtype=self_dt) for _ in range(n_self)],
+            cross_k=[zeros(*cross_shape, dtype=cross_dt) if cross_len else None for _ in range(n_cross)],
+            cross_v=[zeros(*cross_shape, dtype=cross_dt) if cross_len else None for _ in range(n_cross)],
             cross_bias=zeros(bsz, 1, 1, cross_len) if has_bias else None,
             row_mask=torch.ones(bsz, 1, 1, device=dev, dtype=dt),
             finished=zeros(bsz, dtype=torch.bool), out=zeros(bsz, max_new + 1, dtype=torch.long),
@@ -605,18 +605,15 @@ class MllamaStaticEngine(SlotScheduler):
                     scales[slot].index_copy_(1, start, scale[j])
 
     def _fp8_state(self, st: DecodeState, n_cross: int) -> None:
-        """Float8 keys/values (same shapes) and their scales where asked; the attention over them."""
+        """The scales of the float8 keys/values (allocated as float8 in ``_ensure_state``, never
+        as bf16 first: a batch sized for float8 must not need the bf16 bytes even briefly), and
+        the attention over them."""
         torch = self._torch
-        fp8 = torch.float8_e4m3fn
         if self.cross_kv == "fp8" and st.cross_k[0] is not None:
             bsz, nkv = st.cross_k[0].shape[:2]
-            st.cross_k = [torch.zeros_like(t, dtype=fp8) for t in st.cross_k]
-            st.cross_v = [torch.zeros_like(t, dtype=fp8) for t in st.cross_v]
             st.cross_k_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
             st.cross_v_scale = [torch.ones(bsz, nkv, device=self.device) for _ in range(n_cross)]
         if self.self_kv == "fp8":
-            st.self_k = [torch.zeros_like(t, dtype=fp8) for t in st.self_k]
-            st.self_v = [torch.zeros_like(t, dtype=fp8) for t in st.self_v]
             st.self_k_scale = [torch.zeros(t.shape[:3], device=self.device) for t in st.self_k]
             st.self_v_scale = [torch.zeros(t.shape[:3], device=self.device) for t in st.self_v]
         kernel = fp8_attention.available(self.device)
