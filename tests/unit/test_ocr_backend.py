@@ -68,6 +68,18 @@ def test_synthetic_receipts_fields_recovered(backend):
         assert result.extractor_version.startswith("ocr:rapidocr@")
 
 
+def test_malay_month_names_are_read_end_to_end(backend):
+    """Receipts printed "TARIKH: 25 DIS 2018" (parser-v8): the Malay names that differ from the
+    English ones, rendered and read by the real OCR. parser-v7 read none of these five."""
+    months = {3: "MAC", 5: "MEI", 8: "OGOS", 10: "OKT", 12: "DIS"}
+    rendered = [render_receipt(100 + m, date=f"2018-{m:02d}-{m * 2 + 1:02d}", date_style="malay") for m in months]
+    results = backend.extract([ReceiptInput.from_bytes(data, f"malay-{m}") for m, (data, _) in zip(months, rendered,
+                                                                                               strict=True)])
+    for (m, name), result, (_, truth) in zip(months.items(), results, rendered, strict=True):
+        assert f"{m * 2 + 1:02d} {name} 2018" in result.raw_text  # the OCR read the month as printed
+        assert result.status == "ok" and result.receipt.date.isoformat() == truth["date"], (name, result.receipt)
+
+
 @pytest.mark.parametrize("sample_id", [
     "X00016469619",  # rounded total below "TOTAL AMT 60.31"
     "X51005442397",

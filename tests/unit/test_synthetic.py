@@ -3,6 +3,7 @@
 import io
 from decimal import Decimal
 
+import pytest
 from PIL import Image
 
 from extractor.images import decode_image
@@ -44,3 +45,13 @@ def test_overrides_and_drawing_options():
     items = [{"name": "X", "quantity": "2", "unit_price": "1.50", "line_total": "3.00"}]
     _, t = render_receipt(3, line_items=items, tax_rate="0")
     assert (t["subtotal"], t["tax_amount"], t["total"]) == ("3.00", "0.00", "3.00")
+
+
+def test_the_date_line_in_each_printed_style():
+    from extractor.testing.synthetic import _date_line
+
+    assert _date_line("2018-03-07", "dmy") == "DATE: 07/03/2018"
+    assert _date_line("2018-03-07", "malay") == "TARIKH: 07 MAC 2018"
+    assert _date_line("2018-12-25", "english") == "DATE: 25 DEC 2018"
+    with pytest.raises(ValueError, match="date_style"):
+        _date_line("2018-12-25", "roman")

@@ -86,11 +86,26 @@ def _wrap(text: str, font, width: int) -> list[str]:
 MARGIN = 24  # pixels around the printed text
 
 
-def _receipt_rows(truth: dict[str, Any], font, big) -> list[tuple[str, str, Any]]:
+# How the date line is printed (``date_style``): numeric, or a month name as Malaysian tills print it.
+MALAY_MONTHS = ("JAN", "FEB", "MAC", "APR", "MEI", "JUN", "JUL", "OGOS", "SEP", "OKT", "NOV", "DIS")
+ENGLISH_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+
+def _date_line(iso: str, style: str) -> str:
+    d, m, y = iso[8:10], iso[5:7], iso[:4]
+    if style == "dmy":
+        return f"DATE: {d}/{m}/{y}"
+    if style == "malay":
+        return f"TARIKH: {d} {MALAY_MONTHS[int(m) - 1]} {y}"
+    if style == "english":
+        return f"DATE: {d} {ENGLISH_MONTHS[int(m) - 1]} {y}"
+    raise ValueError(f"date_style must be 'dmy', 'malay' or 'english', not {style!r}")
+
+
+def _receipt_rows(truth: dict[str, Any], font, big, date_style: str = "dmy") -> list[tuple[str, str, Any]]:
     """The printed lines as (left text, right-aligned text, font); a left text starting
     with '^' is centred; the right text may be ""."""
     inner = WIDTH - 2 * MARGIN
-    d, m, y = truth["date"][8:10], truth["date"][5:7], truth["date"][:4]
     rows: list[tuple[str, str, Any]] = []
     for part in _wrap(truth["store_name"], big, inner):
         rows.append(("^" + part, "", big))
@@ -98,7 +113,7 @@ def _receipt_rows(truth: dict[str, Any], font, big) -> list[tuple[str, str, Any]
         rows.append(("^" + part, "", font))
     rows += [("^TEL: " + truth["phone"], "", font), ("", "", font), ("^TAX INVOICE", "", font),
              ("RECEIPT NO: " + truth["receipt_number"], "", font),
-             (f"DATE: {d}/{m}/{y}", "TIME: " + truth["time"], font), ("-" * 48, "", font)]
+             (_date_line(truth["date"], date_style), "TIME: " + truth["time"], font), ("-" * 48, "", font)]
     for item in truth["line_items"]:
         rows.append((item["name"], "", font))
         rows.append((f"   {item['quantity']} X {item['unit_price']}", item["line_total"], font))
@@ -136,7 +151,9 @@ def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     Overrides: any truth field (``store_name``, ``store_address``, ``date`` as ISO text,
     ``line_items``, ``tax_rate``, ``total`` ...) and the drawing options ``font_size``
     (default 22), ``rotate`` (degrees, counter-clockwise, to test de-skewing),
-    ``noise`` (0..1 speckle) and ``quality`` (JPEG quality, default 90).
+    ``noise`` (0..1 speckle), ``quality`` (JPEG quality, default 90) and ``date_style``
+    (``"dmy"``: ``DATE: 25/03/2018``, the default; ``"malay"``: ``TARIKH: 25 MAC 2018``;
+    ``"english"``: ``DATE: 25 MAR 2018``).
     """
     from PIL import Image, ImageFont
 
@@ -145,11 +162,12 @@ def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     rotate = float(overrides.pop("rotate", 0.0))
     noise = float(overrides.pop("noise", 0.0))
     quality = int(overrides.pop("quality", 90))
+    date_style = str(overrides.pop("date_style", "dmy"))
     truth = _truth(rng, overrides)
 
     font = ImageFont.load_default(size=font_size)
     big = ImageFont.load_default(size=int(font_size * 1.3))
-    image = _draw_rows(_receipt_rows(truth, font, big), big, font_size)
+    image = _draw_rows(_receipt_rows(truth, font, big, date_style), big, font_size)
     if noise > 0:
         speckle = random.Random(seed + 1)
         px = image.load()
