@@ -823,23 +823,11 @@ def section_refill(rec, model, args):
         torch.cuda.empty_cache()
 
 
-def _graph_us(fn, n=20):
-    """Microseconds per call of ``fn`` replayed ``n`` times in one CUDA graph."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(3):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return 1000 * start.elapsed_time(end) / (3 * n)
+def _graph_us(fn):
+    """Microseconds per call of ``fn`` replayed from a CUDA graph (``gpu_decode_kernels.graph_us``)."""
+    from gpu_decode_kernels import graph_us
+
+    return graph_us(fn)
 
 
 @torch.inference_mode()

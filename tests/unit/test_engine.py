@@ -79,6 +79,14 @@ def _reference(model, batch, max_new, min_new=0):
     return out[:, batch["input_ids"].shape[1]:]
 
 
+def _first_step(model, batch, max_new, **kwargs):
+    """(engine, tokens, the first decoded step's logits) of an engine built with ``kwargs``."""
+    engine = MllamaStaticEngine(model, **kwargs)
+    recorded = engine.record_step_logits()
+    tokens = engine.generate(**batch, max_new_tokens=max_new)
+    return engine, tokens, recorded[0]
+
+
 def _engine(model, batch, max_new, min_new=0, **kwargs):
     return MllamaStaticEngine(model, **kwargs).generate(**batch, max_new_tokens=max_new,
                                                         min_new_tokens=min_new)
@@ -248,10 +256,7 @@ def test_fp8_decode_weights_stay_close_to_the_full_precision_step(tiny_mllama):
     batch = _batch(lengths=[6, 9], tiles=[1, 2], seed=3)
 
     def first_step_logits(**kwargs):
-        engine = MllamaStaticEngine(tiny_mllama, **kwargs)
-        recorded = engine.record_step_logits()
-        tokens = engine.generate(**batch, max_new_tokens=4)
-        return engine, tokens, recorded[0]
+        return _first_step(tiny_mllama, batch, 4, **kwargs)
 
     full_engine, full_tokens, full = first_step_logits()
     fp8_engine, fp8_tokens, fp8 = first_step_logits(fp8=True)
@@ -362,10 +367,7 @@ def test_fp8_keys_values_stay_close_and_refill_alike(tiny_mllama, kv):
     batch = _batch(lengths=[6, 9, 7, 8], tiles=[2, 2, 1, 1], seed=3)
 
     def first_step(**kwargs):
-        engine = MllamaStaticEngine(tiny_mllama, **kwargs)
-        recorded = engine.record_step_logits()
-        tokens = engine.generate(**batch, max_new_tokens=6)
-        return engine, tokens, recorded[0]
+        return _first_step(tiny_mllama, batch, 6, **kwargs)
 
     _, _, full = first_step()
     for trim in (True, False):  # False: the 1-tile rows mask their padding tile with the bias
