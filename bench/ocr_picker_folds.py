@@ -32,7 +32,7 @@ def _sets(example):
                                         for c in totals], bool))}
 
 
-def accuracy(examples, sets, field: str, *, by_store: bool, seed: int, folds: int = 5) -> float:
+def accuracy(examples, sets, field: str, *, by_store: bool, seed: int, folds: int = 5, members: int = 1) -> float:
     """Share of receipts whose picked candidate is right, each read by a scorer trained
     on the other folds (folds drawn as in ``train_picker.cross_validate``)."""
     import numpy as np
@@ -49,7 +49,7 @@ def accuracy(examples, sets, field: str, *, by_store: bool, seed: int, folds: in
     right = 0
     for k in range(folds):
         train = [sets[i][field] for i in range(len(examples)) if fold_of[key[i]] != k]
-        scorer = fit_scorer([([c.extra["features"] for c in cands], pos) for cands, pos in train])
+        scorer = fit_scorer([([c.extra["features"] for c in cands], pos) for cands, pos in train], members=members)
         for i in range(len(examples)):
             if fold_of[key[i]] == k:
                 cands, pos = sets[i][field]
@@ -65,15 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--members", type=int, default=1, help="networks per scorer, scores averaged (fit_scorer)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     examples = load_examples(args.cache, args.dataset)
     sets = [_sets(ex) for ex in examples]
     report = {}
+    report["members"] = args.members
     for field in ("date", "total"):
         for by_store in (False, True):
             name = f"{field}, {'unseen stores' if by_store else 'cv'}"
-            per_seed = [round(100 * accuracy(examples, sets, field, by_store=by_store, seed=s), 1)
+            per_seed = [round(100 * accuracy(examples, sets, field, by_store=by_store, seed=s,
+                                                 members=args.members), 1)
                         for s in args.seeds]
             report[name] = {"seeds": args.seeds, "accuracy": per_seed,
                             "mean": round(sum(per_seed) / len(per_seed), 2)}

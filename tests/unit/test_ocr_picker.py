@@ -46,6 +46,21 @@ def test_fit_scorer_learns_which_candidate_is_right():
     assert best(scorer, []) == (None, 0.0)
 
 
+def test_an_ensemble_scorer_scores_the_mean_of_its_members():
+    rng = np.random.default_rng(1)
+    groups = []
+    for _ in range(40):
+        feats = [{"signal": float(rng.normal()), "noise": float(rng.normal())} for _ in range(4)]
+        groups.append((feats, np.arange(4) == int(np.argmax([f["signal"] for f in feats]))))
+    members = [fit_scorer(groups, hidden=3, epochs=40, seed=s) for s in (5, 6, 7)]
+    ensemble = fit_scorer(groups, hidden=3, epochs=40, seed=5, members=3)
+    probe = [{"signal": 0.3, "noise": -2.0}, {"signal": -0.4, "noise": 1.5}]
+    assert ensemble.W1.shape == (2, 9)
+    np.testing.assert_allclose(ensemble.scores(probe), np.mean([m.scores(probe) for m in members], axis=0),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(members[0].scores(probe), members[1].scores(probe))  # the seeds differ
+
+
 def test_a_value_found_on_several_candidates_gets_their_summed_probability():
     """The same answer on several candidates (a total on SUBTOTAL and TOTAL lines, a store name
     as a span and as its trimmed variant) splits the softmax mass; the value decodes add it up."""

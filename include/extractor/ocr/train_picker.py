@@ -147,8 +147,13 @@ def field_sets(ex: Example, company_lines: list[int] | None = None):
 
 # --- the model: segment softmax over each receipt's candidates ---------------------------
 def fit_scorer(groups: list[tuple[list[dict], np.ndarray]], *, hidden: int = 16, epochs: int = 200,
-               lr: float = 0.05, l2: float = 1e-3, seed: int = 0) -> Scorer:
-    """Maximise log P(a right candidate) under a per-receipt softmax (full-batch Adam)."""
+               lr: float = 0.05, l2: float = 1e-3, seed: int = 0, members: int = 1) -> Scorer:
+    """Maximise log P(a right candidate) under a per-receipt softmax (full-batch Adam).
+    ``members`` > 1: that many networks from seeds ``seed``, ``seed + 1``, ..., their scores
+    averaged, stored as one scorer with ``members * hidden`` hidden units."""
+    if members > 1:
+        return merge_scorers([fit_scorer(groups, hidden=hidden, epochs=epochs, lr=lr, l2=l2, seed=seed + i)
+                              for i in range(members)])
     groups = [(f, pos) for f, pos in groups if len(f) and pos.any()]
     names = sorted({k for f, _ in groups for d in f for k in d})
     index = {n: k for k, n in enumerate(names)}
@@ -187,6 +192,18 @@ def fit_scorer(groups: list[tuple[list[dict], np.ndarray]], *, hidden: int = 16,
             v2[k] = 0.999 * v2[k] + 0.001 * g * g
             params[k] -= lr * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v2[k] / (1 - 0.999 ** t)) + 1e-8)
     return Scorer(names=names, mean=mean, std=std, **params)
+
+
+def merge_scorers(scorers: list[Scorer]) -> Scorer:
+    """One scorer whose score is the mean of ``scorers``' (same features and standardisation,
+    as fitted on the same data): the hidden layers side by side, the output weights averaged."""
+    first, k = scorers[0], len(scorers)
+    for s in scorers[1:]:
+        if s.names != first.names or not (np.array_equal(s.mean, first.mean) and np.array_equal(s.std, first.std)):
+            raise ValueError("scorers to merge must share their features and standardisation")
+    return Scorer(names=first.names, mean=first.mean, std=first.std,
+                  W1=np.concatenate([s.W1 for s in scorers], axis=1), b1=np.concatenate([s.b1 for s in scorers]),
+                  w2=np.concatenate([s.w2 for s in scorers]) / k, wl=sum(s.wl for s in scorers) / k)
 
 
 def train(examples: list[Example], sets: list[dict] | None = None, **kw) -> LinePicker:
