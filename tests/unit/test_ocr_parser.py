@@ -192,6 +192,31 @@ INVOICE NO 123
     assert whole and all(c.extra["features"]["value_contact"] == 1.0 for c in whole)
 
 
+def test_the_picker_never_offers_an_address_holding_contact_details():
+    # parser-v9: the spans with a phone, mobile, e-mail or tax detail stay candidates for training
+    # (the spans not to choose) but are not offered; the span cut before the detail is
+    from extractor.ocr import features
+    from extractor.ocr.picker import load_default_picker
+
+    text = """
+SANYU STATIONERY SHOP
+NO. 31G&33G, JALAN SETIA INDAH X ,U13/X 40170 SETIA ALAM Mobile /Whatsapps : +6012-918 7937
+Tel: 03-3362 4137
+INVOICE NO 123
+DATE: 05/03/2018
+TOTAL   12.00
+"""
+    lines = lines_from_text(text)
+    cands = features.address_candidates(features.Page.of(lines), [0])
+    offered = features.offered_addresses(cands)
+    assert len(offered) < len(cands) and not [c for c in offered if "Whatsapps" in c.value or "Tel" in c.value]
+    assert "NO. 31G&33G, JALAN SETIA INDAH X ,U13/X 40170 SETIA ALAM" in {c.value for c in offered}
+    address = parse_receipt(lines, picker=load_default_picker()).values["store_address"]
+    assert "Whatsapps" not in address and "Tel" not in address
+    only = [c for c in cands if "Whatsapps" in c.value]
+    assert features.offered_addresses(only) == only  # nothing else on the page: offered as they are
+
+
 def test_total_features_see_the_receipts_arithmetic():
     from extractor.ocr import features
 

@@ -18,5 +18,7 @@ lines are the store name and address and which date/amount is the receipt's.
 # is not offered as the total ("Accepted total 10.00 / Change 5.00"); features unchanged,
 # weights refitted on the rebuilt OCR cache; v8: Malay and Indonesian month names (MAC, OGOS,
 # DIS ...) and words for "date" (TARIKH, TRKH, TANGGAL, TGL) in the existing date features;
-# same features, same weights).
-PARSER_VERSION = "parser-v8"
+# same features, same weights; v9: an address span that holds a contact or tax detail (TEL,
+# MOBILE / WHATSAPP, E-MAIL, GST ...) is not offered, its span cut before the detail is; the
+# picker still trains on it; same features, same weights).
+PARSER_VERSION = "parser-v9"

@@ -36,8 +36,9 @@ _LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")
 _AFTER_SUFFIX = re.compile(r"^(.*\b(?:SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING|CO\.)\.?)(.*)$", re.IGNORECASE)
 _OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*",
                        re.IGNORECASE)
-_STOP_TAIL = re.compile(
-    r"\s*[,(]?\s*\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b.*$", re.IGNORECASE)
+_CONTACT_WORDS = r"\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b"
+_STOP_TAIL = re.compile(r"\s*[,(]?\s*" + _CONTACT_WORDS + r".*$", re.IGNORECASE)
+_CONTACT_WORD = re.compile(_CONTACT_WORDS, re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
@@ -214,6 +215,14 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
                 out.append(Candidate(value=value, line=i, text=value, ocr_score=min(ln.score for ln in span),
                                      extra={"lines": list(range(i, j)), "features": f}))
     return out
+
+
+def offered_addresses(cands: Sequence[Candidate]) -> list[Candidate]:
+    """The address candidates the picker chooses from: none that holds a contact or tax detail
+    ("... 40170 SETIA ALAM Mobile /Whatsapps : +6012-...", "..., JOHOR. Tel No.: 07-..."), which
+    an address never does (SROIE's convention; the span cut before it is a candidate of its own);
+    all of them if each does. Training sees them all, as the spans not to choose."""
+    return [c for c in cands if not _CONTACT_WORD.search(c.value)] or list(cands)
 
 
 # --- total ---------------------------------------------------------------------------

@@ -125,7 +125,8 @@ class LinePicker:
         company, p_company = best(self.scorers["store_name"], features.company_candidates(page), self.decode)
         company_lines = company.extra["lines"] if company is not None else []
         address, p_address = best(self.scorers["store_address"],
-                                  features.address_candidates(page, company_lines), self.decode)
+                                  features.offered_addresses(features.address_candidates(page, company_lines)),
+                                  self.decode)
         features.date_features(page, dates)
         features.total_features(page, totals)
         return {"store_name": (company, p_company), "store_address": (address, p_address),
