@@ -215,6 +215,19 @@ TOTAL   12.00
     assert "Whatsapps" not in address and "Tel" not in address
     only = [c for c in cands if "Whatsapps" in c.value]
     assert features.offered_addresses(only) == only  # nothing else on the page: offered as they are
+    # misread or glued contact words, e-mail and web addresses, bare phone numbers
+    lines = lines_from_text("""
+OTTOGO ENTERPRISE
+GSTID:001018802176
+SHELL STATION PT15944, MUKIM BATU,
+JLN BESAR KEPONG, Te1 No.: 07-387 3322
+careline 03-5542 3228 help@shop.com.my
+INVOICE NO 123
+""")
+    offered = {c.value for c in features.offered_addresses(
+        features.address_candidates(features.Page.of(lines), [0]))}
+    assert "SHELL STATION PT15944, MUKIM BATU," in offered  # (no cut is made at a misread TEL)
+    assert not [v for v in offered if any(w in v for w in ("GSTID", "Te1", "03-5542", "@"))]
 
 
 def test_total_features_see_the_receipts_arithmetic():

@@ -38,7 +38,10 @@ _OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OP
                        re.IGNORECASE)
 _CONTACT_WORDS = r"\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b"
 _STOP_TAIL = re.compile(r"\s*[,(]?\s*" + _CONTACT_WORDS + r".*$", re.IGNORECASE)
-_CONTACT_WORD = re.compile(_CONTACT_WORDS, re.IGNORECASE)
+# What no address holds (none of the 626 sroie-dev address labels does): a contact or tax word, also
+# misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228")
+_NOT_IN_ADDRESS = re.compile(_CONTACT_WORDS + r"|\bGST|\bT[E3][L1I]\b|@|\bWWW\b|HTTP|\.COM\b"
+                             r"|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])", re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
@@ -219,10 +222,11 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 def offered_addresses(cands: Sequence[Candidate]) -> list[Candidate]:
     """The address candidates the picker chooses from: none that holds a contact or tax detail
-    ("... 40170 SETIA ALAM Mobile /Whatsapps : +6012-...", "..., JOHOR. Tel No.: 07-..."), which
-    an address never does (SROIE's convention; the span cut before it is a candidate of its own);
-    all of them if each does. Training sees them all, as the spans not to choose."""
-    return [c for c in cands if not _CONTACT_WORD.search(c.value)] or list(cands)
+    ("... 40170 SETIA ALAM Mobile /Whatsapps : +6012-...", "..., JOHOR. Te1 No.: 07-...",
+    "GSTID:0010...", an e-mail address), which an address never does (SROIE's convention; the span
+    cut before it is a candidate of its own); all of them if each does. Training sees them all, as
+    the spans not to choose."""
+    return [c for c in cands if not _NOT_IN_ADDRESS.search(c.value)] or list(cands)
 
 
 # --- total ---------------------------------------------------------------------------
