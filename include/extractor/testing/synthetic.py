@@ -102,16 +102,21 @@ def _date_line(iso: str, style: str) -> str:
     raise ValueError(f"date_style must be 'dmy', 'malay' or 'english', not {style!r}")
 
 
-def _receipt_rows(truth: dict[str, Any], font, big, date_style: str = "dmy") -> list[tuple[str, str, Any]]:
+def _receipt_rows(truth: dict[str, Any], font, big, date_style: str = "dmy",
+                  phone_on_address: bool = False) -> list[tuple[str, str, Any]]:
     """The printed lines as (left text, right-aligned text, font); a left text starting
-    with '^' is centred; the right text may be ""."""
+    with '^' is centred; the right text may be "". ``phone_on_address``: the phone is printed
+    after the address, wrapped with it ("... 47400 PETALING JAYA TEL: 03-..."), instead of on a
+    line of its own."""
     inner = WIDTH - 2 * MARGIN
     rows: list[tuple[str, str, Any]] = []
     for part in _wrap(truth["store_name"], big, inner):
         rows.append(("^" + part, "", big))
-    for part in _wrap(truth["store_address"], font, inner):
+    tail = " TEL: " + truth["phone"] if phone_on_address else ""
+    for part in _wrap(truth["store_address"] + tail, font, inner):
         rows.append(("^" + part, "", font))
-    rows += [("^TEL: " + truth["phone"], "", font), ("", "", font), ("^TAX INVOICE", "", font),
+    rows += ([] if phone_on_address else [("^TEL: " + truth["phone"], "", font)])
+    rows += [("", "", font), ("^TAX INVOICE", "", font),
              ("RECEIPT NO: " + truth["receipt_number"], "", font),
              (_date_line(truth["date"], date_style), "TIME: " + truth["time"], font), ("-" * 48, "", font)]
     for item in truth["line_items"]:
@@ -151,9 +156,10 @@ def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     Overrides: any truth field (``store_name``, ``store_address``, ``date`` as ISO text,
     ``line_items``, ``tax_rate``, ``total`` ...) and the drawing options ``font_size``
     (default 22), ``rotate`` (degrees, counter-clockwise, to test de-skewing),
-    ``noise`` (0..1 speckle), ``quality`` (JPEG quality, default 90) and ``date_style``
+    ``noise`` (0..1 speckle), ``quality`` (JPEG quality, default 90), ``date_style``
     (``"dmy"``: ``DATE: 25/03/2018``, the default; ``"malay"``: ``TARIKH: 25 MAC 2018``;
-    ``"english"``: ``DATE: 25 MAR 2018``).
+    ``"english"``: ``DATE: 25 MAR 2018``) and ``phone_on_address`` (the phone at the end of the
+    address's last line, not on a line of its own).
     """
     from PIL import Image, ImageFont
 
@@ -163,11 +169,12 @@ def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     noise = float(overrides.pop("noise", 0.0))
     quality = int(overrides.pop("quality", 90))
     date_style = str(overrides.pop("date_style", "dmy"))
+    phone_on_address = bool(overrides.pop("phone_on_address", False))
     truth = _truth(rng, overrides)
 
     font = ImageFont.load_default(size=font_size)
     big = ImageFont.load_default(size=int(font_size * 1.3))
-    image = _draw_rows(_receipt_rows(truth, font, big, date_style), big, font_size)
+    image = _draw_rows(_receipt_rows(truth, font, big, date_style, phone_on_address), big, font_size)
     if noise > 0:
         speckle = random.Random(seed + 1)
         px = image.load()
