@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     examples = load_examples(args.cache, args.dataset)
     sets = [_sets(ex) for ex in examples]
-    report = {}
-    report["members"] = args.members
+    report = {"members": args.members}
     for field in ("date", "total"):
         for by_store in (False, True):
             name = f"{field}, {'unseen stores' if by_store else 'cv'}"

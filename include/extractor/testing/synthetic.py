@@ -158,8 +158,8 @@ def render_receipt(seed: int, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     (default 22), ``rotate`` (degrees, counter-clockwise, to test de-skewing),
     ``noise`` (0..1 speckle), ``quality`` (JPEG quality, default 90), ``date_style``
     (``"dmy"``: ``DATE: 25/03/2018``, the default; ``"malay"``: ``TARIKH: 25 MAC 2018``;
-    ``"english"``: ``DATE: 25 MAR 2018``) and ``phone_on_address`` (the phone at the end of the
-    address's last line, not on a line of its own).
+    ``"english"``: ``DATE: 25 MAR 2018``) and ``phone_on_address`` (the phone printed after the
+    address and wrapped with it, not on a line of its own).
     """
     from PIL import Image, ImageFont
 
