@@ -21,4 +21,4 @@ lines are the store name and address and which date/amount is the receipt's.
 # same features, same weights; v9: an address span that holds a contact or tax detail (TEL,
 # MOBILE / WHATSAPP, E-MAIL, GST ...) is not offered, its span cut before the detail is; the
 # picker still trains on it; same features, same weights).
-PARSER_VERSION = "parser-v9"
+PARSER_VERSION = "parser-v10"

@@ -38,10 +38,17 @@ _OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OP
                        re.IGNORECASE)
 _CONTACT_WORDS = r"\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b"
 _STOP_TAIL = re.compile(r"\s*[,(]?\s*" + _CONTACT_WORDS + r".*$", re.IGNORECASE)
+# A notice to the customer or the document's title, in no store name or address
+_NOTICE = (r"THANK|\bTQ\b|FOR SHOPPING|GOODS SOLD|RETURNABLE|REFUNDABLE|EXCHANGEABLE|REDEEM|WELCOME|\bPLEASE\b|"
+           r"TAX INVOICE|RECEIPT|CASHIER")
 # What no address holds (none of the 626 sroie-dev address labels does): a contact or tax word, also
-# misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228")
+# misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228"),
+# since parser-v10 the company's registration ("Company No: 1234567-V", misread "Conpany No:", "ROC")
+# and a notice
 _NOT_IN_ADDRESS = re.compile(_CONTACT_WORDS + r"|\bGST|\bT[E3][L1I]\b|@|\bWWW\b|HTTP|\.COM\b"
-                             r"|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])", re.IGNORECASE)
+                             r"|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])"
+                             r"|\bC[O0][MN]PANY\s*(?:REG\w*\.?\s*)?N[O0]\b|\bCO\.?\s*REG|\bROC\b"
+                             r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b|" + _NOTICE, re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
@@ -183,6 +190,54 @@ def _span_features(page: Page, i: int, j: int, cache) -> dict[str, float]:
     heights = [x["height"] for x in inner]
     f["height_spread"] = max(heights) - min(heights)
     return f
+
+
+# A store name never starts or ends on a joining word or sign, nor stops inside brackets that a line
+# beside it opens or closes (none of the 626 sroie-dev store-name labels does): "HOME MASTER HARDWARE &"
+# / "ELECTRICAL", "THE COFFEE BEAN" / "& TEA LEAF (M) SDN BHD.", "ENTERPRISE (SETIA" / "ALAM) SDN BHD"
+_JOIN_END = re.compile(r"(?:[&@(（]|\bAND)\W*$", re.IGNORECASE)
+_JOIN_START = re.compile(r"^\W*?(?:&|\bAND\b)", re.IGNORECASE)
+# ... nor holds a notice to the customer or the document's title ("GOODS SOLD ARE NOT RETURNABLE", "TQ FOR
+# SHOPPING WITH ...", "*REDEEM VOUCHER ...*"), a web address, a contact or tax detail, a postcode, an
+# amount or a date (none of the labels does either)
+_NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT_WORDS +
+                          r"|\bGST|\bT[E3][L1I]\b|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])"
+                          r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
+
+
+def _not_a_name(value: str) -> bool:
+    return bool(_NOT_IN_NAME.search(value) or patterns.amounts_in(value) or patterns.DATE_RE.search(value))
+
+
+def _open_brackets(text: str) -> tuple[int, int]:
+    """(closing brackets with no opening one before them, opening brackets left unclosed)."""
+    unopened = depth = 0
+    for ch in text:
+        if ch in "(（":
+            depth += 1
+        elif ch in ")）":
+            unopened, depth = (unopened + 1, depth) if depth == 0 else (unopened, depth - 1)
+    return unopened, depth
+
+
+def cut_through(page: Page, cand: Candidate) -> bool:
+    """Whether a store-name candidate stops inside the name: it starts or ends on a joining word or
+    sign ("&", "AND", "@", "("; also its first line, where a leading sign was trimmed), or it closes a
+    bracket the line before it opens, or opens one the line after it closes."""
+    lines = cand.extra["lines"]
+    if _JOIN_END.search(cand.value) or _JOIN_START.search(cand.value) or _JOIN_START.search(
+            page.lines[lines[0]].text):
+        return True
+    unopened, unclosed = _open_brackets(cand.value)
+    before = page.lines[lines[0] - 1].text if lines[0] > 0 else ""
+    after = page.lines[lines[-1] + 1].text if lines[-1] + 1 < len(page.lines) else ""
+    return bool((unopened and _open_brackets(before)[1]) or (unclosed and _open_brackets(after)[0]))
+
+
+def offered_companies(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
+    """The store-name candidates the picker chooses from: none that stops inside the name
+    (``cut_through``); all of them where each does. Training sees them all, as spans not to choose."""
+    return [c for c in cands if not cut_through(page, c) and not _not_a_name(c.value)] or list(cands)
 
 
 # --- address -------------------------------------------------------------------------

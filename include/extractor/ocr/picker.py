@@ -122,7 +122,8 @@ class LinePicker:
     def pick(self, lines: Sequence[Line], dates: Sequence[Candidate],
              totals: Sequence[Candidate]) -> dict[str, tuple[Candidate | None, float]]:
         page = features.Page.of(lines)
-        company, p_company = best(self.scorers["store_name"], features.company_candidates(page), self.decode)
+        companies = features.offered_companies(page, features.company_candidates(page))
+        company, p_company = best(self.scorers["store_name"], companies, self.decode)
         company_lines = company.extra["lines"] if company is not None else []
         address, p_address = best(self.scorers["store_address"],
                                   features.offered_addresses(features.address_candidates(page, company_lines)),
