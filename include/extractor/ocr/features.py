@@ -205,8 +205,20 @@ _NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT_WORDS +
                           r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
 
 
+# ... nor is a street line ("K3-113, JL IBRAHIM SULTAN", "NO 5 JALAN ..."), only a place ("JOHOR BAHRU")
+# or only a word of the receipt's body ("CASH")
+_UNIT = r"[A-Z]{0,2}\d+[A-Z]?(?:[-/]\d+[A-Z]?)*"
+_STREET = re.compile(r"^\W*(?:NO\.?\s*|LOT\s*|UNIT\s*)?" + _UNIT + r"\s*,|(?:^|\s)(?:NO\.?\s*|LOT\s*)?" + _UNIT
+                     + r",?\s+(?:JALAN|JLN|JL|LORONG|PERSIARAN)\b", re.IGNORECASE)
+_PLACE = re.compile(r"(?:\s|" + _STATES.pattern + r"|\b(?:KUALA|LUMPUR|BAHRU|SHAH|ALAM|PETALING|SUBANG|PUCHONG|"
+                    r"KLANG|CHERAS|KAJANG|AMPANG|MALAYSIA)\b|[^\w\s])+", re.IGNORECASE)
+_BODY_WORD = re.compile(r"\W*(?:CASH|CHANGE|TOTAL|SUB\s?TOTAL|AMOUNT|QTY|PRICE|ITEMS?|DESCRIPTION|RM|TAX|DISCOUNT|"
+                        r"ROUNDING|BALANCE|PAID|TENDER|VISA|CARD)\W*", re.IGNORECASE)
+
+
 def _not_a_name(value: str) -> bool:
-    return bool(_NOT_IN_NAME.search(value) or patterns.amounts_in(value) or patterns.DATE_RE.search(value))
+    return bool(_NOT_IN_NAME.search(value) or patterns.amounts_in(value) or patterns.DATE_RE.search(value)
+                or _STREET.search(value) or _PLACE.fullmatch(value) or _BODY_WORD.fullmatch(value))
 
 
 def _open_brackets(text: str) -> tuple[int, int]:
@@ -236,8 +248,11 @@ def cut_through(page: Page, cand: Candidate) -> bool:
 
 def offered_companies(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
     """The store-name candidates the picker chooses from: none that stops inside the name
-    (``cut_through``); all of them where each does. Training sees them all, as spans not to choose."""
-    return [c for c in cands if not cut_through(page, c) and not _not_a_name(c.value)] or list(cands)
+    (``cut_through``) or holds what no name holds (``_not_a_name``). Where that leaves none (a name
+    printed as a logo the OCR cannot read: only the address, phones and till lines are left), the
+    receipt has no store name, and the pipeline's required-field check sends it to review. Training
+    sees every span, as the ones not to choose."""
+    return [c for c in cands if not cut_through(page, c) and not _not_a_name(c.value)]
 
 
 # --- address -------------------------------------------------------------------------
