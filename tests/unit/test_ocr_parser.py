@@ -231,8 +231,8 @@ INVOICE NO 123
 
 
 def test_the_picker_never_offers_an_address_holding_the_company_registration():
-    # parser-v10: "Company No: ..." (also misread), "Co. Reg", "ROC", "123456-X" and a notice to the customer
-    # are not part of an address
+    # parser-v10: "Company No: ..." (also misread), "Co. Reg", "ROC", "123456-X", a notice to the customer
+    # and the store's owner or licensor are not part of an address
     from extractor.ocr import features
 
     lines = lines_from_text("""
@@ -248,6 +248,21 @@ INVOICE NO 123
     assert "81750 Masai Johor" in offered
     assert not [v for v in offered if "Conpany" in v or "519537-X" in v or "GOODS" in v]
     assert not features._NOT_IN_ADDRESS.search("LOT 1851-A & 1851-B, JALAN ROCK 3, JALAN COMPANY 5")
+    # nor who owns, licenses or runs the store
+    lines = lines_from_text("""
+Gerbang Alaf Restaurants Sdn Bhd
+formerly known as
+Golden Arches Restaurants Sdn Bhd
+Licensee of McDonald's
+Level 6, Bangunan TH, Damansara Uptown3
+No.3, Jalan SS21/39,47400 Petaling Jaya
+Selangor
+INVOICE NO 123
+""")
+    offered = {c.value for c in features.offered_addresses(
+        features.address_candidates(features.Page.of(lines), [0]))}
+    assert "Level 6, Bangunan TH, Damansara Uptown3 No.3, Jalan SS21/39,47400 Petaling Jaya Selangor" in offered
+    assert not [v for v in offered if "Licensee" in v or "formerly" in v]
 
 
 def _cut(text: str, value: str) -> bool:

@@ -44,11 +44,13 @@ _NOTICE = (r"THANK|\bTQ\b|FOR SHOPPING|GOODS SOLD|RETURNABLE|REFUNDABLE|EXCHANGE
 # What no address holds (none of the 626 sroie-dev address labels does): a contact or tax word, also
 # misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228"),
 # since parser-v10 the company's registration ("Company No: 1234567-V", misread "Conpany No:", "ROC")
-# and a notice
+# and a notice; who owns, licenses or runs the store ("Licensee of McDonald's", "formerly known as")
 _NOT_IN_ADDRESS = re.compile(_CONTACT_WORDS + r"|\bGST|\bT[E3][L1I]\b|@|\bWWW\b|HTTP|\.COM\b"
                              r"|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])"
                              r"|\bC[O0][MN]PANY\s*(?:REG\w*\.?\s*)?N[O0]\b|\bCO\.?\s*REG|\bROC\b"
-                             r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b|" + _NOTICE, re.IGNORECASE)
+                             r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b|" + _NOTICE +
+                             r"|LICENSEE|FRANCHISEE|\b(?:OWNED|OWN|OWNER|OPERATED|MANAGED)\s+BY\b|DIMILIKI|FORMERLY"
+                             r"|SUBSIDIARY", re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
                             re.IGNORECASE)
 _STATES = re.compile(r"\b(SELANGOR|JOHOR|KUALA LUMPUR|PUTRAJAYA|PAHANG|PERAK|MELAKA|MALACCA|KEDAH|PENANG|"
