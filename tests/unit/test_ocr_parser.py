@@ -314,12 +314,12 @@ TAX INVOICE
     assert offered == {"Segi Cash & Carry SDN BHD"}, offered
     for detail in ("K3-113, JL IBRAHIM SULTAN 80300 JOHOR BAHRU", "H/P:019-7521215", "TEL 03-5542 3228",
                    "OPT.05 RM 149.00", "09/03/2018 21:26", "WWW.TSTORE.COM.MY"):
-        assert features._not_a_name(detail), detail
+        assert features.not_a_name(detail), detail
     for detail in ("NO 5 JALAN SAGU", "JOHOR BAHRU", "KUALA LUMPUR, MALAYSIA", "CASH", "SUB TOTAL:"):
-        assert features._not_a_name(detail), detail
+        assert features.not_a_name(detail), detail
     for name in ("99 SPEED MART S/B", "ECOSWAY.COM SDN BHD", "7-ELEVEN MALAYSIA SDN BHD", "MR D.I.Y. (JOHOR) SDN BHD",
                  "KLANG HARDWARE", "CASH & CARRY", "SRI JAYA", "7-ELEVEN, MALAYSIA"):
-        assert not features._not_a_name(name), name
+        assert not features.not_a_name(name), name
     name = parse_receipt(lines_from_text("HOME MASTER HARDWARE &\nELECTRICAL\nNO 5, JALAN SAGU 18, 81100 JOHOR"),
                          picker=load_default_picker()).values["store_name"]
     assert not features._JOIN_END.search(name), name

@@ -3,9 +3,11 @@
 For each field the parser has a set of candidates and the picker scores each one:
 
 - store name: spans of 1-3 consecutive header lines, also with a trailing company
-  registration number ("(519537-X)") cut off;
+  registration number ("(519537-X)") cut off; the picker is offered only those that are not cut
+  inside the name and hold no other detail (``offered_companies``; none: no store name);
 - address: spans of 1-6 consecutive lines near the top, also with the last line cut
-  before "TEL"/"FAX"/"GST";
+  before "TEL"/"FAX"/"GST"; offered only those without a contact, tax, registration, notice or
+  owner detail (``offered_addresses``);
 - total: every amount printed on the page, with its line's label;
 - date: every date printed on the page.
 
@@ -194,21 +196,18 @@ def _span_features(page: Page, i: int, j: int, cache) -> dict[str, float]:
     return f
 
 
-# A store name never starts or ends on a joining word or sign, nor stops inside brackets that a line
-# beside it opens or closes (none of the 626 sroie-dev store-name labels does): "HOME MASTER HARDWARE &"
-# / "ELECTRICAL", "THE COFFEE BEAN" / "& TEA LEAF (M) SDN BHD.", "ENTERPRISE (SETIA" / "ALAM) SDN BHD"
+# What no store name does (none of the 626 sroie-dev store-name labels does either): start or end on a
+# joining word or sign, or stop inside brackets a line beside it opens or closes ("HOME MASTER HARDWARE &"
+# / "ELECTRICAL", "THE COFFEE BEAN" / "& TEA LEAF (M) SDN BHD.", "ENTERPRISE (SETIA" / "ALAM) SDN BHD");
+# hold a notice to the customer or the document's title ("GOODS SOLD ARE NOT RETURNABLE", "TQ FOR SHOPPING
+# WITH ...", "*REDEEM VOUCHER ...*"), a web address, a contact or tax detail, a postcode, an amount or a
+# date; be a street line ("K3-113, JL IBRAHIM SULTAN", "NO 5 JALAN ..."), only a place ("JOHOR BAHRU") or
+# only a word of the receipt's body ("CASH")
 _JOIN_END = re.compile(r"(?:[&@(（]|\bAND)\W*$", re.IGNORECASE)
 _JOIN_START = re.compile(r"^\W*?(?:&|\bAND\b)", re.IGNORECASE)
-# ... nor holds a notice to the customer or the document's title ("GOODS SOLD ARE NOT RETURNABLE", "TQ FOR
-# SHOPPING WITH ...", "*REDEEM VOUCHER ...*"), a web address, a contact or tax detail, a postcode, an
-# amount or a date (none of the labels does either)
 _NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT_WORDS +
                           r"|\bGST|\bT[E3][L1I]\b|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])"
                           r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
-
-
-# ... nor is a street line ("K3-113, JL IBRAHIM SULTAN", "NO 5 JALAN ..."), only a place ("JOHOR BAHRU")
-# or only a word of the receipt's body ("CASH")
 _UNIT = r"[A-Z]{0,2}\d+[A-Z]?(?:[-/]\d+[A-Z]?)*"
 _STREET = re.compile(r"^\W*(?:NO\.?\s*|LOT\s*|UNIT\s*)?" + _UNIT + r"\s*,|(?:^|\s)(?:NO\.?\s*|LOT\s*)?" + _UNIT
                      + r",?\s+(?:JALAN|JLN|JL|LORONG|PERSIARAN)\b", re.IGNORECASE)
@@ -218,7 +217,8 @@ _BODY_WORD = re.compile(r"\W*(?:CASH|CHANGE|TOTAL|SUB\s?TOTAL|AMOUNT|QTY|PRICE|I
                         r"ROUNDING|BALANCE|PAID|TENDER|VISA|CARD)\W*", re.IGNORECASE)
 
 
-def _not_a_name(value: str) -> bool:
+def not_a_name(value: str) -> bool:
+    """Whether a store-name candidate's text holds what no name holds (a detail, a street, a place...)."""
     return bool(_NOT_IN_NAME.search(value) or patterns.amounts_in(value) or patterns.DATE_RE.search(value)
                 or _STREET.search(value) or _PLACE.fullmatch(value) or _BODY_WORD.fullmatch(value))
 
@@ -250,11 +250,11 @@ def cut_through(page: Page, cand: Candidate) -> bool:
 
 def offered_companies(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
     """The store-name candidates the picker chooses from: none that stops inside the name
-    (``cut_through``) or holds what no name holds (``_not_a_name``). Where that leaves none (a name
+    (``cut_through``) or holds what no name holds (``not_a_name``). Where that leaves none (a name
     printed as a logo the OCR cannot read: only the address, phones and till lines are left), the
     receipt has no store name, and the pipeline's required-field check sends it to review. Training
     sees every span, as the ones not to choose."""
-    return [c for c in cands if not cut_through(page, c) and not _not_a_name(c.value)]
+    return [c for c in cands if not cut_through(page, c) and not not_a_name(c.value)]
 
 
 # --- address -------------------------------------------------------------------------
