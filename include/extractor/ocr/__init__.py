@@ -20,5 +20,9 @@ lines are the store name and address and which date/amount is the receipt's.
 # DIS ...) and words for "date" (TARIKH, TRKH, TANGGAL, TGL) in the existing date features;
 # same features, same weights; v9: an address span that holds a contact or tax detail (TEL,
 # MOBILE / WHATSAPP, E-MAIL, GST ...) is not offered, its span cut before the detail is; the
-# picker still trains on it; same features, same weights).
+# picker still trains on it; same features, same weights; v10: a store-name span cut inside the
+# name (a joining "&" / "AND" / "(" at its edge, a bracket closed on the next line) or holding what
+# no name holds (a notice, a contact, a postcode, an amount, a date, a street, only a place) is not
+# offered, and where none is left the receipt has no store name; an address holds no registration,
+# notice or owner / licensee either; same features, same weights).
 PARSER_VERSION = "parser-v10"

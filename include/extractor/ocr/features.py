@@ -40,6 +40,9 @@ _OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OP
                        re.IGNORECASE)
 _CONTACT_WORDS = r"\b(TEL|FAX|PHONE|H/P|HP|MOBILE|WHATSAPPS?|HOTLINE|GST|SST|EMAIL|E-MAIL)\b"
 _STOP_TAIL = re.compile(r"\s*[,(]?\s*" + _CONTACT_WORDS + r".*$", re.IGNORECASE)
+# A contact or tax detail, also misread or glued ("Te1 No.:", "GSTID:"), or a phone number ("03-5542 3228")
+_CONTACT = (_CONTACT_WORDS + r"|\bGST|\bT[E3][L1I]\b"
+            r"|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])")
 # A notice to the customer or the document's title, in no store name or address
 _NOTICE = (r"THANK|\bTQ\b|FOR SHOPPING|GOODS SOLD|RETURNABLE|REFUNDABLE|EXCHANGEABLE|REDEEM|WELCOME|\bPLEASE\b|"
            r"TAX INVOICE|RECEIPT|CASHIER")
@@ -47,8 +50,7 @@ _NOTICE = (r"THANK|\bTQ\b|FOR SHOPPING|GOODS SOLD|RETURNABLE|REFUNDABLE|EXCHANGE
 # misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228"),
 # since parser-v10 the company's registration ("Company No: 1234567-V", misread "Conpany No:", "ROC")
 # and a notice; who owns, licenses or runs the store ("Licensee of McDonald's", "formerly known as")
-_NOT_IN_ADDRESS = re.compile(_CONTACT_WORDS + r"|\bGST|\bT[E3][L1I]\b|@|\bWWW\b|HTTP|\.COM\b"
-                             r"|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])"
+_NOT_IN_ADDRESS = re.compile(_CONTACT + r"|@|\bWWW\b|HTTP|\.COM\b"
                              r"|\bC[O0][MN]PANY\s*(?:REG\w*\.?\s*)?N[O0]\b|\bCO\.?\s*REG|\bROC\b"
                              r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b|" + _NOTICE +
                              r"|LICENSEE|FRANCHISEE|\b(?:OWNED|OWN|OWNER|OPERATED|MANAGED)\s+BY\b|DIMILIKI|FORMERLY"
@@ -205,9 +207,7 @@ def _span_features(page: Page, i: int, j: int, cache) -> dict[str, float]:
 # only a word of the receipt's body ("CASH")
 _JOIN_END = re.compile(r"(?:[&@(（]|\bAND)\W*$", re.IGNORECASE)
 _JOIN_START = re.compile(r"^\W*?(?:&|\bAND\b)", re.IGNORECASE)
-_NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT_WORDS +
-                          r"|\bGST|\bT[E3][L1I]\b|(?<![\d.])\+?6?0\d{1,2}[- ]?\d{3,4}[- ]?\d{3,4}(?![\d.])"
-                          r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
+_NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT + r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
 _UNIT = r"[A-Z]{0,2}\d+[A-Z]?(?:[-/]\d+[A-Z]?)*"
 _STREET = re.compile(r"^\W*(?:NO\.?\s*|LOT\s*|UNIT\s*)?" + _UNIT + r"\s*,|(?:^|\s)(?:NO\.?\s*|LOT\s*)?" + _UNIT
                      + r",?\s+(?:JALAN|JLN|JL|LORONG|PERSIARAN)\b", re.IGNORECASE)
@@ -293,10 +293,11 @@ def address_candidates(page: Page, company_lines: Sequence[int]) -> list[Candida
 
 
 def offered_addresses(cands: Sequence[Candidate]) -> list[Candidate]:
-    """The address candidates the picker chooses from: none that holds a contact or tax detail
-    ("... 40170 SETIA ALAM Mobile /Whatsapps : +6012-...", "..., JOHOR. Te1 No.: 07-...",
-    "GSTID:0010...", an e-mail address), which an address never does (SROIE's convention; the span
-    cut before it is a candidate of its own); all of them if each does. Training sees them all, as
+    """The address candidates the picker chooses from: none that holds what an address never does
+    (``_NOT_IN_ADDRESS``, SROIE's convention): a contact or tax detail ("... 40170 SETIA ALAM Mobile
+    /Whatsapps : +6012-...", "..., JOHOR. Te1 No.: 07-...", "GSTID:0010...", an e-mail address), the
+    company's registration, a notice to the customer, the store's owner or licensee (the span cut
+    before a detail is a candidate of its own); all of them if each does. Training sees them all, as
     the spans not to choose."""
     return [c for c in cands if not _NOT_IN_ADDRESS.search(c.value)] or list(cands)
 
