@@ -325,6 +325,33 @@ TAX INVOICE
     assert not features._JOIN_END.search(name), name
 
 
+def test_a_store_name_starts_on_its_own_first_word():
+    # parser-v11: a span that starts on a legal form ("ENTERPRISE", "SDN BHD", "CO.") began on the line
+    # before, so it is not offered; a short number a line starts its name with is part of the name,
+    # while a serial number, or a number alone on the line above, is still trimmed
+    from extractor.ocr import features
+
+    page = features.Page.of(lines_from_text("AIK HUAT HARDWARE\nENTERPRISE (SETIA\nALAM) SDN BHD\n"
+                                            "POPULAR BOOK\nCO. (M) SDN BHD\nNO. 17-G, JALAN SETIA INDAH\n"))
+    cands = features.company_candidates(page)
+    offered = {c.value for c in features.offered_companies(page, cands)}
+    assert {"AIK HUAT HARDWARE ENTERPRISE (SETIA ALAM) SDN BHD", "POPULAR BOOK CO. (M) SDN BHD"} <= offered
+    for cut in ("ENTERPRISE (SETIA ALAM) SDN BHD", "CO. (M) SDN BHD"):
+        assert cut in {c.value for c in cands} and cut not in offered, cut
+    assert _cut("KEDAI MAJU\nSDN. BHD.\nNO 5 JALAN", "SDN. BHD.")
+
+    def values(text: str, lines: list[int] | None = None) -> set[str]:
+        page = features.Page.of(lines_from_text(text))
+        return {c.value for c in features.company_candidates(page) if lines is None or c.extra["lines"] == lines}
+
+    numbered = values("99 SPEED MART S/B (519537-X)\nLOT P.T. 2811, JALAN ANGSA")
+    assert "99 SPEED MART S/B" in numbered and "SPEED MART S/B" not in numbered
+    pub = values("32 PUB & BISTRO\nNO 5 JALAN")
+    assert "32 PUB & BISTRO" in pub and "PUB & BISTRO" not in pub
+    assert "BAIFU (M) Sdn Bhd" in values("#000002 BAIFU (M) Sdn Bhd\nNO 5 JALAN")
+    assert "Gerbang Alaf Restaurants Sdn Bhd" in values("118\nGerbang Alaf Restaurants Sdn Bhd\nNO 5 JALAN", [0, 1])
+
+
 def test_a_receipt_whose_name_the_ocr_cannot_read_has_no_store_name():
     # parser-v10: the name is a logo; what is left at the top is the address, phones and till lines,
     # none of which is offered as a name: no store name (the pipeline then sends the receipt to

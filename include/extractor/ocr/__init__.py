@@ -24,5 +24,9 @@ lines are the store name and address and which date/amount is the receipt's.
 # name (a joining "&" / "AND" / "(" at its edge, a bracket closed on the next line) or holding what
 # no name holds (a notice, a contact, a postcode, an amount, a date, a street, only a place) is not
 # offered, and where none is left the receipt has no store name; an address holds no registration,
-# notice or owner / licensee either; same features, same weights).
-PARSER_VERSION = "parser-v10"
+# notice or owner / licensee either; same features, same weights; v11: a store-name span that starts
+# on a legal form (SDN BHD, ENTERPRISE, CO.: the name began on the line before) is not offered, and a
+# short number a line starts its name with ("99 SPEED MART") is not trimmed as noise; same features,
+# weights refitted on the 2026-12-07 OCR cache: store names on the new candidates, date and total
+# identical, address within 0.06 of a weight).
+PARSER_VERSION = "parser-v11"

@@ -34,7 +34,8 @@ HEADER_LINES = 18  # the store name and address are printed in the first lines
 MAX_COMPANY_SPAN, MAX_ADDRESS_SPAN = 3, 6
 _REG_TAIL = re.compile(r"[\s(\[]*(?:CO\.?\s*)?(?:REG\.?|RFG|NO\.?|ROC)?\s*[:.]?\s*\(?\s*"
                        r"[A-Z]{0,3}\d{4,}[\s\-‐·.]?[A-Z]?\s*\)?.*$", re.IGNORECASE)
-_LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")
+_LEADING_NOISE = re.compile(r"^(?:[\W\d_]+\s+|[\W_]+)")  # a sign or serial number: "#000002 BAIFU", "*** NAME"
+_NUMBERED_NAME = re.compile(r"^\d{1,3}\s+[A-Z]", re.IGNORECASE)  # a short number in the name: "99 SPEED MART"
 _AFTER_SUFFIX = re.compile(r"^(.*\b(?:SDN\.?\s?BHD|BHD|S/B|ENTERPRISE|TRADING|CO\.)\.?)(.*)$", re.IGNORECASE)
 _OWNED_BY = re.compile(r"^.*?\b(?:OWNED BY|OWN BY|OWNER BY|DIMILIKI(?: OLEH)?|OPERATED BY)\s*:?\s*",
                        re.IGNORECASE)
@@ -158,7 +159,8 @@ def company_candidates(page: Page) -> list[Candidate]:
                 if tail and tail.group(2).strip() and len(tail.group(2).strip()) <= 12:
                     variants.append((tail.group(1).strip(), 1.0, 0.0))
             for value, trimmed, _ in list(variants):
-                head_cut = _LEADING_NOISE.sub("", value)  # "000002 BAIFU (M) SDN BHD", "*** NAME"
+                # "000002 BAIFU (M) SDN BHD", "*** NAME"; not the number a line starts its name with
+                head_cut = value if _NUMBERED_NAME.match(span[0].text) else _LEADING_NOISE.sub("", value)
                 owner = _OWNED_BY.sub("", value)  # "OWN BY: CHEF LEE SDN BHD", "Dimiliki: ..."
                 for cut_value in sorted({head_cut, owner} - {value}):  # sorted: the same order in every process
                     if _letters(cut_value) >= 3:
@@ -207,6 +209,9 @@ def _span_features(page: Page, i: int, j: int, cache) -> dict[str, float]:
 # only a word of the receipt's body ("CASH")
 _JOIN_END = re.compile(r"(?:[&@(（]|\bAND)\W*$", re.IGNORECASE)
 _JOIN_START = re.compile(r"^\W*?(?:&|\bAND\b)", re.IGNORECASE)
+# a legal form ends a name: a span that starts on one began on the line before ("AIK HUAT HARDWARE" /
+# "ENTERPRISE (SETIA ALAM) SDN BHD")
+_FORM_START = re.compile(r"^\W*(?:SDN\b|BHD\b|S/B\b|ENTERPRISES?\b|CO\.)", re.IGNORECASE)
 _NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT + r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
 _UNIT = r"[A-Z]{0,2}\d+[A-Z]?(?:[-/]\d+[A-Z]?)*"
 _STREET = re.compile(r"^\W*(?:NO\.?\s*|LOT\s*|UNIT\s*)?" + _UNIT + r"\s*,|(?:^|\s)(?:NO\.?\s*|LOT\s*)?" + _UNIT
@@ -236,11 +241,12 @@ def _open_brackets(text: str) -> tuple[int, int]:
 
 def cut_through(page: Page, cand: Candidate) -> bool:
     """Whether a store-name candidate stops inside the name: it starts or ends on a joining word or
-    sign ("&", "AND", "@", "("; also its first line, where a leading sign was trimmed), or it closes a
+    sign ("&", "AND", "@", "("; also its first line, where a leading sign was trimmed), starts on a
+    legal form ("SDN BHD", "ENTERPRISE", "CO.": the name began on the line before), or it closes a
     bracket the line before it opens, or opens one the line after it closes."""
     lines = cand.extra["lines"]
     if _JOIN_END.search(cand.value) or _JOIN_START.search(cand.value) or _JOIN_START.search(
-            page.lines[lines[0]].text):
+            page.lines[lines[0]].text) or _FORM_START.search(cand.value):
         return True
     unopened, unclosed = _open_brackets(cand.value)
     before = page.lines[lines[0] - 1].text if lines[0] > 0 else ""
