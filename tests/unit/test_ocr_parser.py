@@ -352,6 +352,31 @@ def test_a_store_name_starts_on_its_own_first_word():
     assert "Gerbang Alaf Restaurants Sdn Bhd" in values("118\nGerbang Alaf Restaurants Sdn Bhd\nNO 5 JALAN", [0, 1])
 
 
+def test_a_store_name_is_not_a_number_label_nor_trimmed_inside_a_bracket():
+    # parser-v11: "Company" (left of "Company No : SA0099552-P" once its number is trimmed) and "Ref No: 0"
+    # are labels of numbers; "(TONYMOLY SHOP" is a trim that cut its bracket's end off; none is offered
+    from extractor.ocr import features
+
+    def offered(text: str) -> tuple[set[str], set[str]]:
+        page = features.Page.of(lines_from_text(text))
+        cands = features.company_candidates(page)
+        return {c.value for c in cands}, {c.value for c in features.offered_companies(page, cands)}
+
+    every, chosen = offered("PROSPER NIAGA\nCompany No : SA0099552-P\nLOT PT 1138,PT 33122,\n")
+    assert "Company" in every and "Company" not in chosen and "PROSPER NIAGA" in chosen
+    for label in ("Ref No: 0", "Company No :", "INVOICE NO #", "Table 5", "(Company No. 113825-W)",
+                  "Conpany No: 1234567-V", "ROC 12345"):
+        assert features.not_a_name(label), label
+    for name in ("COMPANY STORE SDN BHD", "POPULAR BOOK CO. (M) SDN BHD", "REGAL TRADING"):
+        assert not features.not_a_name(name), name
+    every, chosen = offered("TONYMOLY VIVA CITY\n(TONYMOLY SHOP (95874))\nUNIT L1-044B, VIVACITY MEGAMALL,\n")
+    assert "TONYMOLY VIVA CITY (TONYMOLY SHOP" in every and "TONYMOLY VIVA CITY (TONYMOLY SHOP" not in chosen
+    assert "TONYMOLY VIVA CITY" in chosen
+    # a trim that leaves the line's own brackets balanced is still offered
+    every, chosen = offered("GARDENIA BAKERIES (KL) SDN BHD (139386 X)\nLot 3, Jalan Pelabur\n")
+    assert "GARDENIA BAKERIES (KL) SDN BHD" in chosen
+
+
 def test_a_receipt_whose_name_the_ocr_cannot_read_has_no_store_name():
     # parser-v10: the name is a logo; what is left at the top is the address, phones and till lines,
     # none of which is offered as a name: no store name (the pipeline then sends the receipt to

@@ -47,13 +47,14 @@ _CONTACT = (_CONTACT_WORDS + r"|\bGST|\bT[E3][L1I]\b"
 # A notice to the customer or the document's title, in no store name or address
 _NOTICE = (r"THANK|\bTQ\b|FOR SHOPPING|GOODS SOLD|RETURNABLE|REFUNDABLE|EXCHANGEABLE|REDEEM|WELCOME|\bPLEASE\b|"
            r"TAX INVOICE|RECEIPT|CASHIER")
+# the company's registration: "Company No: 1234567-V" (also misread), "Co. Reg", "ROC", "123456-X"
+_REGISTRATION = (r"\bC[O0][MN]PANY\s*(?:REG\w*\.?\s*)?N[O0]\b|\bCO\.?\s*REG|\bROC\b"
+                 r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b")
 # What no address holds (none of the 626 sroie-dev address labels does): a contact or tax word, also
 # misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228"),
 # since parser-v10 the company's registration ("Company No: 1234567-V", misread "Conpany No:", "ROC")
 # and a notice; who owns, licenses or runs the store ("Licensee of McDonald's", "formerly known as")
-_NOT_IN_ADDRESS = re.compile(_CONTACT + r"|@|\bWWW\b|HTTP|\.COM\b"
-                             r"|\bC[O0][MN]PANY\s*(?:REG\w*\.?\s*)?N[O0]\b|\bCO\.?\s*REG|\bROC\b"
-                             r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b|" + _NOTICE +
+_NOT_IN_ADDRESS = re.compile(_CONTACT + r"|@|\bWWW\b|HTTP|\.COM\b|" + _REGISTRATION + "|" + _NOTICE +
                              r"|LICENSEE|FRANCHISEE|\b(?:OWNED|OWN|OWNER|OPERATED|MANAGED)\s+BY\b|DIMILIKI|FORMERLY"
                              r"|SUBSIDIARY", re.IGNORECASE)
 _STRONG_SUFFIX = re.compile(r"\b(SDN\.?\s?BHD|BHD|S/B|SB|ENTERPRISE|TRADING|PLT|CO\.|COMPANY)\b\.?",
@@ -212,7 +213,8 @@ _JOIN_START = re.compile(r"^\W*?(?:&|\bAND\b)", re.IGNORECASE)
 # a legal form ends a name: a span that starts on one began on the line before ("AIK HUAT HARDWARE" /
 # "ENTERPRISE (SETIA ALAM) SDN BHD")
 _FORM_START = re.compile(r"^\W*(?:SDN\b|BHD\b|S/B\b|ENTERPRISES?\b|CO\.)", re.IGNORECASE)
-_NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT + r"|(?<!\d)\d{5}(?!\d)", re.IGNORECASE)
+_NOT_IN_NAME = re.compile(_NOTICE + r"|\bWWW\b|HTTP|" + _CONTACT + "|" + _REGISTRATION + r"|(?<!\d)\d{5}(?!\d)",
+                          re.IGNORECASE)
 _UNIT = r"[A-Z]{0,2}\d+[A-Z]?(?:[-/]\d+[A-Z]?)*"
 _STREET = re.compile(r"^\W*(?:NO\.?\s*|LOT\s*|UNIT\s*)?" + _UNIT + r"\s*,|(?:^|\s)(?:NO\.?\s*|LOT\s*)?" + _UNIT
                      + r",?\s+(?:JALAN|JLN|JL|LORONG|PERSIARAN)\b", re.IGNORECASE)
@@ -222,10 +224,16 @@ _BODY_WORD = re.compile(r"\W*(?:CASH|CHANGE|TOTAL|SUB\s?TOTAL|AMOUNT|QTY|PRICE|I
                         r"ROUNDING|BALANCE|PAID|TENDER|VISA|CARD)\W*", re.IGNORECASE)
 
 
+# only the label of a number: "Company" (left of "Company No : SA0099552-P" once the number is cut), "Ref No: 0"
+_ID_LABEL = re.compile(r"\W*(?:COMPANY|CO\.?\s*REG|REG|REF|ROC|RECEIPT|BILL|SLIP|INVOICE|DOC|ORDER|TABLE)\.?"
+                       r"\s*(?:NO|NUMBER|#)?\.?\s*[:.#]?[\d\W]*", re.IGNORECASE)
+
+
 def not_a_name(value: str) -> bool:
     """Whether a store-name candidate's text holds what no name holds (a detail, a street, a place...)."""
     return bool(_NOT_IN_NAME.search(value) or patterns.amounts_in(value) or patterns.DATE_RE.search(value)
-                or _STREET.search(value) or _PLACE.fullmatch(value) or _BODY_WORD.fullmatch(value))
+                or _STREET.search(value) or _PLACE.fullmatch(value) or _BODY_WORD.fullmatch(value)
+                or _ID_LABEL.fullmatch(value))
 
 
 def _open_brackets(text: str) -> tuple[int, int]:
@@ -243,12 +251,15 @@ def cut_through(page: Page, cand: Candidate) -> bool:
     """Whether a store-name candidate stops inside the name: it starts or ends on a joining word or
     sign ("&", "AND", "@", "("; also its first line, where a leading sign was trimmed), starts on a
     legal form ("SDN BHD", "ENTERPRISE", "CO.": the name began on the line before), or it closes a
-    bracket the line before it opens, or opens one the line after it closes."""
+    bracket the line before it opens, opens one the line after it closes, or was trimmed inside a
+    bracket its own lines close."""
     lines = cand.extra["lines"]
     if _JOIN_END.search(cand.value) or _JOIN_START.search(cand.value) or _JOIN_START.search(
             page.lines[lines[0]].text) or _FORM_START.search(cand.value):
         return True
     unopened, unclosed = _open_brackets(cand.value)
+    if unclosed > _open_brackets(" ".join(page.lines[k].text for k in lines))[1]:
+        return True  # a trim cut the bracket's end off: "(TONYMOLY SHOP (95874))" -> "(TONYMOLY SHOP"
     before = page.lines[lines[0] - 1].text if lines[0] > 0 else ""
     after = page.lines[lines[-1] + 1].text if lines[-1] + 1 < len(page.lines) else ""
     return bool((unopened and _open_brackets(before)[1]) or (unclosed and _open_brackets(after)[0]))
