@@ -406,6 +406,30 @@ RM 170.00
     assert values["total"] == Decimal("170.00") and values["date"] == date(2018, 3, 9)
 
 
+def test_the_change_given_back_is_never_the_total():
+    # parser-v11: 50.55 paid less 48.00 on a CHANGE line is the total within the 5-sen rounding, so 48.00
+    # is change ("CHANGE DUE" says DUE, as totals do) and is not offered; the total's own line always is
+    from extractor.ocr import features
+    from extractor.ocr.parser import total_candidates
+    from extractor.ocr.picker import load_default_picker
+
+    def offered(text: str) -> tuple[list, list]:
+        lines = lines_from_text(text)
+        page, cands = features.Page.of(lines), total_candidates(lines)
+        return ([(c.line, str(c.value)) for c in features.given_change(page, cands)],
+                [(c.line, str(c.value)) for c in features.offered_totals(page, cands)])
+
+    text = "GUARDIAN\nSUBTOTAL 2.56\nTOTAL (GST INCL) 2.56\nCASH 50.55\nROUNDING ADJUSTMENTS 0.01-\nCHANGE DUE 48.00\n"
+    change, kept = offered(text)
+    assert change == [(5, "48.00")] and (5, "48.00") not in kept and (2, "2.56") in kept
+    assert parse_receipt(lines_from_text(text), picker=load_default_picker()).values["total"] == Decimal("2.56")
+    change, kept = offered("SHOP\nTOTAL 25.00\nCASH 50.00\nCHANGE 25.00\n")  # change equal to the total
+    assert change == [(3, "25.00")] and (1, "25.00") in kept
+    # no arithmetic, no change: an amount on a CHANGE line that nothing above explains, and EXCHANGE
+    assert offered("SHOP\nCHANGE 5.00\nTOTAL 9.00\n")[0] == []
+    assert offered("SHOP\nTOTAL 2.00\nCASH 10.00\nNO EXCHANGE 8.00\n")[0] == []
+
+
 def test_total_features_see_the_receipts_arithmetic():
     from extractor.ocr import features
 

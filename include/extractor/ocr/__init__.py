@@ -26,7 +26,9 @@ lines are the store name and address and which date/amount is the receipt's.
 # offered, and where none is left the receipt has no store name; an address holds no registration,
 # notice or owner / licensee either; same features, same weights; v11: a store-name span that starts
 # on a legal form (SDN BHD, ENTERPRISE, CO.: the name began on the line before) is not offered, and a
-# short number a line starts its name with ("99 SPEED MART") is not trimmed as noise; same features,
+# short number a line starts its name with ("99 SPEED MART") is not trimmed as noise, nor is a number's
+# label, a registration or a span trimmed inside its bracket a name; the change given back (paid less it
+# is another amount of the page) is not offered as the total; same features,
 # weights refitted on the 2026-12-07 OCR cache: store names on the new candidates, date and total
 # identical, address within 0.06 of a weight).
 PARSER_VERSION = "parser-v11"

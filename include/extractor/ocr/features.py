@@ -374,10 +374,27 @@ def tendered(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
                                              for d in cands) for ch in changes)]
 
 
+_CHANGE = re.compile(r"(?<!EX)CHANGE|\bBAKI\b", re.IGNORECASE)  # not "EXCHANGE", nor BALANCE (also "BALANCE DUE")
+
+
+def given_change(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
+    """The change given back: a positive amount on a CHANGE (BAKI) line such that an amount paid
+    above it, less it, is another amount of the page within the 5-sen rounding (0.02): "TOTAL 2.56 /
+    CASH 50.55 / ROUNDING 0.01- / CHANGE DUE 48.00". Never the total, whatever else its line says
+    ("DUE"); where the change equals the total, the total's own line is still offered."""
+    change_lines = {c.line for c in cands if _CHANGE.search(page.lines[c.line].text)}
+    paid_lines = _change_lines(page, cands)
+    paid = [c for c in cands if c.line not in change_lines and _on_paid_line(page, c, paid_lines)]
+    return [ch for ch in cands if ch.line in change_lines and ch.value > 0 and any(
+        p.line < ch.line and p.value > ch.value and any(
+            abs(d.value - (p.value - ch.value)) <= Decimal("0.02") and d.line not in (p.line, ch.line) for d in cands)
+        for p in paid)]
+
+
 def offered_totals(page: Page, cands: Sequence[Candidate]) -> list[Candidate]:
-    """The total candidates the picker chooses from: all but the amounts tendered (all of
-    them if every amount looks tendered)."""
-    paid = {id(c) for c in tendered(page, cands)}
+    """The total candidates the picker chooses from: all but the amounts tendered and the change
+    given (all of them if every amount looks like one or the other)."""
+    paid = {id(c) for c in tendered(page, cands)} | {id(c) for c in given_change(page, cands)}
     return [c for c in cands if id(c) not in paid] or list(cands)
 
 
