@@ -18,27 +18,14 @@ import os
 
 import torch
 import torch.nn.functional as F
+from fp8_prefill_gemms import mean_ms  # the bench's CUDA-event timer (3 warm-up calls)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION")
 
 
-def bench(fn, n: int = 10) -> float:
-    """Mean ms of ``fn`` over ``n`` calls after 3 warm-up calls (CUDA events)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n
-
-
 def rows_for(q80, k80, v80, dim: int, ref):
-    """One row per backend at head dim ``dim`` (zero-padded), and one with the pad copies counted."""
+    """One row per backend at head dim ``dim`` (q, k and v zero-padded to it)."""
     b, h, s, _ = q80.shape
     flop80 = 4 * b * h * s * s * 80
     q, k, v = (F.pad(t, (0, dim - 80)) for t in (q80, k80, v80))
@@ -48,7 +35,7 @@ def rows_for(q80, k80, v80, dim: int, ref):
             with sdpa_kernel([getattr(SDPBackend, name)]):
                 call = lambda: F.scaled_dot_product_attention(q, k, v, scale=80 ** -0.5)  # noqa: E731
                 out = call()[..., :80].float()
-                ms = bench(call)
+                ms = mean_ms(call, 10)
             ref = out if ref is None else ref
             err = ((out - ref).norm() / ref.norm()).item()
             rows.append(dict(head_dim=dim, backend=name, ms=round(ms, 3), ms_per_receipt=round(ms / b, 3),

@@ -50,10 +50,9 @@ _NOTICE = (r"THANK|\bTQ\b|FOR SHOPPING|GOODS SOLD|RETURNABLE|REFUNDABLE|EXCHANGE
 # the company's registration: "Company No: 1234567-V" (also misread), "Co. Reg", "ROC", "123456-X"
 _REGISTRATION = (r"\bC[O0][MN]PANY\s*(?:REG\w*\.?\s*)?N[O0]\b|\bCO\.?\s*REG|\bROC\b"
                  r"|\bREG(?:ISTRATION)?\.?\s*N[O0]\b|\b\d{5,}-[A-Z]\b")
-# What no address holds (none of the 626 sroie-dev address labels does): a contact or tax word, also
-# misread or glued ("Te1 No.:", "GSTID:"), an e-mail or web address, a phone number ("03-5542 3228"),
-# since parser-v10 the company's registration ("Company No: 1234567-V", misread "Conpany No:", "ROC")
-# and a notice; who owns, licenses or runs the store ("Licensee of McDonald's", "formerly known as")
+# What no address holds (none of the 626 sroie-dev address labels does): a contact or tax detail, an
+# e-mail or web address, since parser-v10 the company's registration and a notice, and who owns, licenses
+# or runs the store ("Licensee of McDonald's", "formerly known as")
 _NOT_IN_ADDRESS = re.compile(_CONTACT + r"|@|\bWWW\b|HTTP|\.COM\b|" + _REGISTRATION + "|" + _NOTICE +
                              r"|LICENSEE|FRANCHISEE|\b(?:OWNED|OWN|OWNER|OPERATED|MANAGED)\s+BY\b|DIMILIKI|FORMERLY"
                              r"|SUBSIDIARY", re.IGNORECASE)
